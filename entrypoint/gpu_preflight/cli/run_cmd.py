@@ -1,0 +1,146 @@
+"""`gpu-preflight run`: probe, plan, record, then exec the engine or refuse. Also the shared
+probe-option and planning plumbing the other commands use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from gpu_preflight import launch
+from gpu_preflight.cli import render
+from gpu_preflight.models.catalog import load_catalog
+from gpu_preflight.models.resolve import resolve_model
+from gpu_preflight.plan.document import plan_to_dict
+from gpu_preflight.plan.errors import InvalidInput, OverrideError, PreflightError
+from gpu_preflight.plan.overrides import Overrides, parse_overrides
+from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
+from gpu_preflight.plan.tiers import load_tiers
+from gpu_preflight.plan.types import Plan
+from gpu_preflight.probe.collect import DEFAULT_PINNED_CAP, ProbeOptions, collect_hardware
+from gpu_preflight.probe.storage import check_bench_dir
+from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile import make_profile, profile_to_dict
+
+EXIT_OK, EXIT_INVALID, EXIT_REFUSE = 0, 2, 3
+BENCH_MODES = ("auto", "on", "off", "force")
+DEFAULT_BENCH_DIR = "/bench"
+GIB = 2**30
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise OverrideError(name, env[name], "1/true/yes/on or 0/false/no/off")
+
+
+def probe_options(
+    env: Mapping[str, str], bench_flag: bool | None, bench_dir: Path | None, cache_dir: Path | None
+) -> ProbeOptions:
+    """Decide whether the fio pass runs: --bench/--no-bench, else PREFLIGHT_BENCH (default auto)."""
+    raw = env.get("PREFLIGHT_BENCH", "").strip().lower() or "auto"
+    if raw not in BENCH_MODES:
+        raise OverrideError("PREFLIGHT_BENCH", env["PREFLIGHT_BENCH"], ", ".join(BENCH_MODES))
+    mode = raw if bench_flag is None else ("on" if bench_flag else "off")
+    explicit = bench_dir is not None or bool(env.get("PREFLIGHT_BENCH_DIR", "").strip())
+    directory = bench_dir or Path(env.get("PREFLIGHT_BENCH_DIR", "").strip() or DEFAULT_BENCH_DIR)
+    run = mode in ("on", "force") or (mode == "auto" and (explicit or directory.is_dir()))
+    if run:
+        problem = check_bench_dir(directory)
+        if problem:
+            if mode == "auto" and not explicit:
+                run = False
+            else:
+                name = "--bench-dir" if bench_dir is not None else "PREFLIGHT_BENCH_DIR"
+                raise InvalidInput(f"{name}={str(directory)!r}: {problem}. Accepted: a writable "
+                                   "directory on a local disk filesystem (ext4, xfs, btrfs), e.g. a "
+                                   "volume mounted at /bench")
+    cap = DEFAULT_PINNED_CAP
+    if env.get("PREFLIGHT_PINNED_CAP_GB", "").strip():
+        text = env["PREFLIGHT_PINNED_CAP_GB"].strip()
+        try:
+            cap_gib = float(text)
+        except ValueError:
+            cap_gib = -1.0
+        if not 0 <= cap_gib <= 4096:
+            raise OverrideError("PREFLIGHT_PINNED_CAP_GB", text, "GiB from 0 to 4096, e.g. 16")
+        cap = int(cap_gib * GIB)
+    return ProbeOptions(bench=run, bench_dir=directory if run else None, force_bench=mode == "force",
+                        cache_dir=cache_dir, pinned_cap_bytes=cap)
+
+
+def model_request(env: Mapping[str, str], overrides: Overrides, catalog: Catalogue) -> ModelRequest | None:
+    if overrides.model is None:
+        return None
+    value = str(overrides.model.value)
+    source = overrides.model.source
+    var = source.split(":", 1)[1]
+    quant = str(overrides.quantization.value) if overrides.quantization else None
+    base, at, q = value.rpartition("@")
+    if at and base and "/" not in q and not Path(value).exists():
+        value, quant = base, q
+    spec = resolve_model(value, catalog_obj(env), var)
+    return ModelRequest(spec=spec, quant=quant, source=source)
+
+
+def catalog_obj(env: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    path = env.get("PREFLIGHT_MODELS_FILE", "").strip() or None
+    return load_catalog(Path(path) if path else None)
+
+
+def plan_for(env: Mapping[str, str], profile: Profile, overrides: Overrides,
+             engines_available: tuple[str, ...]) -> Plan:
+    cat = catalog_obj(env)
+    catalogue = Catalogue(models=tuple(cat.models))
+    request = model_request(env, overrides, catalogue)
+    return plan(profile, catalogue, load_tiers(env), overrides, request, engines_available)
+
+
+def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run: bool) -> int:
+    console = Console(stderr=False, highlight=False)
+    err = Console(stderr=True, highlight=False)
+    try:
+        dry = dry_run or _flag(env, "PREFLIGHT_DRY_RUN")
+        overrides = parse_overrides(env, engine_argv)
+        pdir = launch.choose_profile_dir(env)
+        if pdir.warning:
+            err.print(f"gpu-preflight: warning: {pdir.warning}", soft_wrap=True, markup=False)
+        opts = probe_options(env, None, None, pdir.path)
+        hardware = collect_hardware(env, opts)
+        profile = make_profile(hardware)
+        result = plan_for(env, profile, overrides, launch.available_engines(env))
+        profile_doc = profile_to_dict(profile)
+        plan_doc = plan_to_dict(result)
+    except PreflightError as exc:
+        click.echo(f"gpu-preflight: error: {launch.scrub(str(exc), env)}", err=True)
+        return exc.exit_code
+    except ValueError as exc:
+        click.echo(f"gpu-preflight: error: {launch.scrub(str(exc), env)}", err=True)
+        return EXIT_INVALID
+    try:
+        launch.write_json_atomic(pdir.path / "profile.json", profile_doc)
+        launch.write_json_atomic(pdir.path / "plan.json", plan_doc)
+    except OSError as exc:
+        err.print(f"gpu-preflight: warning: could not write the profile to {pdir.path}: {exc}",
+                  markup=False)
+    render.render_plan(console, result)
+    console.print(f"profile and plan written to {pdir.path}", markup=False)
+    if result.verdict == "refuse":
+        return EXIT_REFUSE
+    if dry:
+        return EXIT_OK
+    assert result.engine is not None
+    try:
+        launch.find_engine(result.engine, env)
+    except PreflightError as exc:
+        click.echo(f"gpu-preflight: error: {exc}", err=True)
+        return exc.exit_code
+    launch.exec_engine(result.argv, launch.engine_environment(env, result.env))
+    return EXIT_OK  # not reached: exec replaced this process

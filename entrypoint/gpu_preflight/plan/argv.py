@@ -1,0 +1,120 @@
+"""Build each engine's argv as data (pure). The user's own engine arguments always win.
+
+A flag the user gave after ``--`` (or, for llama-server, through its ``LLAMA_ARG_*`` variable) is
+not emitted by us: llama-server lets a command-line flag override its environment, so emitting
+ours would silently replace the user's value. Their arguments are appended verbatim at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gpu_preflight.plan.overrides import LLAMA_ENV_FOR_FLAG, Overrides
+from gpu_preflight.plan.types import ModelChoice
+
+DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
+DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
+
+
+@dataclass(frozen=True)
+class LlamaServerSettings:
+    n_ctx_total: int  # llama-server -c: the whole KV, shared by the parallel slots
+    parallel: int
+    n_gpu_layers: int  # -1: all
+    n_cpu_moe: int
+    flash_attn: str  # on | off | auto
+    cache_type_k: str
+    cache_type_v: str
+    n_batch: int
+    n_ubatch: int
+    tensor_split: tuple[float, ...]  # empty: one GPU or none
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    max_model_len: int
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    max_num_seqs: int
+    kv_cache_dtype: str  # auto | fp8 ...
+    quantization: str | None  # only when the user asked for one; vLLM reads it from the config
+    host: str
+    port: int
+    enforce_eager: bool = False
+
+
+def _user_has(o: Overrides, flag: str, llama: bool) -> bool:
+    if flag in o.engine_args.values:
+        return True
+    return llama and LLAMA_ENV_FOR_FLAG.get(flag, "") in o.llama_env
+
+
+def _emit(out: list[str], o: Overrides, flag: str, value: str | None, llama: bool) -> None:
+    if value is not None and not _user_has(o, flag, llama):
+        out += [flag, value]
+
+
+def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) -> tuple[str, ...]:
+    argv: list[str] = ["llama-server"]
+    user_gave_model = any(_user_has(o, f, True) for f in ("--model", "--hf-repo"))
+    if not user_gave_model:
+        if model.path:
+            argv += ["--model", model.path]
+        else:
+            argv += ["--hf-repo", model.repo]
+            if model.file:
+                argv += ["--hf-file", model.file]
+    _emit(argv, o, "--ctx-size", str(s.n_ctx_total), True)
+    _emit(argv, o, "--parallel", str(s.parallel), True)
+    _emit(argv, o, "--n-gpu-layers", "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers), True)
+    if s.n_cpu_moe:
+        _emit(argv, o, "--n-cpu-moe", str(s.n_cpu_moe), True)
+    _emit(argv, o, "--flash-attn", s.flash_attn, True)
+    _emit(argv, o, "--cache-type-k", s.cache_type_k, True)
+    _emit(argv, o, "--cache-type-v", s.cache_type_v, True)
+    _emit(argv, o, "--batch-size", str(s.n_batch), True)
+    _emit(argv, o, "--ubatch-size", str(s.n_ubatch), True)
+    if s.tensor_split:
+        _emit(argv, o, "--tensor-split", ",".join(f"{x:g}" for x in s.tensor_split), True)
+    _emit(argv, o, "--host", s.host, True)
+    _emit(argv, o, "--port", str(s.port), True)
+    argv += ["--alias", model.id]
+    argv += list(o.engine_args.argv)
+    return tuple(argv)
+
+
+def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, ...]:
+    argv: list[str] = ["vllm", "serve"]
+    if "--model" not in o.engine_args.values:
+        argv.append(model.path or model.repo)
+    _emit(argv, o, "--max-model-len", str(s.max_model_len), False)
+    _emit(argv, o, "--gpu-memory-utilization", f"{s.gpu_memory_utilization:.2f}", False)
+    if s.tensor_parallel_size > 1:
+        _emit(argv, o, "--tensor-parallel-size", str(s.tensor_parallel_size), False)
+    _emit(argv, o, "--max-num-seqs", str(s.max_num_seqs), False)
+    if s.kv_cache_dtype != "auto":
+        _emit(argv, o, "--kv-cache-dtype", s.kv_cache_dtype, False)
+    if s.quantization:
+        _emit(argv, o, "--quantization", s.quantization, False)
+    if s.enforce_eager and "--enforce-eager" not in o.engine_args.values:
+        argv.append("--enforce-eager")
+    _emit(argv, o, "--host", s.host, False)
+    _emit(argv, o, "--port", str(s.port), False)
+    if "--served-model-name" not in o.engine_args.argv:
+        argv += ["--served-model-name", model.id]
+    argv += list(o.engine_args.argv)
+    return tuple(argv)
+
+
+def redact(argv: Sequence[str], secrets: Sequence[str]) -> tuple[str, ...]:
+    """Replace any secret value that slipped into argv (it never should) before it is shown."""
+    hidden = [s for s in secrets if len(s) >= 4]
+    out = []
+    for a in argv:
+        for s in hidden:
+            a = a.replace(s, "***")
+        out.append(a)
+    return tuple(out)

@@ -1,0 +1,141 @@
+"""What the plan can place memory on: GPU leaves (MIG slices count as their own device) and host RAM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpu_preflight.probe.types import GpuDevice, Profile
+
+MIB = 2**20
+GIB = 2**30
+# Kept free on every GPU on top of the predicted components: allocator fragmentation and the
+# driver's own growth during the first requests. 2% of the card, at least 512 MiB.
+GPU_MARGIN_FRACTION = 0.02
+GPU_MARGIN_MIN = 512 * MIB
+# Host RAM kept for the OS, the page cache of the model file and the server process itself.
+HOST_MARGIN_FRACTION = 0.05
+HOST_MARGIN_MIN = 1 * GIB
+MIN_COMPUTE_CAPABILITY_VLLM = (7, 0)  # vLLM's CUDA kernels need Volta or newer
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    label: str  # "NVIDIA GeForce RTX 4090 (GPU 0)"
+    name: str
+    index: int
+    total_bytes: int
+    free_bytes: int
+    usable_bytes: int  # free - reserve - margin (never below 0)
+    margin_bytes: int
+    bandwidth_gb_s: float | None
+    compute_capability: tuple[int, int] | None
+    mig: bool
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    usable_bytes: int | None  # None: RAM unknown
+    pinned_ceiling_bytes: int | None
+    bandwidth_gb_s: float | None
+    wsl2: bool
+    uvm_oversubscription: bool | None
+
+
+@dataclass(frozen=True)
+class Targets:
+    gpus: tuple[GpuTarget, ...]  # every usable leaf, largest usable first
+    host: HostTarget
+    notes: tuple[str, ...]
+
+
+def gpu_margin(total_bytes: int) -> int:
+    return max(GPU_MARGIN_MIN, int(total_bytes * GPU_MARGIN_FRACTION))
+
+
+def _cc(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    major, _, minor = text.partition(".")
+    return (int(major), int(minor or 0))
+
+
+def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
+    notes: list[str] = []
+    name = dev.name or f"GPU {dev.index}"
+    if dev.mig_enabled and dev.mig_devices:
+        out = []
+        for mig in dev.mig_devices:
+            if mig.total_bytes is None or mig.free_bytes is None:
+                notes.append(f"MIG device {mig.mig_index} on GPU {dev.index}: memory unknown, skipped")
+                continue
+            bw = None
+            if dev.memory_bandwidth_gb_s and dev.total_bytes:
+                # A MIG slice gets the memory controllers of its memory slices: bandwidth ~ its share.
+                bw = dev.memory_bandwidth_gb_s * mig.total_bytes / dev.total_bytes
+            margin = gpu_margin(mig.total_bytes)
+            out.append(
+                GpuTarget(
+                    label=f"{mig.name or 'MIG device'} on {name} (GPU {dev.index}, MIG {mig.mig_index})",
+                    name=mig.name or "MIG",
+                    index=dev.index,
+                    total_bytes=mig.total_bytes,
+                    free_bytes=mig.free_bytes,
+                    usable_bytes=max(0, mig.free_bytes - reserve - margin),
+                    margin_bytes=margin,
+                    bandwidth_gb_s=bw,
+                    compute_capability=_cc(dev.compute_capability),
+                    mig=True,
+                )
+            )
+        return out, notes
+    if dev.mig_enabled:
+        notes.append(
+            f"GPU {dev.index} ({name}) has MIG enabled but no MIG device is visible: nothing can run "
+            "on it until a GPU instance is created (nvidia-smi mig -cgi ... -C)"
+        )
+        return [], notes
+    if dev.total_bytes is None or dev.free_bytes is None:
+        notes.append(f"GPU {dev.index} ({name}): memory size unknown, not planned on")
+        return [], notes
+    margin = gpu_margin(dev.total_bytes)
+    target = GpuTarget(
+        label=f"{name} (GPU {dev.index})",
+        name=name,
+        index=dev.index,
+        total_bytes=dev.total_bytes,
+        free_bytes=dev.free_bytes,
+        usable_bytes=max(0, dev.free_bytes - reserve - margin),
+        margin_bytes=margin,
+        bandwidth_gb_s=dev.memory_bandwidth_gb_s,
+        compute_capability=_cc(dev.compute_capability),
+        mig=False,
+    )
+    return [target], notes
+
+
+def build_targets(profile: Profile, reserve_bytes: int) -> Targets:
+    hw = profile.hardware
+    gpus: list[GpuTarget] = []
+    notes: list[str] = []
+    for dev in hw.gpus.devices:
+        leaves, why = _leaves(dev, reserve_bytes)
+        gpus += leaves
+        notes += why
+    for err in hw.gpus.errors:
+        notes.append(f"GPU {err.index} answered an error and is not planned on: {err.error}")
+    gpus.sort(key=lambda g: (-g.usable_bytes, g.index))
+
+    mem = hw.memory
+    avail = mem.effective_available_bytes
+    host_usable = None
+    if avail is not None:
+        total = mem.effective_total_bytes or avail
+        host_usable = max(0, avail - max(HOST_MARGIN_MIN, int(total * HOST_MARGIN_FRACTION)))
+    host = HostTarget(
+        usable_bytes=host_usable,
+        pinned_ceiling_bytes=hw.pinned.ceiling_bytes,
+        bandwidth_gb_s=mem.cpu_memory_bandwidth_gb_s,
+        wsl2=bool(hw.platform.wsl2),
+        uvm_oversubscription=hw.platform.uvm_oversubscription,
+    )
+    return Targets(gpus=tuple(gpus), host=host, notes=tuple(notes))

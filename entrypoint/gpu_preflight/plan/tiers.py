@@ -1,0 +1,98 @@
+"""The tier table: which models to try for how much usable VRAM (data/tiers.json by default)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gpu_preflight.plan.errors import TierTableError
+from gpu_preflight.schemas import SchemaError, validate
+from gpu_preflight.serde import from_dict
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Tier:
+    id: str
+    min_vram_gib: float
+    label: str
+    short_label: str
+    description: str
+    models: tuple[str, ...]  # "catalog-id" or "catalog-id@QUANT"
+    target_context: int
+    min_context: int
+    speculative: bool
+    engines: tuple[str, ...]
+    parallel: int
+
+    @property
+    def min_vram_bytes(self) -> int:
+        return int(self.min_vram_gib * GIB)
+
+
+@dataclass(frozen=True)
+class TierTable:
+    tiers: tuple[Tier, ...]  # ascending by min_vram_gib
+    origin: str
+
+    def get(self, tier_id: str) -> Tier | None:
+        return next((t for t in self.tiers if t.id == tier_id), None)
+
+    def for_vram(self, usable_bytes: int, has_gpu: bool) -> Tier:
+        """The largest tier whose minimum the usable VRAM meets (the 0-GiB tier is CPU only)."""
+        eligible = [t for t in self.tiers if (t.min_vram_gib > 0) == has_gpu]
+        if has_gpu:
+            eligible = [t for t in eligible if t.min_vram_bytes <= usable_bytes]
+        if not eligible:
+            return self.tiers[0]
+        return max(eligible, key=lambda t: t.min_vram_gib)
+
+
+def parse_tiers(doc: Any, origin: str) -> TierTable:
+    try:
+        validate("tiers", doc, origin)
+    except SchemaError as exc:
+        raise TierTableError(str(exc)) from exc
+    tiers = tuple(sorted((from_dict(Tier, t) for t in doc["tiers"]), key=lambda t: t.min_vram_gib))
+    seen: set[str] = set()
+    for t in tiers:
+        if t.id in seen:
+            raise TierTableError(f"{origin}: tier id {t.id!r} appears twice")
+        seen.add(t.id)
+        if t.min_context > t.target_context:
+            raise TierTableError(
+                f"{origin}: tier {t.id!r} has min_context {t.min_context} above target_context "
+                f"{t.target_context}"
+            )
+    if not any(t.min_vram_gib == 0 for t in tiers):
+        raise TierTableError(f"{origin}: needs a tier with min_vram_gib 0 for machines without a GPU")
+    return TierTable(tiers=tiers, origin=origin)
+
+
+def builtin_tiers_text() -> str:
+    return (resources.files("gpu_preflight") / "data" / "tiers.json").read_text(encoding="utf-8")
+
+
+def load_tiers(env: Mapping[str, str]) -> TierTable:
+    """The built-in table, or the file PREFLIGHT_TIERS_FILE names (I/O: called by the CLI only)."""
+    path = env.get("PREFLIGHT_TIERS_FILE", "").strip()
+    if not path:
+        return parse_tiers(json.loads(builtin_tiers_text()), "built-in tier table")
+    origin = f"PREFLIGHT_TIERS_FILE={path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TierTableError(
+            f"{origin}: cannot read it ({exc.strerror or exc}). Accepted: a readable JSON file "
+            "matching schemas/tiers.schema.json (see `gpu-preflight tiers --json`)."
+        ) from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TierTableError(f"{origin}: not valid JSON ({exc})") from exc
+    return parse_tiers(doc, origin)

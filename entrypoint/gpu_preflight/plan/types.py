@@ -1,0 +1,81 @@
+"""The plan document: what will run and why, or why nothing will. Serialises to schemas/plan.schema.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Verdict = Literal["ship", "refuse"]
+AlternativeKind = Literal[
+    "smaller-quant", "shorter-context", "other-model", "offload", "cpu", "other-engine"
+]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    id: str  # catalog id, or the file's own name when given by path
+    name: str
+    hf_id: str
+    repo: str  # what the engine loads: HF repo (vLLM) or GGUF repo (llama.cpp)
+    file: str | None  # GGUF file inside the repo
+    path: str | None  # local file/directory when given by path
+    quant: str
+    weight_bytes: int
+    from_file: bool  # True: facts read from the file's header, not the catalog
+
+
+@dataclass(frozen=True)
+class PlannedDevice:
+    device: str  # CUDA0.., or CPU (host RAM)
+    description: str  # "NVIDIA GeForce RTX 4090 (GPU 0)" / "host RAM"
+    weights_bytes: int
+    kv_cache_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    budget_bytes: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    devices: tuple[PlannedDevice, ...]
+    margin_bytes: int  # kept free on every GPU on top of the components
+    kv_bytes_per_token: int
+    kv_capacity_tokens: int | None  # vLLM's KV pool in tokens (what it logs at start-up)
+    max_concurrency: float | None
+    decode_tok_s_low: float | None
+    decode_tok_s_high: float | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Alternative:
+    kind: AlternativeKind
+    description: str
+    model: str
+    quant: str
+    engine: str
+    context: int
+    total_bytes: int
+    budget_bytes: int
+    decode_tok_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    schema_version: int
+    verdict: Verdict
+    engine: str | None
+    model: ModelChoice | None
+    context: int | None  # tokens per sequence
+    parallel: int | None
+    argv: tuple[str, ...]
+    env: dict[str, str]  # variables the launcher adds for the engine (never secrets)
+    predicted: Prediction | None
+    tier: str | None
+    tier_label: str | None
+    targets: tuple[str, ...]  # the devices planned on, in words
+    sources: dict[str, str]  # each chosen value -> where it came from
+    warnings: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()  # why refused, with numbers
+    alternatives: tuple[Alternative, ...] = field(default=())
