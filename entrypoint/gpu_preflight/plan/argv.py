@@ -67,6 +67,8 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
             argv += ["--hf-repo", model.repo]
             if model.file:
                 argv += ["--hf-file", model.file]
+    # llama-server's own --fit (on by default) would re-size what we planned; the plan is the fit.
+    _emit(argv, o, "--fit", "off", True)
     _emit(argv, o, "--ctx-size", str(s.n_ctx_total), True)
     _emit(argv, o, "--parallel", str(s.parallel), True)
     _emit(argv, o, "--n-gpu-layers", "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers), True)

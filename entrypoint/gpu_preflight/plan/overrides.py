@@ -154,6 +154,8 @@ _LLAMA_FLAGS = {
     "-hf": "--hf-repo",
     "--hf-repo": "--hf-repo",
     "--hf-file": "--hf-file",
+    "-fit": "--fit",
+    "--fit": "--fit",
 }
 _VLLM_FLAGS = {
     "--max-model-len": "--max-model-len",
@@ -193,6 +195,7 @@ LLAMA_ENV_FOR_FLAG = {
     "--tensor-split": "LLAMA_ARG_TENSOR_SPLIT",
     "--hf-repo": "LLAMA_ARG_HF_REPO",
     "--hf-file": "LLAMA_ARG_HF_FILE",
+    "--fit": "LLAMA_ARG_FIT",
 }
 
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the storage and container tests need. Idempotent; a no-op when all are present.
+set -euo pipefail
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v cmake >/dev/null || need+=(cmake)
+command -v g++ >/dev/null || need+=(g++)
+command -v losetup >/dev/null || need+=(mount)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "system-deps: missing ${need[*]} and not root; install them with apt-get" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

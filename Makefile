@@ -1,0 +1,60 @@
+# gpu-preflight - developer and CI entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+IMAGE ?= gpu-preflight
+TARGET ?= both
+
+.PHONY: help install system-deps llama-cpp test unit e2e lint run image bench clean
+
+help:
+	@echo "make run         set up and run the preflight here (probe + plan + dry run, no engine start)"
+	@echo "make test        set up everything (venv, fio, docker, llama.cpp) and run every test"
+	@echo "make unit        only the tests that need no Docker engine"
+	@echo "make e2e         only the end-to-end container tests"
+	@echo "make lint        ruff + mypy + hadolint"
+	@echo "make image       docker build the image (TARGET=both|vllm|llamacpp)"
+	@echo "make bench       run the benchmarks and rewrite bench/results/"
+
+$(BIN)/gpu-preflight: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+install: $(BIN)/gpu-preflight
+
+# fio, debootstrap and docker.io for the storage and container tests (root, Debian).
+system-deps:
+	bash .ci/system-deps.sh
+
+# Static CPU builds of llama-server and llama-fit-params, cached in /var/cache/gpu-preflight.
+llama-cpp:
+	bash .ci/llama-cpp.sh >/dev/null
+
+test: install system-deps llama-cpp lint
+	$(BIN)/pytest -p no:cacheprovider
+
+unit: install
+	$(BIN)/pytest -p no:cacheprovider -m "not docker"
+
+e2e: install system-deps llama-cpp
+	$(BIN)/pytest -p no:cacheprovider -m docker
+
+lint: install
+	$(BIN)/ruff check entrypoint tests bench
+	$(BIN)/mypy
+
+run: install
+	$(BIN)/gpu-preflight probe
+	PREFLIGHT_PROFILE_DIR=$${PREFLIGHT_PROFILE_DIR:-$(CURDIR)/.preflight} $(BIN)/gpu-preflight run --dry-run
+
+image:
+	docker build --target $(TARGET) -t $(IMAGE):$(TARGET) .
+
+bench: install llama-cpp
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .preflight .mypy_cache .ruff_cache
