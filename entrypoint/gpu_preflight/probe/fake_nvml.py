@@ -1,0 +1,173 @@
+"""A recorded NVML: answers the pynvml calls the GPU probe makes from a scenario document.
+
+This is the hardware edge and nothing more: values come from recorded device facts (scenario
+files under tests/fixtures/nvml/, or a catalog card for --simulate), and failures are raised as
+the *real* pynvml error classes, so the probe's error handling runs exactly as on a machine.
+Scenario format: schemas/nvml-scenario.schema.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pynvml
+
+from gpu_preflight.schemas import validate
+
+MIB = 2**20
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names the file and the problem."""
+
+
+def _error(name: str) -> pynvml.NVMLError:
+    cls = getattr(pynvml, f"NVMLError_{name}", None)
+    if not isinstance(cls, type):
+        raise ScenarioError(f"unknown NVML error name {name!r}")
+    return cls()
+
+
+@dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+    reserved: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class _Handle:
+    device: dict[str, Any]
+    parent: dict[str, Any] | None = None
+
+
+class FakeNvml:
+    """Module-like: the subset of pynvml the probe uses, driven by a scenario dict."""
+
+    SIMULATED = True
+    NVMLError = pynvml.NVMLError
+    nvmlMemory_v2 = pynvml.nvmlMemory_v2
+
+    def __init__(self, scenario: dict[str, Any]) -> None:
+        self.scenario = scenario
+        self.initialised = 0
+        for name in dir(pynvml):
+            if name.startswith("NVMLError_"):
+                setattr(self, name, getattr(pynvml, name))
+
+    # -- library --------------------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        err = self.scenario.get("init_error")
+        if err:
+            raise _error(err)
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.initialised -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return str(self.scenario["driver_version"])
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return int(self.scenario["cuda_driver_version"])
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.scenario["devices"])
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> _Handle:
+        devices = self.scenario["devices"]
+        if i >= len(devices):
+            raise _error("InvalidArgument")
+        dev = devices[i]
+        if dev.get("handle_error"):
+            raise _error(dev["handle_error"])
+        return _Handle(dev)
+
+    # -- per device -----------------------------------------------------------------------
+    def _get(self, h: _Handle, key: str) -> Any:
+        dev = h.device
+        if dev.get("lost"):
+            raise _error("GpuIsLost")
+        errors = dev.get("errors", {})
+        if key in errors:
+            raise _error(errors[key])
+        if key not in dev:
+            raise _error("NotSupported")
+        return dev[key]
+
+    def nvmlDeviceGetUUID(self, h: _Handle) -> str:
+        return str(self._get(h, "uuid"))
+
+    def nvmlDeviceGetName(self, h: _Handle) -> str:
+        return str(self._get(h, "name"))
+
+    def nvmlDeviceGetMemoryInfo(self, h: _Handle, version: int | None = None) -> _Memory:
+        mem = self._get(h, "memory_mib")
+        if version is not None:
+            if not self.scenario.get("memory_v2", True):
+                raise _error("FunctionNotFound")
+            # v2 reports `reserved` separately; `used` excludes it.
+            return _Memory(mem["total"] * MIB, mem["free"] * MIB, mem["used"] * MIB,
+                           mem.get("reserved", 0) * MIB, version)
+        # v1 folds the driver's reservation into `used`.
+        return _Memory(mem["total"] * MIB, mem["free"] * MIB,
+                       (mem["used"] + mem.get("reserved", 0)) * MIB)
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: _Handle) -> tuple[int, int]:
+        cc = self._get(h, "compute_capability")
+        return int(cc[0]), int(cc[1])
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h: _Handle) -> int:
+        return int(self._get(h, "pcie_gen_current"))
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: _Handle) -> int:
+        return int(self._get(h, "pcie_gen_max"))
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: _Handle) -> int:
+        return int(self._get(h, "pcie_width_current"))
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: _Handle) -> int:
+        return int(self._get(h, "pcie_width_max"))
+
+    def nvmlDeviceGetPowerManagementLimit(self, h: _Handle) -> int:
+        return int(self._get(h, "power_limit_mw"))
+
+    def nvmlDeviceGetMigMode(self, h: _Handle) -> tuple[int, int]:
+        mode = self._get(h, "mig_mode")
+        return int(mode[0]), int(mode[1])
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: _Handle) -> int:
+        return int(self._get(h, "max_mig_devices"))
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: _Handle, j: int) -> _Handle:
+        migs = self._get(h, "mig_devices")
+        if j >= len(migs):
+            raise _error("NotFound")
+        return _Handle(migs[j], h.device)
+
+    def nvmlDeviceGetGpuInstanceId(self, h: _Handle) -> int:
+        return int(self._get(h, "gpu_instance_id"))
+
+    def nvmlDeviceGetComputeInstanceId(self, h: _Handle) -> int:
+        return int(self._get(h, "compute_instance_id"))
+
+
+def load_scenario(path: Path) -> dict[str, Any]:
+    try:
+        if path.stat().st_size > 4 * MIB:
+            raise ScenarioError(f"{path}: larger than 4 MiB, not a scenario file")
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid JSON ({exc})") from exc
+    try:
+        validate("nvml-scenario", doc, str(path))
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from exc
+    return dict(doc)
