@@ -309,7 +309,7 @@ def _get_profile(env: Mapping[str, str], simulate: str | None, host_ram: float |
         except ValueError as exc:
             _die(f"--simulate {simulate!r}: {exc}")
         return make_profile(hw, simulated=simulate)
-    from gpu_preflight.cli.run_cmd import probe_options
+    from gpu_preflight.cli.probe_opts import probe_options
     from gpu_preflight.probe.collect import collect_hardware
 
     try:

@@ -14,66 +14,17 @@ from gpu_preflight.cli import render
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.resolve import resolve_model
 from gpu_preflight.plan.document import plan_to_dict
-from gpu_preflight.plan.errors import InvalidInput, OverrideError, PreflightError
+from gpu_preflight.plan.errors import PreflightError
 from gpu_preflight.plan.overrides import Overrides, parse_overrides
 from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
 from gpu_preflight.plan.tiers import load_tiers
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.collect import DEFAULT_PINNED_CAP, ProbeOptions, collect_hardware
-from gpu_preflight.probe.storage import check_bench_dir
+from gpu_preflight.cli.probe_opts import flag, probe_options
+from gpu_preflight.probe.collect import collect_hardware
 from gpu_preflight.probe.types import Profile
 from gpu_preflight.profile import make_profile, profile_to_dict
 
 EXIT_OK, EXIT_INVALID, EXIT_REFUSE = 0, 2, 3
-BENCH_MODES = ("auto", "on", "off", "force")
-DEFAULT_BENCH_DIR = "/bench"
-GIB = 2**30
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise OverrideError(name, env[name], "1/true/yes/on or 0/false/no/off")
-
-
-def probe_options(
-    env: Mapping[str, str], bench_flag: bool | None, bench_dir: Path | None, cache_dir: Path | None
-) -> ProbeOptions:
-    """Decide whether the fio pass runs: --bench/--no-bench, else PREFLIGHT_BENCH (default auto)."""
-    raw = env.get("PREFLIGHT_BENCH", "").strip().lower() or "auto"
-    if raw not in BENCH_MODES:
-        raise OverrideError("PREFLIGHT_BENCH", env["PREFLIGHT_BENCH"], ", ".join(BENCH_MODES))
-    mode = raw if bench_flag is None else ("on" if bench_flag else "off")
-    explicit = bench_dir is not None or bool(env.get("PREFLIGHT_BENCH_DIR", "").strip())
-    directory = bench_dir or Path(env.get("PREFLIGHT_BENCH_DIR", "").strip() or DEFAULT_BENCH_DIR)
-    run = mode in ("on", "force") or (mode == "auto" and (explicit or directory.is_dir()))
-    if run:
-        problem = check_bench_dir(directory)
-        if problem:
-            if mode == "auto" and not explicit:
-                run = False
-            else:
-                name = "--bench-dir" if bench_dir is not None else "PREFLIGHT_BENCH_DIR"
-                raise InvalidInput(f"{name}={str(directory)!r}: {problem}. Accepted: a writable "
-                                   "directory on a local disk filesystem (ext4, xfs, btrfs), e.g. a "
-                                   "volume mounted at /bench")
-    cap = DEFAULT_PINNED_CAP
-    if env.get("PREFLIGHT_PINNED_CAP_GB", "").strip():
-        text = env["PREFLIGHT_PINNED_CAP_GB"].strip()
-        try:
-            cap_gib = float(text)
-        except ValueError:
-            cap_gib = -1.0
-        if not 0 <= cap_gib <= 4096:
-            raise OverrideError("PREFLIGHT_PINNED_CAP_GB", text, "GiB from 0 to 4096, e.g. 16")
-        cap = int(cap_gib * GIB)
-    return ProbeOptions(bench=run, bench_dir=directory if run else None, force_bench=mode == "force",
-                        cache_dir=cache_dir, pinned_cap_bytes=cap)
 
 
 def model_request(env: Mapping[str, str], overrides: Overrides, catalog: Catalogue) -> ModelRequest | None:
@@ -107,7 +58,7 @@ def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run:
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     try:
-        dry = dry_run or _flag(env, "PREFLIGHT_DRY_RUN")
+        dry = dry_run or flag(env, "PREFLIGHT_DRY_RUN")
         overrides = parse_overrides(env, engine_argv)
         pdir = launch.choose_profile_dir(env)
         if pdir.warning:

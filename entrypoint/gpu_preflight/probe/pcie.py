@@ -1,0 +1,56 @@
+"""PCIe bandwidth probe: pinned host-to-device and device-to-host copies, measured separately.
+
+Best of a few synchronous copies of ``bytes_per_copy`` (a transfer can only be slowed by other
+traffic, never sped up). None without a GPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+from gpu_preflight.probe.cuda import CudaDevice, open_cuda
+from gpu_preflight.probe.types import PcieBandwidth, PcieReport
+
+Opener = Callable[[int], AbstractContextManager[CudaDevice | str]]
+REPEATS = 3
+
+
+def _best(copy: Callable[[], None], nbytes: int) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        copy()
+        best = min(best, time.perf_counter() - t0)
+    return round(nbytes / best / 1e9, 2)
+
+
+def probe_pcie(indexes: Sequence[int], bytes_per_copy: int = 256 * 2**20,
+               opener: Opener | None = None) -> PcieReport:
+    opener = opener or open_cuda
+    out: list[PcieBandwidth] = []
+    notes: list[str] = []
+    for i in indexes:
+        with opener(i) as cuda:
+            if isinstance(cuda, str):
+                notes.append(f"GPU {i}: {cuda}")
+                out.append(PcieBandwidth(i, None, None, bytes_per_copy, (cuda,)))
+                continue
+            host = cuda.host_alloc(bytes_per_copy)
+            dev = cuda.device_alloc(bytes_per_copy)
+            try:
+                if host is None or dev is None:
+                    why = "could not allocate the copy buffers"
+                    out.append(PcieBandwidth(i, None, None, bytes_per_copy, (why,)))
+                    continue
+                h2d = _best(lambda: cuda.copy_h2d(dev, host, bytes_per_copy), bytes_per_copy)
+                d2h = _best(lambda: cuda.copy_d2h(host, dev, bytes_per_copy), bytes_per_copy)
+                out.append(PcieBandwidth(i, h2d, d2h, bytes_per_copy))
+            finally:
+                if host is not None:
+                    cuda.host_free(host)
+                if dev is not None:
+                    cuda.device_free(dev)
+    measured = any(d.host_to_device_gb_s is not None for d in out)
+    return PcieReport(tuple(out), "cuda-driver" if measured else None, tuple(dict.fromkeys(notes)))
