@@ -1,0 +1,65 @@
+"""Turn a user's model value into a ModelSpec: catalog id, Hugging Face id, or a path on disk.
+
+A file beats the catalog: a GGUF header (or an HF directory's config.json and safetensors headers)
+gives the exact architecture and bytes. When the file is a known model (same architecture and
+shape as a catalog entry), the catalog's id, name and draft model are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+from gpu_preflight.models.errors import ModelError
+from gpu_preflight.models.types import ModelSpec
+
+ACCEPTED = ("a catalog id (see `gpu-preflight matrix` or data/models.json), a Hugging Face id in the "
+            "catalog, or a path to a .gguf file or a Hugging Face model directory")
+
+
+class CatalogLike(Protocol):
+    @property
+    def models(self) -> tuple[ModelSpec, ...]: ...
+
+
+def _known(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
+    a = spec.arch
+    for m in catalog.models:
+        b = m.arch
+        if (a.architecture, a.n_layers, a.hidden_size, a.n_heads, a.n_kv_heads, a.vocab_size) == (
+            b.architecture, b.n_layers, b.hidden_size, b.n_heads, b.n_kv_heads, b.vocab_size
+        ):
+            return replace(spec, id=m.id, name=m.name, hf_id=m.hf_id, draft=m.draft)
+    return spec
+
+
+def resolve_model(value: str, catalog: CatalogLike, var_name: str) -> ModelSpec:
+    text = value.strip()
+    path = Path(text)
+    if text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf") or path.exists():
+        path = path.expanduser()
+        if not path.exists():
+            raise ModelError(f"{var_name}={value!r}: no such file or directory. Accepted: {ACCEPTED}.")
+        if path.is_file():
+            from gpu_preflight.models.gguf_file import spec_from_gguf
+
+            return _known(spec_from_gguf(path), catalog)
+        if (path / "config.json").is_file():
+            from gpu_preflight.models.hf_dir import spec_from_hf_dir
+
+            return _known(spec_from_hf_dir(path), catalog)
+        raise ModelError(f"{var_name}={value!r}: a directory without config.json. Accepted: {ACCEPTED}.")
+    key = text.lower()
+    for m in catalog.models:
+        if m.id == key:
+            return m
+    for m in catalog.models:
+        if m.hf_id.lower() == key or any(a.repo.lower() == key for a in m.artifacts):
+            return m
+    import difflib
+
+    names = [m.id for m in catalog.models] + [m.hf_id for m in catalog.models]
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"{var_name}={value!r} is not a known model.{hint} Accepted: {ACCEPTED}.")
