@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gpu_preflight.memory.types import Estimate
@@ -71,7 +72,7 @@ def render_profile(console: Console, profile: Profile) -> None:
     for d in hw.gpus.devices:
         notes += [f"GPU {d.index}: {n}" for n in d.notes]
     for n in notes:
-        console.print(f"[dim]note:[/dim] {n}")
+        console.print(f"[dim]note:[/dim] {escape(n)}", soft_wrap=True)
 
 
 def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None) -> None:
@@ -81,16 +82,16 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             f"[bold green]ship[/bold green] tier [bold]{plan.tier}[/bold] ({plan.tier_label}) on "
             f"{', '.join(plan.targets)}"
         )
-        console.print(
-            f"  {plan.engine}: {plan.model.name} [{plan.model.quant}] ({plan.model.repo}"
-            f"{'/' + plan.model.file if plan.model.file else ''}), context {plan.context} tokens "
-            f"x {plan.parallel} parallel"
-        )
+        console.print(escape(
+            f"  {plan.engine}: {plan.model.name} [{plan.model.quant}] ({plan.model.path or plan.model.repo}"
+            f"{'/' + plan.model.file if plan.model.file and not plan.model.path else ''}), context "
+            f"{plan.context} tokens x {plan.parallel} parallel"
+        ), soft_wrap=True)
         t = Table(title="predicted memory", title_justify="left")
         for col in ("device", "weights", "KV cache", "compute", "overhead", "total", "budget"):
             t.add_column(col, justify="right" if col != "device" else "left")
         for d in plan.predicted.devices:
-            t.add_row(f"{d.device} {d.description}", _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
+            t.add_row(d.device, _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
                       _gib(d.compute_bytes), _gib(d.overhead_bytes), _gib(d.total_bytes),
                       _gib(d.budget_bytes))
         console.print(t)
@@ -104,18 +105,18 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             extra.append(f"decode forecast {p.decode_tok_s_low}-{p.decode_tok_s_high} tok/s (1 stream)")
         extra.append(f"{p.kv_bytes_per_token} KV bytes/token")
         console.print("  " + "; ".join(extra))
-        console.print("  argv: " + " ".join(argv if argv is not None else plan.argv), soft_wrap=True)
+        console.print(escape("  argv: " + " ".join(argv if argv is not None else plan.argv)), soft_wrap=True)
     else:
         console.print(f"[bold red]refuse[/bold red] (tier {plan.tier}, on {', '.join(plan.targets)})")
         for r in plan.reasons:
-            console.print(f"  - {r}", soft_wrap=True)
+            console.print(escape(f"  - {r}"), soft_wrap=True)
         if plan.alternatives:
             console.print("  what would fit instead:")
             for a in plan.alternatives:
-                console.print(f"  * [{a.kind}] {a.description}: {_gib(a.total_bytes)} of "
-                              f"{_gib(a.budget_bytes)}", soft_wrap=True)
+                console.print(escape(f"  * [{a.kind}] {a.description}: {_gib(a.total_bytes)} of "
+                                     f"{_gib(a.budget_bytes)}"), soft_wrap=True)
     for w in plan.warnings:
-        console.print(f"  [yellow]warning:[/yellow] {w}", soft_wrap=True)
+        console.print(f"  [yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
 
 
 def render_estimate(console: Console, e: Estimate, title: str) -> None:
@@ -133,7 +134,7 @@ def render_estimate(console: Console, e: Estimate, title: str) -> None:
         line += f"; max concurrency {e.max_concurrency:.2f}x"
     console.print(line)
     for n in e.notes:
-        console.print(f"[dim]note:[/dim] {n}")
+        console.print(f"[dim]note:[/dim] {escape(n)}", soft_wrap=True)
 
 
 def render_tiers(console: Console, tiers: TierTable) -> None:

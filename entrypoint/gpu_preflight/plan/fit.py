@@ -442,6 +442,9 @@ def fit_vllm(
         )
         return estimate_vllm(spec, art, cfg)
 
+    if gmu <= 0:
+        return Miss(spec, art, "vllm", f"{label}: no memory left for vLLM on {ref.label} "
+                    f"({gib(ref.free_bytes)} free, {gib(reserve)} reserved and kept as margin)")
     e = estimate(hi)
     cap = e.kv_capacity_tokens or 0
     budget = int(gmu * ref.total_bytes)
@@ -465,7 +468,7 @@ def fit_vllm(
                      f"(attention heads {spec.arch.n_heads} must divide evenly)")
     return Fit(
         spec=spec, artifact=art, engine="vllm", mode="gpu", context=ctx, parallel=w.parallel,
-        estimate=e, gpus=used, budgets={f"CUDA{i}": budget for i in range(tp)}, forecast=_vllm_forecast(spec, art, e, ctx, used),
+        estimate=e, gpus=used, budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(used)}, forecast=_vllm_forecast(spec, art, e, ctx, used),
         gpu_memory_utilization=gmu, tensor_parallel=tp, cache_type_k=kv_dtype, cache_type_v=kv_dtype,
         warnings=tuple(warns),
     )
