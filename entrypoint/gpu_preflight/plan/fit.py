@@ -312,7 +312,10 @@ def fit_llamacpp(
         miss = speed_ok(best)
         assert miss is not None
         return miss
-    return Miss(spec, art, "llama.cpp", first_miss + "; even with every layer in host RAM it does not fit")
+    all_cpu = worst(lo, 0, n_layers if spec.arch.is_moe else 0).device("CPU")
+    need = all_cpu.total_bytes if all_cpu else 0
+    return Miss(spec, art, "llama.cpp", f"{first_miss}; offloading to host RAM needs up to {gib(need)} "
+                f"there, {gib(host.usable_bytes or 0)} usable")
 
 
 def _cpu(e: Estimate) -> int:

@@ -132,7 +132,7 @@ def _read_device(s: NvmlSession, i: int, catalog: GpuCatalog) -> GpuDevice | Gpu
         total_bytes=int(info.total) if info else None,
         free_bytes=int(info.free) if info else None,
         used_bytes=int(info.used) if info else None,
-        reserved_bytes=int(info.reserved) if info is not None and hasattr(info, "reserved") else None,
+        reserved_bytes=int(info.reserved) if getattr(info, "reserved", None) is not None else None,
         memory_source=source,
         compute_capability=f"{cc[0]}.{cc[1]}" if cc else None,
         pcie_gen_current=gen_cur,
@@ -195,11 +195,12 @@ def probe_gpus(
         devices: list[GpuDevice] = []
         errors: list[GpuError] = []
         for i in range(int(count)):
-            d = _read_device(s, i, catalog)
+            try:
+                d = _read_device(s, i, catalog)
+            except Exception as exc:  # a driver answer we do not understand must not stop the run
+                d = GpuError(index=i, error=f"unexpected answer from NVML: {type(exc).__name__}: {exc}")
             (errors if isinstance(d, GpuError) else devices).append(d)  # type: ignore[arg-type]
         notes = [e for e in s.errors if e.startswith(("driver", "CUDA", "device count"))]
-    if simulated:
-        devices = [_as_simulated(d) for d in devices]
     devices, errors, vis_notes = _filter(env, devices, errors)
     notes += vis_notes
     if not devices and not errors:
@@ -214,11 +215,6 @@ def probe_gpus(
         visible_devices=visible,
         notes=tuple(notes),
     )
-
-
-def _as_simulated(d: GpuDevice) -> GpuDevice:
-    migs = tuple(dataclasses.replace(m, memory_source="simulated") for m in d.mig_devices)
-    return dataclasses.replace(d, memory_source="simulated" if d.memory_source else None, mig_devices=migs)
 
 
 def _fallback(
