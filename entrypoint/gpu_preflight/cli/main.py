@@ -21,6 +21,7 @@ from gpu_preflight.cli.options import (
     compose,
     context_option,
     engine_option,
+    host_bandwidth_option,
     host_ram_option,
     json_option,
     model_option,
@@ -79,12 +80,13 @@ def main() -> None:
               help="Directory for the fio pass (default: PREFLIGHT_BENCH_DIR or /bench).")
 @simulate_option
 @host_ram_option
+@host_bandwidth_option
 def probe(as_json: bool, out: Path | None, bench: bool | None, bench_dir: Path | None,
-          simulate: str | None, host_ram: float | None) -> None:
+          simulate: str | None, host_ram: float | None, host_bandwidth: float | None) -> None:
     """Read the machine (GPUs, platform, host memory, pinned memory, PCIe, storage) and print the profile."""
     env = dict(os.environ)
     profile = _get_profile(env, simulate, host_ram, None, bench, bench_dir,
-                           cache_dir=out.parent if out else None)
+                           cache_dir=out.parent if out else None, host_bandwidth=host_bandwidth)
     from gpu_preflight.profile import profile_to_dict
 
     doc = profile_to_dict(profile)
@@ -126,16 +128,17 @@ def gpus(as_json: bool) -> None:
 @json_option
 @simulate_option
 @host_ram_option
+@host_bandwidth_option
 @profile_option
 @model_option
 @engine_option
 @context_option
-def plan_cmd(as_json: bool, simulate: str | None, host_ram: float | None, profile_path: str | None,
-             model: str | None, engine: str | None, context: str | None) -> None:
+def plan_cmd(as_json: bool, simulate: str | None, host_ram: float | None, host_bandwidth: float | None,
+             profile_path: str | None, model: str | None, engine: str | None, context: str | None) -> None:
     """Plan what to serve here (or on --simulate'd hardware). Exit 0 ship, 3 refuse, 2 bad input."""
     env = _with_cli_overrides(dict(os.environ), model=model, engine=engine, context=context)
     overrides = _overrides(env, ())
-    profile = _get_profile(env, simulate, host_ram, profile_path, False, None, None)
+    profile = _get_profile(env, simulate, host_ram, profile_path, False, None, None, host_bandwidth)
     result = _plan(env, profile, overrides)
     if as_json:
         _emit_json(to_dict(result))
@@ -291,7 +294,7 @@ def _write_out(path: Path, doc: Any) -> None:
 
 def _get_profile(env: Mapping[str, str], simulate: str | None, host_ram: float | None,
                  profile_path: str | None, bench: bool | None, bench_dir: Path | None,
-                 cache_dir: Path | None) -> Any:
+                 cache_dir: Path | None, host_bandwidth: float | None = None) -> Any:
     from gpu_preflight.profile import ProfileError, make_profile, read_profile
 
     if profile_path and simulate:
@@ -305,7 +308,7 @@ def _get_profile(env: Mapping[str, str], simulate: str | None, host_ram: float |
         from gpu_preflight.probe.collect import simulated_hardware
 
         try:
-            hw = simulated_hardware(simulate, int(host_ram * GIB) if host_ram else None)
+            hw = simulated_hardware(simulate, int(host_ram * GIB) if host_ram else None, host_bandwidth)
         except ValueError as exc:
             _die(f"--simulate {simulate!r}: {exc}")
         return make_profile(hw, simulated=simulate)

@@ -25,6 +25,13 @@ host_ram_option = click.option(
     help="With --simulate: the simulated machine's host RAM in GiB (needed to plan CPU offload).",
 )
 
+host_bandwidth_option = click.option(
+    "--host-bandwidth",
+    type=click.FloatRange(min=0.1, max=10000),
+    metavar="GB/S",
+    help="With --simulate: the simulated host's memory bandwidth (forecasts CPU offload speed).",
+)
+
 profile_option = click.option(
     "--profile",
     "profile_path",

@@ -157,8 +157,8 @@ def _llama_bytes_per_token(
         # Routed experts dominate MoE weights; a token reads only its experts' share of them.
         gpu_w = int(gpu_w * _moe_read_fraction(art, active))
         cpu_w = int(cpu_w * _moe_read_fraction(art, active))
-    # Token embeddings are a row lookup, not a full read; llama.cpp keeps them in host RAM.
-    emb = art.layout.token_embd_bytes if art.layout else 0
+    # Token embeddings are a row lookup, and norms are noise: neither is read whole per token.
+    emb = (art.layout.token_embd_bytes + art.layout.other_bytes) if art.layout else 0
     cpu_w = max(0, cpu_w - emb)
     kv = e.kv_bytes_per_token * context
     gpu_kv = sum(d.kv_cache_bytes for d in e.devices if d.device != "CPU")
@@ -255,7 +255,11 @@ def fit_llamacpp(
 
     def speed_ok(fit: Fit) -> Miss | None:
         if fit.forecast is None:
-            return None  # unknown speed is warned about, not refused: see the caller
+            return Miss(
+                spec, art, "llama.cpp",
+                f"{label}: {fit.mode} decode speed cannot be forecast (a memory bandwidth is unknown), "
+                f"so the floor of {w.min_tok_s:g} tok/s (PREFLIGHT_MIN_TOKS) cannot be confirmed",
+            )
         if fit.forecast.low_tok_s < w.min_tok_s:
             return Miss(
                 spec, art, "llama.cpp",

@@ -73,7 +73,9 @@ def collect_hardware(env: Mapping[str, str], opts: ProbeOptions) -> Hardware:
     return Hardware(gpus=gpus, platform=platform, memory=memory, pinned=pinned, pcie=pcie, storage=storage)
 
 
-def simulated_hardware(spec: str, host_ram_bytes: int | None) -> Hardware:
+def simulated_hardware(
+    spec: str, host_ram_bytes: int | None, host_bandwidth_gb_s: float | None = None
+) -> Hardware:
     """The hardware as if on a machine described by ``spec`` (catalog name, NxNAME, MIG, file)."""
     sim = simulate(spec)
     note = f"simulated from {spec!r}: not measured"
@@ -104,9 +106,10 @@ def simulated_hardware(spec: str, host_ram_bytes: int | None) -> Hardware:
             swap_free_bytes=None,
             cpu_count=None,
             cpu_quota_cores=None,
-            cpu_memory_bandwidth_gb_s=None,
-            cpu_bandwidth_source=None,
-            notes=(f"{note}; host RAM from --host-ram",),
+            cpu_memory_bandwidth_gb_s=host_bandwidth_gb_s,
+            cpu_bandwidth_source="simulated" if host_bandwidth_gb_s else None,
+            notes=(f"{note}; host RAM from --host-ram"
+                   + ("" if host_bandwidth_gb_s else "; host bandwidth unknown (--host-bandwidth)"),),
         )
     else:
         memory = HostMemory(

@@ -1,0 +1,62 @@
+"""Plan fixtures: simulated profiles of real cards and the built-in catalog and tiers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from gpu_preflight.models.catalog import load_catalog
+from gpu_preflight.models.resolve import resolve_model
+from gpu_preflight.plan.document import plan_to_dict
+from gpu_preflight.plan.overrides import parse_overrides
+from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
+from gpu_preflight.plan.tiers import load_tiers
+from gpu_preflight.plan.types import Plan
+from gpu_preflight.probe.collect import simulated_hardware
+from gpu_preflight.profile import make_profile
+from tests.conftest import NVML
+
+GIB = 2**30
+CATALOG = load_catalog()
+CATALOGUE = Catalogue(models=CATALOG.models)
+TIERS = load_tiers({})
+
+
+# A simulated host: 64 GiB of RAM with a dual-channel DDR5 desktop's copy bandwidth.
+HOST_BANDWIDTH_GB_S = 40.0
+
+
+def profile_for(spec: str, host_ram_gib: float | None = 64, host_bw: float | None = HOST_BANDWIDTH_GB_S):
+    if spec.endswith(".json"):
+        spec = str(NVML / spec)
+    hw = simulated_hardware(spec, int(host_ram_gib * GIB) if host_ram_gib else None, host_bw)
+    return make_profile(hw, simulated=spec)
+
+
+def run_plan(spec: str, env: Mapping[str, str] | None = None, argv: tuple[str, ...] = (),
+             host_ram_gib: float | None = 64, engines: tuple[str, ...] = ("vllm", "llama.cpp"),
+             host_bw: float | None = HOST_BANDWIDTH_GB_S) -> Plan:
+    env = dict(env or {})
+    o = parse_overrides(env, argv)
+    request = None
+    if o.model is not None:
+        value = str(o.model.value)
+        base, at, q = value.rpartition("@")
+        quant = str(o.quantization.value) if o.quantization else None
+        if at and base:
+            value, quant = base, q
+        request = ModelRequest(resolve_model(value, CATALOG, o.model.source.split(":", 1)[1]), quant, o.model.source)
+    result = plan(profile_for(spec, host_ram_gib, host_bw), CATALOGUE, TIERS, o, request, engines)
+    plan_to_dict(result)  # every plan, ship or refuse, must validate against the schema
+    if result.verdict == "ship":
+        assert result.predicted is not None
+        for d in result.predicted.devices:
+            assert d.total_bytes <= d.budget_bytes, (d, result.model)
+        assert result.argv
+    return result
+
+
+@pytest.fixture
+def plan_on():
+    return run_plan
