@@ -47,4 +47,6 @@ def validate(name: str, document: Any, what: str | None = None) -> None:
         for e in errors[:10]
     ]
     more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-    raise SchemaError(f"{label} does not match schemas/{name}.schema.json:\n" + "\n".join(lines) + more)
+    raise SchemaError(
+        f"{label} does not match schemas/{name}.schema.json:\n" + "\n".join(lines) + more
+    )

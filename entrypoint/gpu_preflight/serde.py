@@ -68,7 +68,9 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
             return tuple(_decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise DecodeError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise DecodeError(f"{path}: expected an object, got {type(value).__name__}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pytest
+from tests.conftest import NVML
 
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.resolve import resolve_model
@@ -15,7 +16,6 @@ from gpu_preflight.plan.tiers import load_tiers
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.probe.collect import simulated_hardware
 from gpu_preflight.profile import make_profile
-from tests.conftest import NVML
 
 GIB = 2**30
 CATALOG = load_catalog()
@@ -27,16 +27,23 @@ TIERS = load_tiers({})
 HOST_BANDWIDTH_GB_S = 40.0
 
 
-def profile_for(spec: str, host_ram_gib: float | None = 64, host_bw: float | None = HOST_BANDWIDTH_GB_S):
+def profile_for(
+    spec: str, host_ram_gib: float | None = 64, host_bw: float | None = HOST_BANDWIDTH_GB_S
+):
     if spec.endswith(".json"):
         spec = str(NVML / spec)
     hw = simulated_hardware(spec, int(host_ram_gib * GIB) if host_ram_gib else None, host_bw)
     return make_profile(hw, simulated=spec)
 
 
-def run_plan(spec: str, env: Mapping[str, str] | None = None, argv: tuple[str, ...] = (),
-             host_ram_gib: float | None = 64, engines: tuple[str, ...] = ("vllm", "llama.cpp"),
-             host_bw: float | None = HOST_BANDWIDTH_GB_S) -> Plan:
+def run_plan(
+    spec: str,
+    env: Mapping[str, str] | None = None,
+    argv: tuple[str, ...] = (),
+    host_ram_gib: float | None = 64,
+    engines: tuple[str, ...] = ("vllm", "llama.cpp"),
+    host_bw: float | None = HOST_BANDWIDTH_GB_S,
+) -> Plan:
     env = dict(env or {})
     o = parse_overrides(env, argv)
     request = None
@@ -46,7 +53,9 @@ def run_plan(spec: str, env: Mapping[str, str] | None = None, argv: tuple[str, .
         quant = str(o.quantization.value) if o.quantization else None
         if at and base:
             value, quant = base, q
-        request = ModelRequest(resolve_model(value, CATALOG, o.model.source.split(":", 1)[1]), quant, o.model.source)
+        request = ModelRequest(
+            resolve_model(value, CATALOG, o.model.source.split(":", 1)[1]), quant, o.model.source
+        )
     result = plan(profile_for(spec, host_ram_gib, host_bw), CATALOGUE, TIERS, o, request, engines)
     plan_to_dict(result)  # every plan, ship or refuse, must validate against the schema
     if result.verdict == "ship":

@@ -21,9 +21,19 @@ from gpu_preflight.plan.overrides import parse_engine_args, parse_overrides
         ({"VLLM_MAX_MODEL_LEN": "4096"}, "context", 4096, "env:VLLM_MAX_MODEL_LEN"),
         ({"LLAMA_ARG_CTX_SIZE": "2048"}, "context", 2048, "env:LLAMA_ARG_CTX_SIZE"),
         ({"PREFLIGHT_TIER": "GPU-24GB"}, "tier", "gpu-24gb", "env:PREFLIGHT_TIER"),
-        ({"PREFLIGHT_KV_CACHE_TYPE": "Q8_0"}, "kv_cache_type", "q8_0", "env:PREFLIGHT_KV_CACHE_TYPE"),
+        (
+            {"PREFLIGHT_KV_CACHE_TYPE": "Q8_0"},
+            "kv_cache_type",
+            "q8_0",
+            "env:PREFLIGHT_KV_CACHE_TYPE",
+        ),
         ({"PREFLIGHT_KV_CACHE_TYPE": "fp8"}, "kv_cache_type", "fp8", "env:PREFLIGHT_KV_CACHE_TYPE"),
-        ({"PREFLIGHT_RESERVE_GB": "2.5"}, "reserve_bytes", int(2.5 * 2**30), "env:PREFLIGHT_RESERVE_GB"),
+        (
+            {"PREFLIGHT_RESERVE_GB": "2.5"},
+            "reserve_bytes",
+            int(2.5 * 2**30),
+            "env:PREFLIGHT_RESERVE_GB",
+        ),
         ({"PREFLIGHT_MIN_TOKS": "5"}, "min_tok_s", 5.0, "env:PREFLIGHT_MIN_TOKS"),
         ({"PREFLIGHT_PARALLEL": "4"}, "parallel", 4, "env:PREFLIGHT_PARALLEL"),
         ({"VLLM_QUANTIZATION": "AWQ"}, "quantization", "awq", "env:VLLM_QUANTIZATION"),
@@ -66,7 +76,11 @@ def test_valid_override_parses_with_its_source(env, field, value, source):
             "VLLM_MODEL",
             "same model",
         ),
-        ({"PREFLIGHT_CONTEXT": "8192", "VLLM_MAX_MODEL_LEN": "4096"}, "VLLM_MAX_MODEL_LEN", "one context"),
+        (
+            {"PREFLIGHT_CONTEXT": "8192", "VLLM_MAX_MODEL_LEN": "4096"},
+            "VLLM_MAX_MODEL_LEN",
+            "one context",
+        ),
     ],
 )
 def test_invalid_override_names_variable_value_and_accepted(env, variable, accepted_fragment):

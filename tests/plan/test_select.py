@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tests.plan.conftest import GIB, run_plan
 
 from gpu_preflight.plan.errors import OverrideError
-from tests.plan.conftest import GIB, run_plan
 
 # Zero-config: (hardware, tier, engine, model, quant). The context is the largest that fits.
 ZERO_CONFIG = [
@@ -36,7 +36,9 @@ def test_zero_config(hw, tier, engine, model, quant):
     p = run_plan(hw)
     assert p.verdict == "ship", p.reasons
     assert (p.tier, p.engine, p.model.id, p.model.quant) == (tier, engine, model, quant)
-    t = next(t for t in __import__("tests.plan.conftest", fromlist=["TIERS"]).TIERS.tiers if t.id == tier)
+    t = next(
+        t for t in __import__("tests.plan.conftest", fromlist=["TIERS"]).TIERS.tiers if t.id == tier
+    )
     assert t.min_context <= p.context <= t.target_context
     assert p.sources["model"] == f"tier:{tier}"
 
@@ -49,7 +51,10 @@ def test_tensor_parallel_over_identical_gpus():
 
 
 def test_mixed_gpus_are_never_split_evenly():
-    p = run_plan("mixed_4090_3060.json", {"PREFLIGHT_ENGINE": "llama.cpp", "PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M"})
+    p = run_plan(
+        "mixed_4090_3060.json",
+        {"PREFLIGHT_ENGINE": "llama.cpp", "PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M"},
+    )
     assert p.verdict == "ship"
     split = p.argv[p.argv.index("--tensor-split") + 1].split(",")
     a, b = (float(x) for x in split)
@@ -86,9 +91,16 @@ def test_low_free_memory_is_planned_against_free_not_total():
 
 
 def test_user_model_engine_context_are_kept_and_sourced():
-    p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_ENGINE": "llama.cpp",
-                              "PREFLIGHT_CONTEXT": "8192", "PREFLIGHT_PARALLEL": "3",
-                              "PREFLIGHT_KV_CACHE_TYPE": "q8_0"})
+    p = run_plan(
+        "rtx-4090",
+        {
+            "PREFLIGHT_MODEL": "qwen3-8b",
+            "PREFLIGHT_ENGINE": "llama.cpp",
+            "PREFLIGHT_CONTEXT": "8192",
+            "PREFLIGHT_PARALLEL": "3",
+            "PREFLIGHT_KV_CACHE_TYPE": "q8_0",
+        },
+    )
     assert (p.model.id, p.engine, p.context, p.parallel) == ("qwen3-8b", "llama.cpp", 8192, 3)
     assert p.argv[p.argv.index("--ctx-size") + 1] == str(8192 * 3)
     assert p.argv[p.argv.index("--cache-type-k") + 1] == "q8_0"
@@ -97,16 +109,21 @@ def test_user_model_engine_context_are_kept_and_sourced():
 
 
 def test_vllm_compat_variables():
-    p = run_plan("h100-sxm", {"VLLM_MODEL": "Qwen/Qwen3-32B", "VLLM_QUANTIZATION": "fp8",
-                              "VLLM_MAX_MODEL_LEN": "16384"})
+    p = run_plan(
+        "h100-sxm",
+        {"VLLM_MODEL": "Qwen/Qwen3-32B", "VLLM_QUANTIZATION": "fp8", "VLLM_MAX_MODEL_LEN": "16384"},
+    )
     assert (p.engine, p.model.id, p.model.quant, p.context) == ("vllm", "qwen3-32b", "fp8", 16384)
     assert p.argv[p.argv.index("--quantization") + 1] == "fp8"
     assert p.sources["engine"] == "env:VLLM_MODEL"
 
 
 def test_engine_args_beat_env_and_are_respected():
-    p = run_plan("rtx-4090", {"PREFLIGHT_CONTEXT": "4096", "PREFLIGHT_MODEL": "qwen3-8b"},
-                 argv=("--ctx-size", "16384", "--jinja"))
+    p = run_plan(
+        "rtx-4090",
+        {"PREFLIGHT_CONTEXT": "4096", "PREFLIGHT_MODEL": "qwen3-8b"},
+        argv=("--ctx-size", "16384", "--jinja"),
+    )
     assert p.context == 16384 and p.sources["context"] == "arg:--ctx-size"
     assert p.argv.count("--ctx-size") == 1 and p.argv[-3:] == ("--ctx-size", "16384", "--jinja")
 
@@ -121,8 +138,15 @@ def test_tier_override_and_unknown_tier():
 
 def test_context_that_cannot_fit_is_a_refusal_with_a_shorter_alternative():
     # Host RAM unknown: offloading layers to make room is not an option, so the context must fit.
-    p = run_plan("rtx-4060", {"PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_CONTEXT": "40960",
-                              "PREFLIGHT_ENGINE": "llama.cpp"}, host_ram_gib=None)
+    p = run_plan(
+        "rtx-4060",
+        {
+            "PREFLIGHT_MODEL": "qwen3-8b",
+            "PREFLIGHT_CONTEXT": "40960",
+            "PREFLIGHT_ENGINE": "llama.cpp",
+        },
+        host_ram_gib=None,
+    )
     assert p.verdict == "refuse" and p.argv == ()
     assert any("40960 tokens" in r and "GiB" in r for r in p.reasons)
     alt = next(a for a in p.alternatives if a.kind == "shorter-context")
@@ -130,7 +154,9 @@ def test_context_that_cannot_fit_is_a_refusal_with_a_shorter_alternative():
 
 
 def test_model_too_large_refuses_with_numbers_and_alternatives():
-    p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct", "PREFLIGHT_MIN_TOKS": "5"})
+    p = run_plan(
+        "rtx-4090", {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct", "PREFLIGHT_MIN_TOKS": "5"}
+    )
     assert p.verdict == "refuse"
     assert any("GiB" in r and "RTX 4090" in r for r in p.reasons)
     kinds = {a.kind for a in p.alternatives}
@@ -140,9 +166,15 @@ def test_model_too_large_refuses_with_numbers_and_alternatives():
 
 
 def test_offload_when_floor_allows_it():
-    p = run_plan("tests/fixtures/nvml/mixed_4090_3060.json".split("/")[-1],
-                 {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct@Q4_K_M", "PREFLIGHT_ENGINE": "llama.cpp",
-                  "PREFLIGHT_MIN_TOKS": "0.5", "CUDA_VISIBLE_DEVICES": "0"})
+    p = run_plan(
+        ["tests", "fixtures", "nvml", "mixed_4090_3060.json"][-1],
+        {
+            "PREFLIGHT_MODEL": "llama-3.1-70b-instruct@Q4_K_M",
+            "PREFLIGHT_ENGINE": "llama.cpp",
+            "PREFLIGHT_MIN_TOKS": "0.5",
+            "CUDA_VISIBLE_DEVICES": "0",
+        },
+    )
     assert p.verdict == "ship", p.reasons
     assert "--n-gpu-layers" in p.argv
     ngl = int(p.argv[p.argv.index("--n-gpu-layers") + 1])
@@ -153,15 +185,24 @@ def test_offload_when_floor_allows_it():
 
 
 def test_moe_offloads_experts_first():
-    p = run_plan("rtx-4060", {"PREFLIGHT_MODEL": "qwen3-30b-a3b@Q4_K_M", "PREFLIGHT_ENGINE": "llama.cpp",
-                              "PREFLIGHT_CONTEXT": "8192"}, host_ram_gib=64)
+    p = run_plan(
+        "rtx-4060",
+        {
+            "PREFLIGHT_MODEL": "qwen3-30b-a3b@Q4_K_M",
+            "PREFLIGHT_ENGINE": "llama.cpp",
+            "PREFLIGHT_CONTEXT": "8192",
+        },
+        host_ram_gib=64,
+    )
     assert p.verdict == "ship", p.reasons
     assert p.argv[p.argv.index("--n-gpu-layers") + 1] == "all"
     assert int(p.argv[p.argv.index("--n-cpu-moe") + 1]) > 0
 
 
 def test_wsl2_without_confirmed_pinned_memory_refuses_offload():
-    p = run_plan("wsl2_laptop.json", {"PREFLIGHT_MODEL": "qwen3-14b@Q4_K_M", "PREFLIGHT_ENGINE": "llama.cpp"})
+    p = run_plan(
+        "wsl2_laptop.json", {"PREFLIGHT_MODEL": "qwen3-14b@Q4_K_M", "PREFLIGHT_ENGINE": "llama.cpp"}
+    )
     assert p.verdict == "refuse"
     assert any("WSL2" in r and "pinned" in r for r in p.reasons)
 
@@ -174,12 +215,19 @@ def test_no_gpu_vllm_is_refused_with_the_reason():
 
 def test_cpu_speed_floor():
     p = run_plan("library_not_found.json", {"PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M"}, host_bw=None)
-    assert p.verdict == "refuse"  # 64 GiB of RAM holds it, but with no bandwidth the speed is unknown
+    assert (
+        p.verdict == "refuse"
+    )  # 64 GiB of RAM holds it, but with no bandwidth the speed is unknown
     assert any("cannot be forecast" in r for r in p.reasons)
     # With a recorded host bandwidth the floor is enforced by the forecast.
-    q = run_plan("library_not_found.json", {"PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M", "PREFLIGHT_MIN_TOKS": "5"})
+    q = run_plan(
+        "library_not_found.json", {"PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M", "PREFLIGHT_MIN_TOKS": "5"}
+    )
     assert q.verdict == "refuse" and any("under the floor of 5 tok/s" in r for r in q.reasons)
-    ok = run_plan("library_not_found.json", {"PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M", "PREFLIGHT_MIN_TOKS": "0.5"})
+    ok = run_plan(
+        "library_not_found.json",
+        {"PREFLIGHT_MODEL": "qwen3-32b@Q4_K_M", "PREFLIGHT_MIN_TOKS": "0.5"},
+    )
     assert ok.verdict == "ship" and ok.predicted.decode_tok_s_low >= 0.5
 
 
@@ -191,8 +239,15 @@ def test_kv_type_for_the_other_engine_rules_that_engine_out():
 
 
 def test_quantized_v_cache_without_flash_attention_is_refused():
-    p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_ENGINE": "llama.cpp",
-                              "PREFLIGHT_KV_CACHE_TYPE": "q4_0", "LLAMA_ARG_FLASH_ATTN": "off"})
+    p = run_plan(
+        "rtx-4090",
+        {
+            "PREFLIGHT_MODEL": "qwen3-8b",
+            "PREFLIGHT_ENGINE": "llama.cpp",
+            "PREFLIGHT_KV_CACHE_TYPE": "q4_0",
+            "LLAMA_ARG_FLASH_ATTN": "off",
+        },
+    )
     assert p.verdict == "refuse" and any("flash attention" in r for r in p.reasons)
 
 
@@ -207,8 +262,14 @@ def test_sliding_window_model_context():
 
 
 def test_pinned_context_is_kept_by_offloading_layers_when_ram_allows():
-    p = run_plan("rtx-4060", {"PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_CONTEXT": "40960",
-                              "PREFLIGHT_ENGINE": "llama.cpp"})
+    p = run_plan(
+        "rtx-4060",
+        {
+            "PREFLIGHT_MODEL": "qwen3-8b",
+            "PREFLIGHT_CONTEXT": "40960",
+            "PREFLIGHT_ENGINE": "llama.cpp",
+        },
+    )
     assert p.verdict == "ship" and p.context == 40960
     assert int(p.argv[p.argv.index("--n-gpu-layers") + 1]) < 37
     assert any("offload" in w for w in p.warnings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import pytest
+
 from gpu_preflight.probe.pcie import probe_pcie
 from gpu_preflight.probe.pinned import probe_pinned
 
@@ -71,10 +73,8 @@ def test_pinned_frees_even_when_the_driver_raises():
             return super().host_alloc(n)
 
     cuda = Exploding(limit=10**12)
-    try:
+    with pytest.raises(RuntimeError):
         probe_pinned(cap_bytes=4096 * MIB, chunk_bytes=256 * MIB, opener=opener_for(cuda))
-    except RuntimeError:
-        pass
     assert cuda.held == {}
 
 

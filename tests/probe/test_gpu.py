@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import scenario
 
 from gpu_preflight.probe.command import CommandResult
 from gpu_preflight.probe.gpu import probe_gpus
 from gpu_preflight.probe.visible import VisibleDevicesError
-from tests.conftest import scenario
 
 MIB = 2**20
 
 
 def test_rtx4090_fields_and_v2_memory():
     r = probe_gpus({}, lib=scenario("rtx4090"))
-    assert r.source == "simulated" and r.driver_version == "550.54.15" and r.cuda_driver_version == "12.4"
+    assert (
+        r.source == "simulated"
+        and r.driver_version == "550.54.15"
+        and r.cuda_driver_version == "12.4"
+    )
     (d,) = r.devices
     assert d.name == "NVIDIA GeForce RTX 4090"
     assert d.total_bytes == 24564 * MIB
@@ -93,11 +97,16 @@ def test_library_missing_uses_nvidia_smi_when_present():
     from gpu_preflight.probe import gpu as gpu_mod
     from gpu_preflight.probe.nvml import LIBRARY_NOT_FOUND, NvmlFailure
 
-    r = gpu_mod._fallback({}, NvmlFailure(LIBRARY_NOT_FOUND, "lib missing"), runner,
-                          gpu_mod.load_gpu_catalog(), None)
+    r = gpu_mod._fallback(
+        {}, NvmlFailure(LIBRARY_NOT_FOUND, "lib missing"), runner, gpu_mod.load_gpu_catalog(), None
+    )
     (d,) = r.devices
     assert r.source == "nvidia-smi" and d.memory_source == "nvidia-smi"
-    assert d.total_bytes == 24564 * MIB and d.free_bytes == 23187 * MIB and d.reserved_bytes == 334 * MIB
+    assert (
+        d.total_bytes == 24564 * MIB
+        and d.free_bytes == 23187 * MIB
+        and d.reserved_bytes == 334 * MIB
+    )
     assert d.mig_enabled is None and d.power_limit_watts == 450.0
     assert calls[0][0] == "nvidia-smi" and "--format=csv,noheader,nounits" in calls[0]
 
@@ -108,8 +117,16 @@ def test_nvidia_smi_without_memory_reserved_is_retried():
     def runner(argv, timeout):
         fields_seen.append(argv[1])
         if "memory.reserved" in argv[1]:
-            return CommandResult(tuple(argv), 2, "", 'Field "memory.reserved" is not a valid field to query.', None)
-        return CommandResult(tuple(argv), 0, "0, GPU-x, Tesla T4, 15109, 0, 15109, 470.1, 7.5, 3, 3, 16, 16, 70.00, Disabled\n", "", None)
+            return CommandResult(
+                tuple(argv), 2, "", 'Field "memory.reserved" is not a valid field to query.', None
+            )
+        return CommandResult(
+            tuple(argv),
+            0,
+            "0, GPU-x, Tesla T4, 15109, 0, 15109, 470.1, 7.5, 3, 3, 16, 16, 70.00, Disabled\n",
+            "",
+            None,
+        )
 
     from gpu_preflight.gpu_catalog import load_gpu_catalog
     from gpu_preflight.probe.smi import probe_with_smi
@@ -155,7 +172,11 @@ def test_malformed_visible_devices_is_invalid_input(value):
     for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
         with pytest.raises(VisibleDevicesError) as info:
             probe_gpus({var: value}, lib=scenario("4x_l4"))
-        assert var in str(info.value) and repr(value) in str(info.value) and "Accepted" in str(info.value)
+        assert (
+            var in str(info.value)
+            and repr(value) in str(info.value)
+            and "Accepted" in str(info.value)
+        )
 
 
 def test_probe_is_balanced_on_nvml_init_and_shutdown():

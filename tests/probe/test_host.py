@@ -44,18 +44,46 @@ def _tree(tmp: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cgroup.controllers": "cpu memory",
-          "sys/fs/cgroup/memory.max": "8589934592\n", "sys/fs/cgroup/memory.current": "1073741824\n",
-          "sys/fs/cgroup/cpu.max": "200000 100000\n"}, (2, 8 * GIB, GIB, 2.0)),
-        ({"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cgroup.controllers": "cpu memory",
-          "sys/fs/cgroup/memory.max": "max\n", "sys/fs/cgroup/memory.current": "4096\n",
-          "sys/fs/cgroup/cpu.max": "max 100000\n"}, (2, None, 4096, None)),
-        ({"proc/self/cgroup": "4:memory:/docker/abc\n", "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
-          "sys/fs/cgroup/memory/memory.usage_in_bytes": "12345\n", "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
-          "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, (1, None, 12345, None)),
-        ({"proc/self/cgroup": "4:memory:/\n", "sys/fs/cgroup/memory/memory.limit_in_bytes": "4294967296\n",
-          "sys/fs/cgroup/memory/memory.usage_in_bytes": "100\n", "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000\n",
-          "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, (1, 4 * GIB, 100, 1.5)),
+        (
+            {
+                "proc/self/cgroup": "0::/\n",
+                "sys/fs/cgroup/cgroup.controllers": "cpu memory",
+                "sys/fs/cgroup/memory.max": "8589934592\n",
+                "sys/fs/cgroup/memory.current": "1073741824\n",
+                "sys/fs/cgroup/cpu.max": "200000 100000\n",
+            },
+            (2, 8 * GIB, GIB, 2.0),
+        ),
+        (
+            {
+                "proc/self/cgroup": "0::/\n",
+                "sys/fs/cgroup/cgroup.controllers": "cpu memory",
+                "sys/fs/cgroup/memory.max": "max\n",
+                "sys/fs/cgroup/memory.current": "4096\n",
+                "sys/fs/cgroup/cpu.max": "max 100000\n",
+            },
+            (2, None, 4096, None),
+        ),
+        (
+            {
+                "proc/self/cgroup": "4:memory:/docker/abc\n",
+                "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+                "sys/fs/cgroup/memory/memory.usage_in_bytes": "12345\n",
+                "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+                "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
+            },
+            (1, None, 12345, None),
+        ),
+        (
+            {
+                "proc/self/cgroup": "4:memory:/\n",
+                "sys/fs/cgroup/memory/memory.limit_in_bytes": "4294967296\n",
+                "sys/fs/cgroup/memory/memory.usage_in_bytes": "100\n",
+                "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000\n",
+                "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
+            },
+            (1, 4 * GIB, 100, 1.5),
+        ),
     ],
 )
 def test_cgroup_trees(tmp_path, files, expected):
@@ -69,9 +97,16 @@ def test_no_cgroup_is_a_note(tmp_path):
 
 
 def test_platform_wsl2_tree(tmp_path):
-    root = _tree(tmp_path, {"proc/sys/kernel/osrelease": "5.15.167.4-microsoft-standard-WSL2\n",
-                            "proc/1/cgroup": "0::/\n", "proc/1/mountinfo": "",
-                            "usr/lib/wsl/lib/libcuda.so.1": "", "dev/dxg": ""})
+    root = _tree(
+        tmp_path,
+        {
+            "proc/sys/kernel/osrelease": "5.15.167.4-microsoft-standard-WSL2\n",
+            "proc/1/cgroup": "0::/\n",
+            "proc/1/mountinfo": "",
+            "usr/lib/wsl/lib/libcuda.so.1": "",
+            "dev/dxg": "",
+        },
+    )
     p = probe_platform(root, env={})
     assert p.wsl2 is True and p.dxg_present and p.wsl_lib_present
     assert p.uvm_oversubscription is False
@@ -79,12 +114,24 @@ def test_platform_wsl2_tree(tmp_path):
 
 
 def test_platform_native_linux_with_uvm_in_docker(tmp_path):
-    root = _tree(tmp_path, {"proc/sys/kernel/osrelease": "6.8.0-45-generic\n", ".dockerenv": "",
-                            "dev/nvidia-uvm": "", "proc/driver/nvidia/version": "NVRM 550",
-                            "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": ""})
+    root = _tree(
+        tmp_path,
+        {
+            "proc/sys/kernel/osrelease": "6.8.0-45-generic\n",
+            ".dockerenv": "",
+            "dev/nvidia-uvm": "",
+            "proc/driver/nvidia/version": "NVRM 550",
+            "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": "",
+        },
+    )
     p = probe_platform(root, env={})
-    assert (p.in_container, p.container_runtime, p.nvidia_runtime, p.wsl2, p.uvm_oversubscription) == (
-        True, "docker", True, False, True)
+    assert (
+        p.in_container,
+        p.container_runtime,
+        p.nvidia_runtime,
+        p.wsl2,
+        p.uvm_oversubscription,
+    ) == (True, "docker", True, False, True)
 
 
 def test_platform_container_without_toolkit_says_what_to_do(tmp_path):

@@ -22,7 +22,10 @@ def test_every_catalog_gpu_simulates_to_a_valid_profile(gpu):
     (d,) = hw.gpus.devices
     assert d.name == card.nvml_name
     assert d.total_bytes == card.memory_total_mib * MIB
-    assert d.free_bytes == (card.memory_total_mib - card.memory_reserved_mib - card.memory_idle_used_mib) * MIB
+    assert (
+        d.free_bytes
+        == (card.memory_total_mib - card.memory_reserved_mib - card.memory_idle_used_mib) * MIB
+    )
     assert d.compute_capability == card.compute_capability
     assert profile_from_dict(doc).hardware == hw
 
@@ -64,6 +67,8 @@ def test_scenario_file_with_platform_and_memory(nvml_fixtures):
 
 def test_malformed_scenario_is_rejected(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text('{"description": "x", "source": "y", "devices": [{"memory_mib": {"total": -1}}]}')
+    bad.write_text(
+        '{"description": "x", "source": "y", "devices": [{"memory_mib": {"total": -1}}]}'
+    )
     with pytest.raises(SimulateError, match="nvml-scenario"):
         simulate(str(bad))

@@ -24,7 +24,9 @@ def _ensure_fio() -> None:
         return
     if os.geteuid() != 0:
         pytest.skip("fio is not installed and this user cannot apt-get install it")
-    r = subprocess.run(["apt-get", "install", "-y", "-qq", "fio"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "fio"], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0 or not shutil.which("fio"):
         pytest.skip(f"fio could not be installed: {r.stderr.strip()[-200:]}")
 
@@ -40,7 +42,9 @@ def ext4_dir(tmp_path):
     with image.open("wb") as f:
         f.truncate(192 * 2**20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    r = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         pytest.skip(f"loop mount not permitted here: {r.stderr.strip()}")
     try:

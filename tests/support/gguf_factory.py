@@ -16,8 +16,12 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gpu_preflight.models.types import ModelArch
 
 QUANT_TYPES = {
-    "F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16, "Q8_0": GGMLQuantizationType.Q8_0,
-    "Q4_0": GGMLQuantizationType.Q4_0, "Q4_K": GGMLQuantizationType.Q4_K, "Q6_K": GGMLQuantizationType.Q6_K,
+    "F32": GGMLQuantizationType.F32,
+    "F16": GGMLQuantizationType.F16,
+    "Q8_0": GGMLQuantizationType.Q8_0,
+    "Q4_0": GGMLQuantizationType.Q4_0,
+    "Q4_K": GGMLQuantizationType.Q4_K,
+    "Q6_K": GGMLQuantizationType.Q6_K,
     "MXFP4": GGMLQuantizationType.MXFP4,
 }
 # File-type ids (general.file_type) as llama.cpp's llama_ftype enum numbers them.
@@ -35,14 +39,18 @@ def _pick(quant: str, ne0: int, expert: bool = False) -> GGMLQuantizationType:
     """The type a matrix gets: the quant's main type if its row length allows it, else Q8_0/F16."""
     if quant == "MXFP4":
         return GGMLQuantizationType.MXFP4 if expert else GGMLQuantizationType.Q8_0
-    main = {"Q4_K_M": GGMLQuantizationType.Q4_K}.get(quant, QUANT_TYPES.get(quant, GGMLQuantizationType.F16))
+    main = {"Q4_K_M": GGMLQuantizationType.Q4_K}.get(
+        quant, QUANT_TYPES.get(quant, GGMLQuantizationType.F16)
+    )
     block = GGML_QUANT_SIZES[main][0]
     if ne0 % block == 0:
         return main
     return GGMLQuantizationType.Q8_0 if ne0 % 32 == 0 else GGMLQuantizationType.F16
 
 
-def tensor_plan(a: ModelArch, quant: str) -> list[tuple[str, tuple[int, ...], GGMLQuantizationType]]:
+def tensor_plan(
+    a: ModelArch, quant: str
+) -> list[tuple[str, tuple[int, ...], GGMLQuantizationType]]:
     """(name, numpy shape, type) for every tensor llama.cpp loads for this architecture."""
     h, hd, hdv = a.hidden_size, a.head_dim, a.v_head_dim
     q, k, v = a.n_heads * hd, a.n_kv_heads * hd, a.n_kv_heads * hdv
@@ -52,51 +60,85 @@ def tensor_plan(a: ModelArch, quant: str) -> list[tuple[str, tuple[int, ...], GG
     out.append(("token_embd.weight", (a.vocab_size, h), emb_t))
     out.append(("output_norm.weight", (h,), f32))
     if not a.tied_embeddings:
-        out.append(("output.weight", (a.vocab_size, h), _pick("Q6_K" if quant == "Q4_K_M" else quant, h)))
+        out.append(
+            ("output.weight", (a.vocab_size, h), _pick("Q6_K" if quant == "Q4_K_M" else quant, h))
+        )
     for i in range(a.n_layers):
         b = f"blk.{i}."
         out.append((b + "attn_norm.weight", (h,), f32))
         if a.architecture == "phi3":
             out.append((b + "attn_qkv.weight", (q + k + v, h), _pick(quant, h)))
         else:
-            out += [(b + "attn_q.weight", (q, h), _pick(quant, h)), (b + "attn_k.weight", (k, h), _pick(quant, h)),
-                    (b + "attn_v.weight", (v, h), _pick(quant, h))]
+            out += [
+                (b + "attn_q.weight", (q, h), _pick(quant, h)),
+                (b + "attn_k.weight", (k, h), _pick(quant, h)),
+                (b + "attn_v.weight", (v, h), _pick(quant, h)),
+            ]
         out.append((b + "attn_output.weight", (h, a.n_heads * hdv), _pick(quant, a.n_heads * hdv)))
         if a.architecture in ("qwen2", "gpt-oss"):
-            out += [(b + "attn_q.bias", (q,), f32), (b + "attn_k.bias", (k,), f32), (b + "attn_v.bias", (v,), f32)]
+            out += [
+                (b + "attn_q.bias", (q,), f32),
+                (b + "attn_k.bias", (k,), f32),
+                (b + "attn_v.bias", (v,), f32),
+            ]
         if a.architecture == "gpt-oss":
-            out += [(b + "attn_output.bias", (h,), f32), (b + "attn_sinks.weight", (a.n_heads,), f32),
-                    (b + "post_attention_norm.weight", (h,), f32)]
+            out += [
+                (b + "attn_output.bias", (h,), f32),
+                (b + "attn_sinks.weight", (a.n_heads,), f32),
+                (b + "post_attention_norm.weight", (h,), f32),
+            ]
         if a.architecture in ("qwen3", "qwen3moe", "gemma3"):
             out += [(b + "attn_q_norm.weight", (hd,), f32), (b + "attn_k_norm.weight", (hd,), f32)]
         if a.architecture in ("gemma2", "gemma3"):
-            out += [(b + "post_attention_norm.weight", (h,), f32), (b + "post_ffw_norm.weight", (h,), f32)]
+            out += [
+                (b + "post_attention_norm.weight", (h,), f32),
+                (b + "post_ffw_norm.weight", (h,), f32),
+            ]
         if a.architecture != "gpt-oss":
             out.append((b + "ffn_norm.weight", (h,), f32))
         if a.is_moe:
             n, eff = a.n_experts or 0, a.expert_intermediate_size or 0
             out.append((b + "ffn_gate_inp.weight", (n, h), f32))
-            out += [(b + "ffn_gate_exps.weight", (n, eff, h), _pick(quant, h, True)),
-                    (b + "ffn_up_exps.weight", (n, eff, h), _pick(quant, h, True)),
-                    (b + "ffn_down_exps.weight", (n, h, eff), _pick(quant, eff, True))]
+            out += [
+                (b + "ffn_gate_exps.weight", (n, eff, h), _pick(quant, h, True)),
+                (b + "ffn_up_exps.weight", (n, eff, h), _pick(quant, h, True)),
+                (b + "ffn_down_exps.weight", (n, h, eff), _pick(quant, eff, True)),
+            ]
             if a.architecture == "gpt-oss":
-                out += [(b + "ffn_gate_inp.bias", (n,), f32), (b + "ffn_gate_exps.bias", (n, eff), f32),
-                        (b + "ffn_up_exps.bias", (n, eff), f32), (b + "ffn_down_exps.bias", (n, h), f32)]
+                out += [
+                    (b + "ffn_gate_inp.bias", (n,), f32),
+                    (b + "ffn_gate_exps.bias", (n, eff), f32),
+                    (b + "ffn_up_exps.bias", (n, eff), f32),
+                    (b + "ffn_down_exps.bias", (n, h), f32),
+                ]
         elif a.architecture == "phi3":
             ff = a.intermediate_size
-            out += [(b + "ffn_up.weight", (2 * ff, h), _pick(quant, h)), (b + "ffn_down.weight", (h, ff), _pick(quant, ff))]
+            out += [
+                (b + "ffn_up.weight", (2 * ff, h), _pick(quant, h)),
+                (b + "ffn_down.weight", (h, ff), _pick(quant, ff)),
+            ]
         else:
             ff = a.intermediate_size
-            out += [(b + "ffn_gate.weight", (ff, h), _pick(quant, h)), (b + "ffn_up.weight", (ff, h), _pick(quant, h)),
-                    (b + "ffn_down.weight", (h, ff), _pick(quant, ff))]
+            out += [
+                (b + "ffn_gate.weight", (ff, h), _pick(quant, h)),
+                (b + "ffn_up.weight", (ff, h), _pick(quant, h)),
+                (b + "ffn_down.weight", (h, ff), _pick(quant, ff)),
+            ]
     if a.architecture == "phi3":
-        out += [("rope_factors_long.weight", (hd // 2,), f32), ("rope_factors_short.weight", (hd // 2,), f32)]
+        out += [
+            ("rope_factors_long.weight", (hd // 2,), f32),
+            ("rope_factors_short.weight", (hd // 2,), f32),
+        ]
     return out
 
 
 def byte_vocab(n: int) -> tuple[list[str], list[int], list[str]]:
     """A GPT-2 byte-level BPE vocabulary of n tokens (256 bytes + merges + specials)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     extra = 0
     for b in range(256):
@@ -118,8 +160,14 @@ def byte_vocab(n: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def write_gguf(path: Path, arch: ModelArch, quant: str = "Q4_K_M", sparse: bool = True,
-               name: str = "test-model", seed: int = 0) -> Path:
+def write_gguf(
+    path: Path,
+    arch: ModelArch,
+    quant: str = "Q4_K_M",
+    sparse: bool = True,
+    name: str = "test-model",
+    seed: int = 0,
+) -> Path:
     a = arch
     gname = GGUF_ARCH.get(a.architecture, a.architecture)
     w = GGUFWriter(str(path), gname)
@@ -183,7 +231,9 @@ def write_gguf(path: Path, arch: ModelArch, quant: str = "Q4_K_M", sparse: bool 
             data = rng.integers(0, 256, nb, dtype=np.uint8).tobytes()
             if t == GGMLQuantizationType.Q8_0:
                 arr = np.frombuffer(bytearray(data), dtype=np.uint8).reshape(-1, 34)
-                arr[:, 0:2] = np.frombuffer(np.float16(0.001).tobytes(), dtype=np.uint8)  # sane scales
+                arr[:, 0:2] = np.frombuffer(
+                    np.float16(0.001).tobytes(), dtype=np.uint8
+                )  # sane scales
                 data = arr.tobytes()
         fout.write(data)
         w.write_padding(fout, nb)

@@ -18,7 +18,6 @@ from rich.console import Console
 from gpu_preflight import __version__
 from gpu_preflight.cli import render
 from gpu_preflight.cli.options import (
-    compose,
     context_option,
     engine_option,
     host_bandwidth_option,
@@ -69,24 +68,50 @@ def main() -> None:
 # probe / gpus
 
 
-@main.command(epilog="\b\nExamples:\n  gpu-preflight probe --json --no-bench\n"
-              "  gpu-preflight probe --simulate 4xl4 --json --out l4.json")
+@main.command(
+    epilog="\b\nExamples:\n  gpu-preflight probe --json --no-bench\n"
+    "  gpu-preflight probe --simulate 4xl4 --json --out l4.json"
+)
 @json_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the profile JSON to this file (atomically).")
-@click.option("--bench/--no-bench", default=None,
-              help="Run the fio storage pass on the bench dir (default: when /bench exists).")
-@click.option("--bench-dir", type=click.Path(path_type=Path),
-              help="Directory for the fio pass (default: PREFLIGHT_BENCH_DIR or /bench).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the profile JSON to this file (atomically).",
+)
+@click.option(
+    "--bench/--no-bench",
+    default=None,
+    help="Run the fio storage pass on the bench dir (default: when /bench exists).",
+)
+@click.option(
+    "--bench-dir",
+    type=click.Path(path_type=Path),
+    help="Directory for the fio pass (default: PREFLIGHT_BENCH_DIR or /bench).",
+)
 @simulate_option
 @host_ram_option
 @host_bandwidth_option
-def probe(as_json: bool, out: Path | None, bench: bool | None, bench_dir: Path | None,
-          simulate: str | None, host_ram: float | None, host_bandwidth: float | None) -> None:
+def probe(
+    as_json: bool,
+    out: Path | None,
+    bench: bool | None,
+    bench_dir: Path | None,
+    simulate: str | None,
+    host_ram: float | None,
+    host_bandwidth: float | None,
+) -> None:
     """Read the machine (GPUs, platform, host memory, pinned memory, PCIe, storage) and print the profile."""
     env = dict(os.environ)
-    profile = _get_profile(env, simulate, host_ram, None, bench, bench_dir,
-                           cache_dir=out.parent if out else None, host_bandwidth=host_bandwidth)
+    profile = _get_profile(
+        env,
+        simulate,
+        host_ram,
+        None,
+        bench,
+        bench_dir,
+        cache_dir=out.parent if out else None,
+        host_bandwidth=host_bandwidth,
+    )
     from gpu_preflight.profile import profile_to_dict
 
     doc = profile_to_dict(profile)
@@ -114,9 +139,15 @@ def gpus(as_json: bool) -> None:
     for col in ("id", "name", "VRAM (NVML)", "bandwidth", "CC", "PCIe", "MIG profiles"):
         t.add_column(col)
     for g in catalog.gpus:
-        t.add_row(g.id, g.nvml_name, f"{g.memory_total_mib} MiB", f"{g.memory_bandwidth_gb_s:g} GB/s",
-                  g.compute_capability, f"gen{g.pcie_gen} x{g.pcie_width}",
-                  ", ".join(m.name for m in g.mig_profiles) or "-")
+        t.add_row(
+            g.id,
+            g.nvml_name,
+            f"{g.memory_total_mib} MiB",
+            f"{g.memory_bandwidth_gb_s:g} GB/s",
+            g.compute_capability,
+            f"gen{g.pcie_gen} x{g.pcie_width}",
+            ", ".join(m.name for m in g.mig_profiles) or "-",
+        )
     Console().print(t)
 
 
@@ -133,8 +164,16 @@ def gpus(as_json: bool) -> None:
 @model_option
 @engine_option
 @context_option
-def plan_cmd(as_json: bool, simulate: str | None, host_ram: float | None, host_bandwidth: float | None,
-             profile_path: str | None, model: str | None, engine: str | None, context: str | None) -> None:
+def plan_cmd(
+    as_json: bool,
+    simulate: str | None,
+    host_ram: float | None,
+    host_bandwidth: float | None,
+    profile_path: str | None,
+    model: str | None,
+    engine: str | None,
+    context: str | None,
+) -> None:
     """Plan what to serve here (or on --simulate'd hardware). Exit 0 ship, 3 refuse, 2 bad input."""
     env = _with_cli_overrides(dict(os.environ), model=model, engine=engine, context=context)
     overrides = _overrides(env, ())
@@ -147,28 +186,63 @@ def plan_cmd(as_json: bool, simulate: str | None, host_ram: float | None, host_b
     sys.exit(EXIT_OK if result.verdict == "ship" else EXIT_REFUSE)
 
 
-@main.command(epilog="\b\nExamples:\n"
-              "  gpu-preflight estimate --model llama-3.1-8b-instruct --engine llama.cpp --context 8192 --cpu\n"
-              "  gpu-preflight estimate --model ./model.gguf --engine llama.cpp --context 32k "
-              "--cache-type q8_0 --gpu rtx-4090\n"
-              "  gpu-preflight estimate --model qwen3-32b --engine vllm --context 16k --gpu h100-sxm --json")
-@click.option("--model", required=True, metavar="ID|HF_ID|PATH", help="Catalog id (id@QUANT for one "
-              "artifact), Hugging Face id, or a path to a GGUF file / HF directory.")
+@main.command(
+    epilog="\b\nExamples:\n"
+    "  gpu-preflight estimate --model llama-3.1-8b-instruct --engine llama.cpp --context 8192 --cpu\n"
+    "  gpu-preflight estimate --model ./model.gguf --engine llama.cpp --context 32k "
+    "--cache-type q8_0 --gpu rtx-4090\n"
+    "  gpu-preflight estimate --model qwen3-32b --engine vllm --context 16k --gpu h100-sxm --json"
+)
+@click.option(
+    "--model",
+    required=True,
+    metavar="ID|HF_ID|PATH",
+    help="Catalog id (id@QUANT for one "
+    "artifact), Hugging Face id, or a path to a GGUF file / HF directory.",
+)
 @click.option("--engine", required=True, type=click.Choice(["vllm", "llama.cpp"]))
-@click.option("--context", required=True, metavar="TOKENS", help="Context per sequence (8192, 32k).")
-@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 1024),
-              help="Sequences (llama.cpp -np / vLLM max-num-seqs).")
-@click.option("--cache-type", metavar="TYPE", help="KV cache type: llama.cpp f16, q8_0, q4_0, ...; "
-              "vLLM auto or fp8.")
-@click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
-@click.option("--gpu", metavar="NAME", help="Place it on one simulated GPU (see `gpu-preflight gpus`).")
+@click.option(
+    "--context", required=True, metavar="TOKENS", help="Context per sequence (8192, 32k)."
+)
+@click.option(
+    "--parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Sequences (llama.cpp -np / vLLM max-num-seqs).",
+)
+@click.option(
+    "--cache-type",
+    metavar="TYPE",
+    help="KV cache type: llama.cpp f16, q8_0, q4_0, ...; vLLM auto or fp8.",
+)
+@click.option(
+    "--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True
+)
+@click.option(
+    "--gpu", metavar="NAME", help="Place it on one simulated GPU (see `gpu-preflight gpus`)."
+)
 @click.option("--cpu", is_flag=True, help="llama.cpp on the CPU only (no layers offloaded).")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9,
-              show_default=True, help="vLLM: the fraction of the GPU's total memory it may use.")
+@click.option(
+    "--gpu-memory-utilization",
+    type=click.FloatRange(0.05, 1.0),
+    default=0.9,
+    show_default=True,
+    help="vLLM: the fraction of the GPU's total memory it may use.",
+)
 @json_option
-def estimate(model: str, engine: str, context: str, parallel: int, cache_type: str | None,
-             flash_attn: str, gpu: str | None, cpu: bool, gpu_memory_utilization: float,
-             as_json: bool) -> None:
+def estimate(
+    model: str,
+    engine: str,
+    context: str,
+    parallel: int,
+    cache_type: str | None,
+    flash_attn: str,
+    gpu: str | None,
+    cpu: bool,
+    gpu_memory_utilization: float,
+    as_json: bool,
+) -> None:
     """The memory breakdown for exactly one configuration: no selection, no fitting."""
     from gpu_preflight.cli.estimate_cmd import run_estimate
 
@@ -177,8 +251,17 @@ def estimate(model: str, engine: str, context: str, parallel: int, cache_type: s
     if not cpu and not gpu:
         _die("say where: --gpu NAME (see `gpu-preflight gpus`) or --cpu")
     try:
-        e, title = run_estimate(model, engine, context, parallel, cache_type, flash_attn, gpu, cpu,
-                                gpu_memory_utilization)
+        e, title = run_estimate(
+            model,
+            engine,
+            context,
+            parallel,
+            cache_type,
+            flash_attn,
+            gpu,
+            cpu,
+            gpu_memory_utilization,
+        )
     except PreflightError as exc:
         _die(str(exc), exc.exit_code)
     except ValueError as exc:
@@ -189,15 +272,28 @@ def estimate(model: str, engine: str, context: str, parallel: int, cache_type: s
         render.render_estimate(Console(), e, title)
 
 
-@main.command(epilog="\b\nExample:\n  gpu-preflight matrix --gpus rtx-3060,rtx-4090,a100-80gb "
-              "--models qwen3-8b,qwen3-32b,llama-3.1-70b-instruct")
-@click.option("--gpus", "gpu_list", metavar="A,B,...", help="GPUs to simulate (default: every GPU).")
-@click.option("--models", "model_list", metavar="X,Y,...", help="Models (default: every tier model).")
-@click.option("--context", metavar="TOKENS", help="Pin the context (default: the largest that fits).")
+@main.command(
+    epilog="\b\nExample:\n  gpu-preflight matrix --gpus rtx-3060,rtx-4090,a100-80gb "
+    "--models qwen3-8b,qwen3-32b,llama-3.1-70b-instruct"
+)
+@click.option(
+    "--gpus", "gpu_list", metavar="A,B,...", help="GPUs to simulate (default: every GPU)."
+)
+@click.option(
+    "--models", "model_list", metavar="X,Y,...", help="Models (default: every tier model)."
+)
+@click.option(
+    "--context", metavar="TOKENS", help="Pin the context (default: the largest that fits)."
+)
 @host_ram_option
 @json_option
-def matrix(gpu_list: str | None, model_list: str | None, context: str | None, host_ram: float | None,
-           as_json: bool) -> None:
+def matrix(
+    gpu_list: str | None,
+    model_list: str | None,
+    context: str | None,
+    host_ram: float | None,
+    as_json: bool,
+) -> None:
     """A model x GPU table: verdict, engine and the largest context that fits."""
     from gpu_preflight.cli.matrix_cmd import render_matrix, run_matrix
 
@@ -224,8 +320,13 @@ def tiers(as_json: bool) -> None:
     except PreflightError as exc:
         _die(str(exc), exc.exit_code)
     if as_json:
-        _emit_json({"schema_version": 1, "origin": table.origin,
-                    "tiers": [to_dict(t) for t in table.tiers]})
+        _emit_json(
+            {
+                "schema_version": 1,
+                "origin": table.origin,
+                "tiers": [to_dict(t) for t in table.tiers],
+            }
+        )
     else:
         render.render_tiers(Console(), table)
 
@@ -234,14 +335,16 @@ def tiers(as_json: bool) -> None:
 # run
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-              epilog="\b\nExamples:\n  gpu-preflight run --dry-run\n"
-              "  gpu-preflight run -- --api-key-file /run/secrets/key   (engine args after --)\n"
-              "\b\nEnvironment: PREFLIGHT_MODEL, PREFLIGHT_ENGINE, PREFLIGHT_CONTEXT, PREFLIGHT_TIER,\n"
-              "PREFLIGHT_KV_CACHE_TYPE, PREFLIGHT_RESERVE_GB, PREFLIGHT_MIN_TOKS, PREFLIGHT_PARALLEL,\n"
-              "PREFLIGHT_BENCH (auto|on|off|force), PREFLIGHT_BENCH_DIR, PREFLIGHT_PROFILE_DIR,\n"
-              "PREFLIGHT_DRY_RUN, PREFLIGHT_PORT, PREFLIGHT_HOST, VLLM_MODEL, VLLM_QUANTIZATION,\n"
-              "VLLM_MAX_MODEL_LEN, LLAMA_ARG_*; see docs/configuration.md.")
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    epilog="\b\nExamples:\n  gpu-preflight run --dry-run\n"
+    "  gpu-preflight run -- --api-key-file /run/secrets/key   (engine args after --)\n"
+    "\b\nEnvironment: PREFLIGHT_MODEL, PREFLIGHT_ENGINE, PREFLIGHT_CONTEXT, PREFLIGHT_TIER,\n"
+    "PREFLIGHT_KV_CACHE_TYPE, PREFLIGHT_RESERVE_GB, PREFLIGHT_MIN_TOKS, PREFLIGHT_PARALLEL,\n"
+    "PREFLIGHT_BENCH (auto|on|off|force), PREFLIGHT_BENCH_DIR, PREFLIGHT_PROFILE_DIR,\n"
+    "PREFLIGHT_DRY_RUN, PREFLIGHT_PORT, PREFLIGHT_HOST, VLLM_MODEL, VLLM_QUANTIZATION,\n"
+    "VLLM_MAX_MODEL_LEN, LLAMA_ARG_*; see docs/configuration.md.",
+)
 @click.option("--dry-run", is_flag=True, help="Plan and print the engine command; do not start it.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def run(dry_run: bool, engine_args: tuple[str, ...]) -> None:
@@ -259,8 +362,11 @@ def run(dry_run: bool, engine_args: tuple[str, ...]) -> None:
 # shared plumbing
 
 
-_CLI_VARS = {"model": ("PREFLIGHT_MODEL", "--model"), "engine": ("PREFLIGHT_ENGINE", "--engine"),
-             "context": ("PREFLIGHT_CONTEXT", "--context")}
+_CLI_VARS = {
+    "model": ("PREFLIGHT_MODEL", "--model"),
+    "engine": ("PREFLIGHT_ENGINE", "--engine"),
+    "context": ("PREFLIGHT_CONTEXT", "--context"),
+}
 
 
 def _with_cli_overrides(env: dict[str, str], **values: str | None) -> dict[str, str]:
@@ -292,13 +398,22 @@ def _write_out(path: Path, doc: Any) -> None:
         _die(f"--out {path}: cannot write it ({exc.strerror or exc})")
 
 
-def _get_profile(env: Mapping[str, str], simulate: str | None, host_ram: float | None,
-                 profile_path: str | None, bench: bool | None, bench_dir: Path | None,
-                 cache_dir: Path | None, host_bandwidth: float | None = None) -> Any:
+def _get_profile(
+    env: Mapping[str, str],
+    simulate: str | None,
+    host_ram: float | None,
+    profile_path: str | None,
+    bench: bool | None,
+    bench_dir: Path | None,
+    cache_dir: Path | None,
+    host_bandwidth: float | None = None,
+) -> Any:
     from gpu_preflight.profile import ProfileError, make_profile, read_profile
 
     if profile_path and simulate:
-        _die("--profile and --simulate exclude each other: plan from a saved profile or a simulation")
+        _die(
+            "--profile and --simulate exclude each other: plan from a saved profile or a simulation"
+        )
     if profile_path:
         try:
             return read_profile(Path(profile_path))
@@ -308,7 +423,9 @@ def _get_profile(env: Mapping[str, str], simulate: str | None, host_ram: float |
         from gpu_preflight.probe.collect import simulated_hardware
 
         try:
-            hw = simulated_hardware(simulate, int(host_ram * GIB) if host_ram else None, host_bandwidth)
+            hw = simulated_hardware(
+                simulate, int(host_ram * GIB) if host_ram else None, host_bandwidth
+            )
         except ValueError as exc:
             _die(f"--simulate {simulate!r}: {exc}")
         return make_profile(hw, simulated=simulate)

@@ -43,9 +43,11 @@ def probe_options(
                 run = False
             else:
                 name = "--bench-dir" if bench_dir is not None else "PREFLIGHT_BENCH_DIR"
-                raise InvalidInput(f"{name}={str(directory)!r}: {problem}. Accepted: a writable "
-                                   "directory on a local disk filesystem (ext4, xfs, btrfs), e.g. a "
-                                   "volume mounted at /bench")
+                raise InvalidInput(
+                    f"{name}={str(directory)!r}: {problem}. Accepted: a writable "
+                    "directory on a local disk filesystem (ext4, xfs, btrfs), e.g. a "
+                    "volume mounted at /bench"
+                )
     cap = DEFAULT_PINNED_CAP
     if env.get("PREFLIGHT_PINNED_CAP_GB", "").strip():
         text = env["PREFLIGHT_PINNED_CAP_GB"].strip()
@@ -56,5 +58,10 @@ def probe_options(
         if not 0 <= cap_gib <= 4096:
             raise OverrideError("PREFLIGHT_PINNED_CAP_GB", text, "GiB from 0 to 4096, e.g. 16")
         cap = int(cap_gib * GIB)
-    return ProbeOptions(bench=run, bench_dir=directory if run else None, force_bench=mode == "force",
-                        cache_dir=cache_dir, pinned_cap_bytes=cap)
+    return ProbeOptions(
+        bench=run,
+        bench_dir=directory if run else None,
+        force_bench=mode == "force",
+        cache_dir=cache_dir,
+        pinned_cap_bytes=cap,
+    )

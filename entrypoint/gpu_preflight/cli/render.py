@@ -36,13 +36,27 @@ def render_profile(console: Console, profile: Profile) -> None:
             if d.pcie_gen_current and d.pcie_width_current
             else "unknown"
         )
-        gpus.add_row(str(d.index), _val(d.name), _gib(d.total_bytes), _gib(d.free_bytes),
-                     _val(d.compute_capability), pcie,
-                     f"{len(d.mig_devices)} devices" if d.mig_enabled else "off",
-                     _val(d.memory_source))
-        for m in d.mig_devices:
-            gpus.add_row(f"  {d.index}:{m.mig_index}", _val(m.name), _gib(m.total_bytes),
-                         _gib(m.free_bytes), "", "", "leaf", _val(m.memory_source))
+        gpus.add_row(
+            str(d.index),
+            _val(d.name),
+            _gib(d.total_bytes),
+            _gib(d.free_bytes),
+            _val(d.compute_capability),
+            pcie,
+            f"{len(d.mig_devices)} devices" if d.mig_enabled else "off",
+            _val(d.memory_source),
+        )
+        for mig in d.mig_devices:
+            gpus.add_row(
+                f"  {d.index}:{mig.mig_index}",
+                _val(mig.name),
+                _gib(mig.total_bytes),
+                _gib(mig.free_bytes),
+                "",
+                "",
+                "leaf",
+                _val(mig.memory_source),
+            )
     for e in hw.gpus.errors:
         gpus.add_row(str(e.index), f"[red]error: {e.error}[/red]", "", "", "", "", "", "")
     if hw.gpus.devices or hw.gpus.errors:
@@ -58,17 +72,30 @@ def render_profile(console: Console, profile: Profile) -> None:
         f"container {_val(hw.platform.in_container)}, WSL2 {_val(hw.platform.wsl2)}"
     )
     if hw.pinned.ceiling_bytes is not None:
-        console.print(f"pinnable host memory: {_gib(hw.pinned.ceiling_bytes)}"
-                      f"{' (cap reached)' if hw.pinned.capped else ''}")
+        console.print(
+            f"pinnable host memory: {_gib(hw.pinned.ceiling_bytes)}"
+            f"{' (cap reached)' if hw.pinned.capped else ''}"
+        )
     for p in hw.pcie.devices:
-        console.print(f"PCIe GPU {p.index}: H2D {_val(p.host_to_device_gb_s)} GB/s, "
-                      f"D2H {_val(p.device_to_host_gb_s)} GB/s")
+        console.print(
+            f"PCIe GPU {p.index}: H2D {_val(p.host_to_device_gb_s)} GB/s, "
+            f"D2H {_val(p.device_to_host_gb_s)} GB/s"
+        )
     s = hw.storage
     if s.seq_read_mib_s is not None:
-        console.print(f"storage {s.path} ({s.filesystem}): seq read {s.seq_read_mib_s:.0f} MiB/s, "
-                      f"4k random read {s.rand_read_4k_iops or 0:.0f} IOPS ({s.source})")
-    notes = [*hw.gpus.notes, *hw.platform.notes, *m.notes, *hw.pinned.notes, *hw.pcie.notes,
-             *s.notes, *profile.notes]
+        console.print(
+            f"storage {s.path} ({s.filesystem}): seq read {s.seq_read_mib_s:.0f} MiB/s, "
+            f"4k random read {s.rand_read_4k_iops or 0:.0f} IOPS ({s.source})"
+        )
+    notes = [
+        *hw.gpus.notes,
+        *hw.platform.notes,
+        *m.notes,
+        *hw.pinned.notes,
+        *hw.pcie.notes,
+        *s.notes,
+        *profile.notes,
+    ]
     for d in hw.gpus.devices:
         notes += [f"GPU {d.index}: {n}" for n in d.notes]
     for n in notes:
@@ -82,18 +109,27 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             f"[bold green]ship[/bold green] tier [bold]{plan.tier}[/bold] ({plan.tier_label}) on "
             f"{', '.join(plan.targets)}"
         )
-        console.print(escape(
-            f"  {plan.engine}: {plan.model.name} [{plan.model.quant}] ({plan.model.path or plan.model.repo}"
-            f"{'/' + plan.model.file if plan.model.file and not plan.model.path else ''}), context "
-            f"{plan.context} tokens x {plan.parallel} parallel"
-        ), soft_wrap=True)
+        console.print(
+            escape(
+                f"  {plan.engine}: {plan.model.name} [{plan.model.quant}] ({plan.model.path or plan.model.repo}"
+                f"{'/' + plan.model.file if plan.model.file and not plan.model.path else ''}), context "
+                f"{plan.context} tokens x {plan.parallel} parallel"
+            ),
+            soft_wrap=True,
+        )
         t = Table(title="predicted memory", title_justify="left")
         for col in ("device", "weights", "KV cache", "compute", "overhead", "total", "budget"):
             t.add_column(col, justify="right" if col != "device" else "left")
         for d in plan.predicted.devices:
-            t.add_row(d.device, _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
-                      _gib(d.compute_bytes), _gib(d.overhead_bytes), _gib(d.total_bytes),
-                      _gib(d.budget_bytes))
+            t.add_row(
+                d.device,
+                _gib(d.weights_bytes),
+                _gib(d.kv_cache_bytes),
+                _gib(d.compute_bytes),
+                _gib(d.overhead_bytes),
+                _gib(d.total_bytes),
+                _gib(d.budget_bytes),
+            )
         console.print(t)
         p = plan.predicted
         extra = []
@@ -102,19 +138,30 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
         if p.max_concurrency is not None:
             extra.append(f"max concurrency {p.max_concurrency:.1f}x at {plan.context} tokens")
         if p.decode_tok_s_low is not None:
-            extra.append(f"decode forecast {p.decode_tok_s_low}-{p.decode_tok_s_high} tok/s (1 stream)")
+            extra.append(
+                f"decode forecast {p.decode_tok_s_low}-{p.decode_tok_s_high} tok/s (1 stream)"
+            )
         extra.append(f"{p.kv_bytes_per_token} KV bytes/token")
         console.print("  " + "; ".join(extra))
-        console.print(escape("  argv: " + " ".join(argv if argv is not None else plan.argv)), soft_wrap=True)
+        console.print(
+            escape("  argv: " + " ".join(argv if argv is not None else plan.argv)), soft_wrap=True
+        )
     else:
-        console.print(f"[bold red]refuse[/bold red] (tier {plan.tier}, on {', '.join(plan.targets)})")
+        console.print(
+            f"[bold red]refuse[/bold red] (tier {plan.tier}, on {', '.join(plan.targets)})"
+        )
         for r in plan.reasons:
             console.print(escape(f"  - {r}"), soft_wrap=True)
         if plan.alternatives:
             console.print("  what would fit instead:")
             for a in plan.alternatives:
-                console.print(escape(f"  * [{a.kind}] {a.description}: {_gib(a.total_bytes)} of "
-                                     f"{_gib(a.budget_bytes)}"), soft_wrap=True)
+                console.print(
+                    escape(
+                        f"  * [{a.kind}] {a.description}: {_gib(a.total_bytes)} of "
+                        f"{_gib(a.budget_bytes)}"
+                    ),
+                    soft_wrap=True,
+                )
     for w in plan.warnings:
         console.print(f"  [yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
 
@@ -124,8 +171,14 @@ def render_estimate(console: Console, e: Estimate, title: str) -> None:
     for col in ("device", "weights", "KV cache", "compute", "overhead", "total"):
         t.add_column(col, justify="right" if col != "device" else "left")
     for d in e.devices:
-        t.add_row(d.device, _gib(d.weights_bytes), _gib(d.kv_cache_bytes), _gib(d.compute_bytes),
-                  _gib(d.overhead_bytes), _gib(d.total_bytes))
+        t.add_row(
+            d.device,
+            _gib(d.weights_bytes),
+            _gib(d.kv_cache_bytes),
+            _gib(d.compute_bytes),
+            _gib(d.overhead_bytes),
+            _gib(d.total_bytes),
+        )
     console.print(t)
     line = f"KV bytes/token {e.kv_bytes_per_token}; context {e.context} x {e.parallel}"
     if e.kv_capacity_tokens is not None:
@@ -142,8 +195,13 @@ def render_tiers(console: Console, tiers: TierTable) -> None:
     for col in ("tier", "min usable VRAM", "label", "engines", "context", "parallel", "models"):
         t.add_column(col)
     for tier in tiers.tiers:
-        t.add_row(tier.id, f"{tier.min_vram_gib:g} GiB" if tier.min_vram_gib else "no GPU",
-                  tier.label, ", ".join(tier.engines),
-                  f"{tier.target_context} (min {tier.min_context})", str(tier.parallel),
-                  "\n".join(tier.models))
+        t.add_row(
+            tier.id,
+            f"{tier.min_vram_gib:g} GiB" if tier.min_vram_gib else "no GPU",
+            tier.label,
+            ", ".join(tier.engines),
+            f"{tier.target_context} (min {tier.min_context})",
+            str(tier.parallel),
+            "\n".join(tier.models),
+        )
     console.print(t)

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from gpu_preflight import launch
 from gpu_preflight.cli import render
+from gpu_preflight.cli.probe_opts import flag, probe_options
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.resolve import resolve_model
 from gpu_preflight.plan.document import plan_to_dict
@@ -19,7 +20,6 @@ from gpu_preflight.plan.overrides import Overrides, parse_overrides
 from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
 from gpu_preflight.plan.tiers import load_tiers
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.cli.probe_opts import flag, probe_options
 from gpu_preflight.probe.collect import collect_hardware
 from gpu_preflight.probe.types import Profile
 from gpu_preflight.profile import make_profile, profile_to_dict
@@ -27,7 +27,9 @@ from gpu_preflight.profile import make_profile, profile_to_dict
 EXIT_OK, EXIT_INVALID, EXIT_REFUSE = 0, 2, 3
 
 
-def model_request(env: Mapping[str, str], overrides: Overrides, catalog: Catalogue) -> ModelRequest | None:
+def model_request(
+    env: Mapping[str, str], overrides: Overrides, catalog: Catalogue
+) -> ModelRequest | None:
     if overrides.model is None:
         return None
     value = str(overrides.model.value)
@@ -46,8 +48,12 @@ def catalog_obj(env: Mapping[str, str]):  # type: ignore[no-untyped-def]
     return load_catalog(Path(path) if path else None)
 
 
-def plan_for(env: Mapping[str, str], profile: Profile, overrides: Overrides,
-             engines_available: tuple[str, ...]) -> Plan:
+def plan_for(
+    env: Mapping[str, str],
+    profile: Profile,
+    overrides: Overrides,
+    engines_available: tuple[str, ...],
+) -> Plan:
     cat = catalog_obj(env)
     catalogue = Catalogue(models=tuple(cat.models))
     request = model_request(env, overrides, catalogue)
@@ -79,8 +85,10 @@ def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run:
         launch.write_json_atomic(pdir.path / "profile.json", profile_doc)
         launch.write_json_atomic(pdir.path / "plan.json", plan_doc)
     except OSError as exc:
-        err.print(f"gpu-preflight: warning: could not write the profile to {pdir.path}: {exc}",
-                  markup=False)
+        err.print(
+            f"gpu-preflight: warning: could not write the profile to {pdir.path}: {exc}",
+            markup=False,
+        )
     render.render_plan(console, result)
     console.print(f"profile and plan written to {pdir.path}", markup=False)
     if result.verdict == "refuse":

@@ -27,8 +27,15 @@ MIB = 2**20
 PAD = 256
 # (block size, bytes per block) of each KV cache type, from ggml's type traits.
 CACHE_TYPES: dict[str, tuple[int, int]] = {
-    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
-    "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+    "iq4_nl": (32, 18),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
 }
 # CUDA context, cuBLAS workspace and llama.cpp's CUDA pools per GPU. Not measurable without a GPU:
 # an assumption kept on the high side until bench/ measures it on a lent machine.
@@ -61,7 +68,9 @@ def row_bytes(cache_type: str, n: int) -> int:
         raise ValueError(f"unknown KV cache type {cache_type!r}; known: {', '.join(CACHE_TYPES)}")
     block, size = CACHE_TYPES[cache_type]
     if n % block:
-        raise ValueError(f"KV cache type {cache_type} needs a row width divisible by {block}, got {n}")
+        raise ValueError(
+            f"KV cache type {cache_type} needs a row width divisible by {block}, got {n}"
+        )
     return n // block * size
 
 
@@ -95,14 +104,18 @@ def kv_layer_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
     return [cells * (k_row + v_row) for cells in kv_layer_cells(arch, cfg)]
 
 
-def kv_bytes_per_token(arch: ModelArch, cache_type_k: str = "f16", cache_type_v: str = "f16") -> int:
+def kv_bytes_per_token(
+    arch: ModelArch, cache_type_k: str = "f16", cache_type_v: str = "f16"
+) -> int:
     """K+V bytes one token costs summed over all layers (sliding layers counted at full width)."""
     k_row = row_bytes(cache_type_k, arch.n_kv_heads * arch.head_dim)
     v_row = row_bytes(cache_type_v, arch.n_kv_heads * arch.v_head_dim)
     return arch.n_layers * (k_row + v_row)
 
 
-def _layer_devices(n_layers: int, ngl: int, gpu_count: int, split: tuple[float, ...]) -> tuple[list[int], int]:
+def _layer_devices(
+    n_layers: int, ngl: int, gpu_count: int, split: tuple[float, ...]
+) -> tuple[list[int], int]:
     """Device of each repeating layer (-1 = CPU) and of the output layer, as llama.cpp assigns them."""
     if gpu_count == 0 or ngl == 0:
         return [-1] * n_layers, -1
@@ -121,7 +134,9 @@ def _layer_devices(n_layers: int, ngl: int, gpu_count: int, split: tuple[float, 
             devices.append(-1)
             continue
         pos = (il - start) / n_off
-        devices.append(next(i for i, c in enumerate(cum) if pos < c - 1e-9) if pos < cum[-1] else gpu_count - 1)
+        devices.append(
+            next(i for i, c in enumerate(cum) if pos < c - 1e-9) if pos < cum[-1] else gpu_count - 1
+        )
     return devices[:n_layers], devices[n_layers]
 
 
@@ -132,7 +147,8 @@ def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: 
     ff = arch.intermediate_size
     if arch.is_moe:
         ff = (arch.n_experts_per_token or 1) * (arch.expert_intermediate_size or 0) + (
-            (arch.n_shared_experts or 0) * (arch.expert_intermediate_size or 0))
+            (arch.n_shared_experts or 0) * (arch.expert_intermediate_size or 0)
+        )
     base = ub * 4 * (2 * q_dim + ff) + COMPUTE_SLACK
     streams = context_cells(cfg)[2]
     tokens_per_stream = max(1, ub // streams)
@@ -140,7 +156,11 @@ def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: 
         attn = base + n_kv * ub * 2
     else:
         attn = base + n_kv * tokens_per_stream * streams * arch.n_heads * 4 + n_kv * ub * 4
-    out = arch.vocab_size * ub * 4 + 2 * ub * arch.hidden_size * 4 + COMPUTE_SLACK if with_output else 0
+    out = (
+        arch.vocab_size * ub * 4 + 2 * ub * arch.hidden_size * 4 + COMPUTE_SLACK
+        if with_output
+        else 0
+    )
     return max(attn, out)
 
 
@@ -152,12 +172,16 @@ def _layout(spec: ModelSpec, art: Artifact) -> WeightLayout:
     return scale_layout(derive_layout(spec.arch, art.quant, "llama.cpp"), art.weight_bytes)
 
 
-def estimate_llamacpp(spec: ModelSpec, art: Artifact, cfg: LlamaCppConfig, gpu_count: int = 0) -> Estimate:
+def estimate_llamacpp(
+    spec: ModelSpec, art: Artifact, cfg: LlamaCppConfig, gpu_count: int = 0
+) -> Estimate:
     arch = spec.arch
     layout = _layout(spec, art)
     n_layers = arch.n_layers
     if len(layout.per_layer_bytes) != n_layers:
-        raise ValueError(f"{spec.id}: weight layout has {len(layout.per_layer_bytes)} layers, model {n_layers}")
+        raise ValueError(
+            f"{spec.id}: weight layout has {len(layout.per_layer_bytes)} layers, model {n_layers}"
+        )
     layer_dev, out_dev = _layer_devices(n_layers, cfg.n_gpu_layers, gpu_count, cfg.tensor_split)
     n_dev = max(gpu_count, 0)
     weights = [0] * (n_dev + 1)  # index n_dev = CPU
@@ -176,7 +200,9 @@ def estimate_llamacpp(spec: ModelSpec, art: Artifact, cfg: LlamaCppConfig, gpu_c
         else:
             weights[d] += lb
         kv[d] += kv_layers[il]
-    weights[n_dev] += layout.token_embd_bytes + layout.other_bytes  # input embeddings stay on the host
+    weights[n_dev] += (
+        layout.token_embd_bytes + layout.other_bytes
+    )  # input embeddings stay on the host
     out_bytes = layout.output_bytes or layout.token_embd_bytes  # tied: a duplicate for the output
     if out_dev < 0 and layout.output_bytes == 0:
         out_bytes = 0  # tied and on the CPU: the same tensor serves both
@@ -190,13 +216,21 @@ def estimate_llamacpp(spec: ModelSpec, art: Artifact, cfg: LlamaCppConfig, gpu_c
         tot = weights[d] + kv[d] + comp + over
         devices.append(DeviceMemory(f"CUDA{d}", weights[d], kv[d], comp, over, tot))
     cpu_layers = any(x < 0 for x in layer_dev)
-    cpu_comp = compute_bytes(arch, cfg, per, with_output=out_dev < 0) if (cpu_layers or out_dev < 0) else (
+    cpu_comp = (
+        compute_bytes(arch, cfg, per, with_output=out_dev < 0)
+        if (cpu_layers or out_dev < 0)
         # the host still stages the ubatch's input embeddings (llama.cpp's CUDA_Host buffer)
-        min(cfg.n_ubatch, cfg.n_batch) * 4 * arch.hidden_size * 3)
-    devices.append(DeviceMemory("CPU", weights[n_dev], kv[n_dev], cpu_comp, 0,
-                                weights[n_dev] + kv[n_dev] + cpu_comp))
-    notes = [f"KV: {context_cells(cfg)[1]} cells x {context_cells(cfg)[2]} stream(s), "
-             f"K {cfg.cache_type_k} / V {cfg.cache_type_v}"]
+        else (min(cfg.n_ubatch, cfg.n_batch) * 4 * arch.hidden_size * 3)
+    )
+    devices.append(
+        DeviceMemory(
+            "CPU", weights[n_dev], kv[n_dev], cpu_comp, 0, weights[n_dev] + kv[n_dev] + cpu_comp
+        )
+    )
+    notes = [
+        f"KV: {context_cells(cfg)[1]} cells x {context_cells(cfg)[2]} stream(s), "
+        f"K {cfg.cache_type_k} / V {cfg.cache_type_v}"
+    ]
     if n_dev:
         notes.append(f"CUDA runtime overhead assumed {CUDA_OVERHEAD // MIB} MiB per GPU in use")
     if not layout.exact:

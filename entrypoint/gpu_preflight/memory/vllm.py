@@ -65,7 +65,9 @@ def kv_bytes_per_token(spec: ModelSpec, kv_cache_dtype: str = "auto", tp: int = 
     a = spec.arch
     dtype = KV_DTYPE_BYTES.get(kv_cache_dtype)
     if dtype is None:
-        raise ValueError(f"unknown vLLM kv_cache_dtype {kv_cache_dtype!r}; known: {', '.join(KV_DTYPE_BYTES)}")
+        raise ValueError(
+            f"unknown vLLM kv_cache_dtype {kv_cache_dtype!r}; known: {', '.join(KV_DTYPE_BYTES)}"
+        )
     heads = kv_heads_per_rank(a.n_kv_heads, tp)
     return a.n_layers * heads * (a.head_dim + a.v_head_dim) * dtype
 
@@ -77,13 +79,19 @@ def activation_peak(spec: ModelSpec, cfg: VllmConfig) -> int:
     tp = cfg.tensor_parallel_size
     ff = a.intermediate_size
     if a.is_moe:
-        ff = max((a.n_experts_per_token or 1) * (a.expert_intermediate_size or 0), a.intermediate_size)
+        ff = max(
+            (a.n_experts_per_token or 1) * (a.expert_intermediate_size or 0), a.intermediate_size
+        )
     q = a.n_heads * a.head_dim
     kv = 2 * a.n_kv_heads * a.head_dim
     # bf16 hidden states (a few live copies), the fused QKV output and the gate/up output, per rank.
     layer = t * 2 * (4 * a.hidden_size + (q + kv) // tp + 2 * (2 * ff) // tp)
     # Logits of the sampled rows in fp32 (the dummy sampler pass), plus softmax/sort copies.
-    sampler = cfg.max_num_seqs * a.vocab_size * 4 * 3 // tp if tp > 1 else cfg.max_num_seqs * a.vocab_size * 4 * 3
+    sampler = (
+        cfg.max_num_seqs * a.vocab_size * 4 * 3 // tp
+        if tp > 1
+        else cfg.max_num_seqs * a.vocab_size * 4 * 3
+    )
     return int(layer + sampler)
 
 
@@ -104,8 +112,14 @@ def estimate_vllm(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> Estimate:
     blocks = kv_mem // page if page else 0
     capacity = blocks * cfg.block_size
     devices = tuple(
-        DeviceMemory(f"CUDA{i}", weights, blocks * page, act, non_torch + graphs,
-                     weights + blocks * page + act + non_torch + graphs)
+        DeviceMemory(
+            f"CUDA{i}",
+            weights,
+            blocks * page,
+            act,
+            non_torch + graphs,
+            weights + blocks * page + act + non_torch + graphs,
+        )
         for i in range(tp)
     )
     notes = [
@@ -126,8 +140,9 @@ def estimate_vllm(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> Estimate:
     )
 
 
-def choose_gpu_memory_utilization(total_bytes: int, free_bytes: int, reserve_bytes: int,
-                                  enforce_eager: bool = False) -> float:
+def choose_gpu_memory_utilization(
+    total_bytes: int, free_bytes: int, reserve_bytes: int, enforce_eager: bool = False
+) -> float:
     """A fraction of TOTAL memory that vLLM's start-up check against FREE memory will accept.
 
     What is free, minus the reserve for co-resident services, minus the CUDA graphs vLLM captures

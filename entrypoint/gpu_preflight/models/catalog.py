@@ -73,15 +73,25 @@ def parse_catalog(doc: Any, origin: str) -> Catalog:
         except (DecodeError, ValueError) as exc:
             raise CatalogError(f"{where}: {exc}") from exc
         counts = count_params(arch)
-        models.append(ModelSpec(
-            id=raw["id"], name=raw["name"], hf_id=raw["hf_id"], params_b=round(counts.total / 1e9, 2),
-            active_params_b=raw.get("active_params_b"), arch=arch, artifacts=arts, source=raw["source"],
-            draft=raw.get("draft"),
-        ))
+        models.append(
+            ModelSpec(
+                id=raw["id"],
+                name=raw["name"],
+                hf_id=raw["hf_id"],
+                params_b=round(counts.total / 1e9, 2),
+                active_params_b=raw.get("active_params_b"),
+                arch=arch,
+                artifacts=arts,
+                source=raw["source"],
+                draft=raw.get("draft"),
+            )
+        )
     ids = {m.id for m in models}
     for m in models:
         if m.draft and m.draft not in ids:
-            raise CatalogError(f"{origin}: {m.id} names draft model {m.draft!r}, which is not in the catalog")
+            raise CatalogError(
+                f"{origin}: {m.id} names draft model {m.draft!r}, which is not in the catalog"
+            )
     return Catalog(models=tuple(models), origin=origin)
 
 

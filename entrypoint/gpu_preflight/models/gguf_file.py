@@ -68,7 +68,9 @@ def _open(path: Path) -> Any:
     try:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # the gguf package raises ValueError, KeyError, struct/numpy errors
-        raise ModelFileError(f"{path}: malformed or truncated GGUF header ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(
+            f"{path}: malformed or truncated GGUF header ({type(exc).__name__}: {exc})"
+        ) from exc
     if len(reader.tensors) > MAX_TENSORS:
         raise ModelFileError(f"{path}: claims {len(reader.tensors)} tensors; refusing to trust it")
     for t in reader.tensors:
@@ -92,7 +94,9 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     n_embd = _int(head, f"{a}.embedding_length")
     n_head = _int(head, f"{a}.attention.head_count")
     if not n_layers or not n_embd or not n_head:
-        raise ModelFileError(f"{path}: GGUF lacks {a}.block_count / embedding_length / attention.head_count")
+        raise ModelFileError(
+            f"{path}: GGUF lacks {a}.block_count / embedding_length / attention.head_count"
+        )
     n_kv = _int(head, f"{a}.attention.head_count_kv", n_head) or n_head
     head_dim = _int(head, f"{a}.attention.key_length", n_embd // n_head) or n_embd // n_head
     head_dim_v = _int(head, f"{a}.attention.value_length", head_dim)
@@ -101,8 +105,11 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     by_name = {t.name: t for t in tensors}
     tokens = _value(head, "tokenizer.ggml.tokens")
     embd = by_name.get("token_embd.weight")
-    vocab = len(tokens) if isinstance(tokens, list) and tokens else (
-        int(embd.shape[1]) if embd is not None and len(embd.shape) > 1 else 0)
+    vocab = (
+        len(tokens)
+        if isinstance(tokens, list) and tokens
+        else (int(embd.shape[1]) if embd is not None and len(embd.shape) > 1 else 0)
+    )
     if vocab <= 0:
         raise ModelFileError(f"{path}: cannot tell the vocabulary size (no tokens, no token_embd)")
 
@@ -115,7 +122,11 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
             swa_layers = tuple(i for i in range(n_layers) if pattern_raw[i])
         else:
             n = int(pattern_raw) if isinstance(pattern_raw, int) else SWA_PATTERN.get(a, 0)
-            swa_layers = tuple(i for i in range(n_layers) if n == 0 or i % n < n - 1) if n or a in SWA_PATTERN else ()
+            swa_layers = (
+                tuple(i for i in range(n_layers) if n == 0 or i % n < n - 1)
+                if n or a in SWA_PATTERN
+                else ()
+            )
     arch = ModelArch(
         architecture=a,
         n_layers=n_layers,
@@ -159,15 +170,37 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     layout = WeightLayout(total, tok, out, tuple(per_layer), tuple(per_expert), other, exact=True)
     quant = _quant_name(head, types)
     artifact = Artifact(
-        engine="llama.cpp", repo=str(path.parent), quant=quant, weight_bytes=total, file=path.name,
-        path=str(path), source=f"GGUF header of {path}", layout=layout,
+        engine="llama.cpp",
+        repo=str(path.parent),
+        quant=quant,
+        weight_bytes=total,
+        file=path.name,
+        path=str(path),
+        source=f"GGUF header of {path}",
+        layout=layout,
     )
     return arch, artifact
 
 
-_FTYPE = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-          12: "Q3_K_M", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 30: "IQ4_XS",
-          32: "BF16", 38: "MXFP4"}
+_FTYPE = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    12: "Q3_K_M",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    30: "IQ4_XS",
+    32: "BF16",
+    38: "MXFP4",
+}
 
 
 def _quant_name(reader: Any, types: dict[str, int]) -> str:
@@ -181,7 +214,12 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     arch, art = read_gguf(path)
     name = path.name.removesuffix(".gguf")
     return ModelSpec(
-        id=name.lower(), name=name, hf_id=name, params_b=round(count_params(arch).total / 1e9, 2),
-        active_params_b=None, arch=arch,
-        artifacts=(art,), source=art.source or str(path),
+        id=name.lower(),
+        name=name,
+        hf_id=name,
+        params_b=round(count_params(arch).total / 1e9, 2),
+        active_params_b=None,
+        arch=arch,
+        artifacts=(art,),
+        source=art.source or str(path),
     )

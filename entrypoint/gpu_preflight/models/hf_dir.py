@@ -17,12 +17,33 @@ from gpu_preflight.models.layout import count_params
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
 MAX_CONFIG_BYTES = 4 * 2**20
-DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
-               "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 _LAYER = re.compile(r"\.layers\.([0-9]+)\.")
 _EXPERT = re.compile(r"\.experts\.")
-_TYPES = {"gpt_oss": "gpt-oss", "qwen3_moe": "qwen3moe", "gemma3_text": "gemma3", "mixtral": "llama",
-          "mistral": "llama", "phi3": "phi3"}
+_TYPES = {
+    "gpt_oss": "gpt-oss",
+    "qwen3_moe": "qwen3moe",
+    "gemma3_text": "gemma3",
+    "mixtral": "llama",
+    "mistral": "llama",
+    "phi3": "phi3",
+}
 
 
 def _config(path: Path) -> dict[str, Any]:
@@ -71,7 +92,11 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
     n_experts = c.get("num_local_experts") or c.get("num_experts")
     return ModelArch(
         architecture=_TYPES.get(model_type, model_type),
-        n_layers=n_layers, hidden_size=hidden, n_heads=heads, n_kv_heads=int(kv), head_dim=int(head_dim),
+        n_layers=n_layers,
+        hidden_size=hidden,
+        n_heads=heads,
+        n_kv_heads=int(kv),
+        head_dim=int(head_dim),
         intermediate_size=int(c.get("intermediate_size") or 0) if not n_experts else 0,
         vocab_size=need("vocab_size"),
         tied_embeddings=bool(c.get("tie_word_embeddings", False)),
@@ -80,7 +105,8 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         sliding_window_layers=swa_layers,
         n_experts=int(n_experts) if n_experts else None,
         n_experts_per_token=c.get("num_experts_per_tok") or c.get("experts_per_token"),
-        expert_intermediate_size=c.get("moe_intermediate_size") or (c.get("intermediate_size") if n_experts else None),
+        expert_intermediate_size=c.get("moe_intermediate_size")
+        or (c.get("intermediate_size") if n_experts else None),
         n_shared_experts=c.get("n_shared_experts") or None,
     )
 
@@ -96,7 +122,9 @@ def _safetensors_files(path: Path) -> list[Path]:
         files = [path / n for n in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise ModelFileError(f"{index}: lists shards that are missing: {', '.join(missing[:3])}")
+            raise ModelFileError(
+                f"{index}: lists shards that are missing: {', '.join(missing[:3])}"
+            )
         return files
     return sorted(path.glob("*.safetensors"))
 
@@ -108,14 +136,16 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
     arch = arch_from_config(cfg, str(path / "config.json"))
     files = _safetensors_files(path)
     if not files:
-        raise ModelFileError(f"{path}: no .safetensors files (only safetensors checkpoints are read)")
+        raise ModelFileError(
+            f"{path}: no .safetensors files (only safetensors checkpoints are read)"
+        )
     per_layer = [0] * arch.n_layers
     per_expert = [0] * arch.n_layers
     tok = out = other = 0
     for f in files:
         try:
             with safe_open(str(f), framework="numpy") as st:
-                for name in st.keys():
+                for name in st.keys():  # noqa: SIM118 - safe_open is not a dict
                     sl = st.get_slice(name)
                     dtype = sl.get_dtype()
                     nb = math.prod(sl.get_shape()) * DTYPE_BYTES.get(dtype, 1)
@@ -134,16 +164,35 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
             raise ModelFileError(f"{f}: malformed safetensors header ({exc})") from exc
     total = tok + out + other + sum(per_layer)
     q = cfg.get("quantization_config")
-    quant = str(q.get("quant_method", "unknown")).lower() if isinstance(q, dict) else str(
-        cfg.get("torch_dtype") or cfg.get("dtype") or "bf16").replace("bfloat16", "bf16").replace("float16", "fp16")
+    quant = (
+        str(q.get("quant_method", "unknown")).lower()
+        if isinstance(q, dict)
+        else str(cfg.get("torch_dtype") or cfg.get("dtype") or "bf16")
+        .replace("bfloat16", "bf16")
+        .replace("float16", "fp16")
+    )
     layout = WeightLayout(total, tok, out, tuple(per_layer), tuple(per_expert), other, exact=True)
-    art = Artifact(engine="vllm", repo=str(path), quant=quant, weight_bytes=total, path=str(path),
-                   source=f"config.json and safetensors headers in {path}", layout=layout)
+    art = Artifact(
+        engine="vllm",
+        repo=str(path),
+        quant=quant,
+        weight_bytes=total,
+        path=str(path),
+        source=f"config.json and safetensors headers in {path}",
+        layout=layout,
+    )
     return arch, art
 
 
 def spec_from_hf_dir(path: Path) -> ModelSpec:
     arch, art = read_hf_dir(path)
-    return ModelSpec(id=path.name.lower(), name=path.name, hf_id=path.name,
-                     params_b=round(count_params(arch).total / 1e9, 2), active_params_b=None, arch=arch,
-                     artifacts=(art,), source=art.source or str(path))
+    return ModelSpec(
+        id=path.name.lower(),
+        name=path.name,
+        hf_id=path.name,
+        params_b=round(count_params(arch).total / 1e9, 2),
+        active_params_b=None,
+        arch=arch,
+        artifacts=(art,),
+        source=art.source or str(path),
+    )

@@ -15,20 +15,54 @@ from gpu_preflight.models.types import ModelArch, WeightLayout
 # quantizer keeps them wider. GGUF k-quant mixtures (Q4_K_M ...) use their measured average over
 # real files: e.g. Llama-3.1-8B Q4_K_M is 4.92 GB for 8.03 B weights = 4.90 bits.
 GGUF_BPW = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
-    "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_0": 4.5, "IQ4_XS": 4.25, "Q3_K_M": 3.91, "Q2_K": 3.35,
+    "F32": 32.0,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "Q8_0": 8.5,
+    "Q6_K": 6.5625,
+    "Q5_K_M": 5.69,
+    "Q5_K_S": 5.54,
+    "Q4_K_M": 4.89,
+    "Q4_K_S": 4.58,
+    "Q4_0": 4.5,
+    "IQ4_XS": 4.25,
+    "Q3_K_M": 3.91,
+    "Q2_K": 3.35,
     "MXFP4": 4.25,
 }
 # Token embeddings in k-quant files are stored at a lower type than the mixture's big tensors
 # (Q4_K_M keeps token_embd at Q4_K, output at Q6_K).
-GGUF_EMBD_BPW = {"Q4_K_M": 4.5, "Q4_K_S": 4.5, "Q5_K_M": 5.5, "Q5_K_S": 5.5, "Q3_K_M": 3.44, "Q2_K": 3.35,
-                 "IQ4_XS": 4.25, "MXFP4": 8.5}
-GGUF_OUTPUT_BPW = {"Q4_K_M": 6.5625, "Q4_K_S": 6.5625, "Q5_K_M": 6.5625, "Q5_K_S": 6.5625, "Q3_K_M": 6.5625,
-                   "Q2_K": 6.5625, "IQ4_XS": 6.5625, "MXFP4": 8.5}
+GGUF_EMBD_BPW = {
+    "Q4_K_M": 4.5,
+    "Q4_K_S": 4.5,
+    "Q5_K_M": 5.5,
+    "Q5_K_S": 5.5,
+    "Q3_K_M": 3.44,
+    "Q2_K": 3.35,
+    "IQ4_XS": 4.25,
+    "MXFP4": 8.5,
+}
+GGUF_OUTPUT_BPW = {
+    "Q4_K_M": 6.5625,
+    "Q4_K_S": 6.5625,
+    "Q5_K_M": 6.5625,
+    "Q5_K_S": 6.5625,
+    "Q3_K_M": 6.5625,
+    "Q2_K": 6.5625,
+    "IQ4_XS": 6.5625,
+    "MXFP4": 8.5,
+}
 # vLLM checkpoints: linear layers quantized, embeddings/LM head/norms kept in bf16.
 # AWQ/GPTQ int4 with group size 128: 4 bits + a 16-bit scale and a 4-bit zero per 128 weights.
-VLLM_LINEAR_BPW = {"bf16": 16.0, "fp16": 16.0, "fp8": 8.0, "awq": 4.15625, "gptq": 4.15625, "mxfp4": 16.0,
-                   "int8": 8.0}
+VLLM_LINEAR_BPW = {
+    "bf16": 16.0,
+    "fp16": 16.0,
+    "fp8": 8.0,
+    "awq": 4.15625,
+    "gptq": 4.15625,
+    "mxfp4": 16.0,
+    "int8": 8.0,
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +77,15 @@ class ParamCounts:
 
     @property
     def total(self) -> int:
-        return (self.embed + self.output + sum(self.attn_per_layer) + sum(self.dense_ffn_per_layer)
-                + sum(self.expert_per_layer) + self.norms_per_layer * len(self.attn_per_layer) + self.other)
+        return (
+            self.embed
+            + self.output
+            + sum(self.attn_per_layer)
+            + sum(self.dense_ffn_per_layer)
+            + sum(self.expert_per_layer)
+            + self.norms_per_layer * len(self.attn_per_layer)
+            + self.other
+        )
 
 
 def count_params(a: ModelArch) -> ParamCounts:
@@ -100,13 +141,17 @@ def derive_layout(arch: ModelArch, quant: str, engine: str) -> WeightLayout:
     else:
         key = quant.lower()
         if key not in VLLM_LINEAR_BPW:
-            raise ValueError(f"no size rule for vLLM quantization {quant!r}; known: {', '.join(VLLM_LINEAR_BPW)}")
+            raise ValueError(
+                f"no size rule for vLLM quantization {quant!r}; known: {', '.join(VLLM_LINEAR_BPW)}"
+            )
         bpw = VLLM_LINEAR_BPW[key]
         expert_bpw = 4.25 if key == "mxfp4" else bpw
         embd_bpw = out_bpw = norm_bpw = 16.0
     per_layer = []
     per_expert = []
-    for attn, dense, exp in zip(c.attn_per_layer, c.dense_ffn_per_layer, c.expert_per_layer):
+    for attn, dense, exp in zip(
+        c.attn_per_layer, c.dense_ffn_per_layer, c.expert_per_layer, strict=True
+    ):
         e = _bytes(exp, expert_bpw)
         per_layer.append(_bytes(attn + dense, bpw) + e + _bytes(c.norms_per_layer, norm_bpw))
         per_expert.append(e)

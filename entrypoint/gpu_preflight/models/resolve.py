@@ -14,8 +14,10 @@ from typing import Protocol
 from gpu_preflight.models.errors import ModelError
 from gpu_preflight.models.types import ModelSpec
 
-ACCEPTED = ("a catalog id (see `gpu-preflight matrix` or data/models.json), a Hugging Face id in the "
-            "catalog, or a path to a .gguf file or a Hugging Face model directory")
+ACCEPTED = (
+    "a catalog id (see `gpu-preflight matrix` or data/models.json), a Hugging Face id in the "
+    "catalog, or a path to a .gguf file or a Hugging Face model directory"
+)
 
 
 class CatalogLike(Protocol):
@@ -28,7 +30,12 @@ def _known(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
     for m in catalog.models:
         b = m.arch
         if (a.architecture, a.n_layers, a.hidden_size, a.n_heads, a.n_kv_heads, a.vocab_size) == (
-            b.architecture, b.n_layers, b.hidden_size, b.n_heads, b.n_kv_heads, b.vocab_size
+            b.architecture,
+            b.n_layers,
+            b.hidden_size,
+            b.n_heads,
+            b.n_kv_heads,
+            b.vocab_size,
         ):
             return replace(spec, id=m.id, name=m.name, hf_id=m.hf_id, draft=m.draft)
     return spec
@@ -40,7 +47,9 @@ def resolve_model(value: str, catalog: CatalogLike, var_name: str) -> ModelSpec:
     if text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf") or path.exists():
         path = path.expanduser()
         if not path.exists():
-            raise ModelError(f"{var_name}={value!r}: no such file or directory. Accepted: {ACCEPTED}.")
+            raise ModelError(
+                f"{var_name}={value!r}: no such file or directory. Accepted: {ACCEPTED}."
+            )
         if path.is_file():
             from gpu_preflight.models.gguf_file import spec_from_gguf
 
@@ -49,7 +58,9 @@ def resolve_model(value: str, catalog: CatalogLike, var_name: str) -> ModelSpec:
             from gpu_preflight.models.hf_dir import spec_from_hf_dir
 
             return _known(spec_from_hf_dir(path), catalog)
-        raise ModelError(f"{var_name}={value!r}: a directory without config.json. Accepted: {ACCEPTED}.")
+        raise ModelError(
+            f"{var_name}={value!r}: a directory without config.json. Accepted: {ACCEPTED}."
+        )
     key = text.lower()
     for m in catalog.models:
         if m.id == key:

@@ -16,7 +16,9 @@ Engine = Literal["vllm", "llama.cpp"]
 class ModelArch:
     """Architecture facts, named as in the model's config.json (HF) / GGUF metadata."""
 
-    architecture: str  # HF model_type / GGUF general.architecture: llama, qwen2, qwen3moe, gemma2, gpt-oss
+    architecture: (
+        str  # HF model_type / GGUF general.architecture: llama, qwen2, qwen3moe, gemma2, gpt-oss
+    )
     n_layers: int
     hidden_size: int
     n_heads: int
@@ -54,7 +56,9 @@ class WeightLayout:
     """
 
     total_bytes: int
-    token_embd_bytes: int  # input embedding table (stays on CPU in llama.cpp unless it is the output too)
+    token_embd_bytes: (
+        int  # input embedding table (stays on CPU in llama.cpp unless it is the output too)
+    )
     output_bytes: int  # LM head; 0 when tied to the embeddings
     per_layer_bytes: tuple[int, ...]  # each repeating block, experts included
     per_layer_expert_bytes: tuple[int, ...]  # the routed-expert share of each block (0 for dense)

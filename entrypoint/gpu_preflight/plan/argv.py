@@ -115,8 +115,9 @@ def redact(argv: Sequence[str], secrets: Sequence[str]) -> tuple[str, ...]:
     """Replace any secret value that slipped into argv (it never should) before it is shown."""
     hidden = [s for s in secrets if len(s) >= 4]
     out = []
-    for a in argv:
+    for arg in argv:
+        clean = arg
         for s in hidden:
-            a = a.replace(s, "***")
-        out.append(a)
+            clean = clean.replace(s, "***")
+        out.append(clean)
     return tuple(out)

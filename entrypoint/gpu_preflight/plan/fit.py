@@ -193,7 +193,9 @@ def fit_llamacpp(
     fa_on = w.flash_attn != "off"
     if not fa_on and cv not in ("f16", "f32", "bf16"):
         return Miss(
-            spec, art, "llama.cpp",
+            spec,
+            art,
+            "llama.cpp",
             f"{label}: a quantized V cache ({cv}) needs flash attention, which is set off",
         )
     split = _split(gpus)
@@ -247,22 +249,39 @@ def fit_llamacpp(
         gbw = min((g.bandwidth_gb_s or 0.0) for g in gpus) if gpus else None
         fc = forecast_decode(gpu_bpt, cpu_bpt, gbw or None, host.bandwidth_gb_s)
         return Fit(
-            spec=spec, artifact=art, engine="llama.cpp", mode=mode, context=ctx, parallel=w.parallel,
-            estimate=e, gpus=gpus, budgets=budgets(), forecast=fc, n_gpu_layers=ngl,
-            n_cpu_moe=ncmoe, tensor_split=split, cache_type_k=ck, cache_type_v=cv,
-            flash_attn=w.flash_attn, warnings=warns,
+            spec=spec,
+            artifact=art,
+            engine="llama.cpp",
+            mode=mode,
+            context=ctx,
+            parallel=w.parallel,
+            estimate=e,
+            gpus=gpus,
+            budgets=budgets(),
+            forecast=fc,
+            n_gpu_layers=ngl,
+            n_cpu_moe=ncmoe,
+            tensor_split=split,
+            cache_type_k=ck,
+            cache_type_v=cv,
+            flash_attn=w.flash_attn,
+            warnings=warns,
         )
 
     def speed_ok(fit: Fit) -> Miss | None:
         if fit.forecast is None:
             return Miss(
-                spec, art, "llama.cpp",
+                spec,
+                art,
+                "llama.cpp",
                 f"{label}: {fit.mode} decode speed cannot be forecast (a memory bandwidth is unknown), "
                 f"so the floor of {w.min_tok_s:g} tok/s (PREFLIGHT_MIN_TOKS) cannot be confirmed",
             )
         if fit.forecast.low_tok_s < w.min_tok_s:
             return Miss(
-                spec, art, "llama.cpp",
+                spec,
+                art,
+                "llama.cpp",
                 f"{label}: forecast {fit.forecast.low_tok_s:.1f}-{fit.forecast.high_tok_s:.1f} tok/s "
                 f"({fit.mode}, {fit.context} tokens) is under the floor of {w.min_tok_s:g} tok/s "
                 "(PREFLIGHT_MIN_TOKS)",
@@ -276,8 +295,12 @@ def fit_llamacpp(
             return Miss(spec, art, "llama.cpp", f"{label}: host RAM unknown, cannot plan a CPU run")
         ctx = _largest_context(lo, hi, lambda c: not over(worst(c, 0, 0)))
         if ctx is None:
-            return Miss(spec, art, "llama.cpp", f"{label}: needs " + "; ".join(over(worst(lo, 0, 0)))
-                        + f" at {lo} tokens")
+            return Miss(
+                spec,
+                art,
+                "llama.cpp",
+                f"{label}: needs " + "; ".join(over(worst(lo, 0, 0))) + f" at {lo} tokens",
+            )
         fit = settle(ctx, 0, 0, "cpu")
         return speed_ok(fit) or fit
 
@@ -296,12 +319,18 @@ def fit_llamacpp(
         return Miss(spec, art, "llama.cpp", first_miss)
     why_not = _offload_blocked(host)
     if why_not:
-        return Miss(spec, art, "llama.cpp", f"{first_miss}; offload to host RAM not planned: {why_not}")
+        return Miss(
+            spec, art, "llama.cpp", f"{first_miss}; offload to host RAM not planned: {why_not}"
+        )
 
     # Offload: routed experts to the CPU first (they are read least per token), then whole layers.
     best: Fit | None = None
     for c in sorted({hi, lo}, reverse=True):
-        placement = _offload_placement(spec, n_layers, lambda ngl, nc: not over(worst(c, ngl, nc)))
+
+        def fits_at(ngl: int, nc: int, ctx: int = c) -> bool:
+            return not over(worst(ctx, ngl, nc))
+
+        placement = _offload_placement(spec, n_layers, fits_at)
         if placement is None:
             continue
         ngl, nc = placement
@@ -318,8 +347,13 @@ def fit_llamacpp(
         return miss
     all_cpu = worst(lo, 0, n_layers if spec.arch.is_moe else 0).device("CPU")
     need = all_cpu.total_bytes if all_cpu else 0
-    return Miss(spec, art, "llama.cpp", f"{first_miss}; offloading to host RAM needs up to {gib(need)} "
-                f"there, {gib(host.usable_bytes or 0)} usable")
+    return Miss(
+        spec,
+        art,
+        "llama.cpp",
+        f"{first_miss}; offloading to host RAM needs up to {gib(need)} "
+        f"there, {gib(host.usable_bytes or 0)} usable",
+    )
 
 
 def _cpu(e: Estimate) -> int:
@@ -418,17 +452,30 @@ def fit_vllm(
         return Miss(spec, art, "vllm", f"{label}: vLLM needs a GPU and none is usable here")
     cc = gpus[0].compute_capability
     if cc is not None and cc < MIN_COMPUTE_CAPABILITY_VLLM:
-        return Miss(spec, art, "vllm", f"{label}: vLLM needs compute capability 7.0+, "
-                    f"{gpus[0].name} has {cc[0]}.{cc[1]}")
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{label}: vLLM needs compute capability 7.0+, {gpus[0].name} has {cc[0]}.{cc[1]}",
+        )
     kv_dtype = w.cache_type or "auto"
     if kv_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
-        return Miss(spec, art, "vllm", f"{label}: cache type {kv_dtype} is a llama.cpp KV type; "
-                    "vLLM takes auto or fp8")
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{label}: cache type {kv_dtype} is a llama.cpp KV type; vLLM takes auto or fp8",
+        )
     group = gpus[:1] if gpus[0].mig else identical_group(gpus)
     sizes = [w.tensor_parallel] if w.tensor_parallel else _tp_sizes(spec, len(group))
     if not sizes or sizes[0] > len(group):
-        return Miss(spec, art, "vllm", f"{label}: tensor parallel size {w.tensor_parallel} needs "
-                    f"{w.tensor_parallel} identical GPUs, {len(group)} here")
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{label}: tensor parallel size {w.tensor_parallel} needs "
+            f"{w.tensor_parallel} identical GPUs, {len(group)} here",
+        )
     tp = sizes[0]
     used = group[:tp]
     ref = min(used, key=lambda g: g.usable_bytes)
@@ -450,20 +497,32 @@ def fit_vllm(
         return estimate_vllm(spec, art, cfg)
 
     if gmu <= 0:
-        return Miss(spec, art, "vllm", f"{label}: no memory left for vLLM on {ref.label} "
-                    f"({gib(ref.free_bytes)} free, {gib(reserve)} reserved and kept as margin)")
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{label}: no memory left for vLLM on {ref.label} "
+            f"({gib(ref.free_bytes)} free, {gib(reserve)} reserved and kept as margin)",
+        )
     e = estimate(hi)
     cap = e.kv_capacity_tokens or 0
     budget = int(gmu * ref.total_bytes)
     if gmu * ref.total_bytes > ref.free_bytes - w.reserve_bytes:
-        return Miss(spec, art, "vllm", f"{label}: --gpu-memory-utilization {gmu:.2f} asks for "
-                    f"{gib(budget)} but {gib(ref.free_bytes - w.reserve_bytes)} is free on {ref.label}")
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{label}: --gpu-memory-utilization {gmu:.2f} asks for "
+            f"{gib(budget)} but {gib(ref.free_bytes - w.reserve_bytes)} is free on {ref.label}",
+        )
     # vLLM's KV pool must hold `parallel` sequences of the full context ("room for the concurrency").
     ctx = _round_ctx(min(hi, cap // max(1, w.parallel))) if cap > 0 else 0
     if ctx < lo or (w.fixed_context and ctx < hi):
         dev = e.devices[0]
         return Miss(
-            spec, art, "vllm",
+            spec,
+            art,
+            "vllm",
             f"{label}: the KV pool left after {gib(dev.weights_bytes)} of weights and "
             f"{gib(dev.compute_bytes + dev.overhead_bytes)} of activations/overhead holds {cap} tokens "
             f"on {ref.label} (budget {gib(budget)}); {w.parallel} x {lo} tokens needed",
@@ -471,12 +530,25 @@ def fit_vllm(
     e = estimate(ctx)
     warns: list[str] = []
     if tp < len(group):
-        warns.append(f"tensor parallel {tp} uses {tp} of {len(group)} identical GPUs "
-                     f"(attention heads {spec.arch.n_heads} must divide evenly)")
+        warns.append(
+            f"tensor parallel {tp} uses {tp} of {len(group)} identical GPUs "
+            f"(attention heads {spec.arch.n_heads} must divide evenly)"
+        )
     return Fit(
-        spec=spec, artifact=art, engine="vllm", mode="gpu", context=ctx, parallel=w.parallel,
-        estimate=e, gpus=used, budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(used)}, forecast=_vllm_forecast(spec, art, e, ctx, used),
-        gpu_memory_utilization=gmu, tensor_parallel=tp, cache_type_k=kv_dtype, cache_type_v=kv_dtype,
+        spec=spec,
+        artifact=art,
+        engine="vllm",
+        mode="gpu",
+        context=ctx,
+        parallel=w.parallel,
+        estimate=e,
+        gpus=used,
+        budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(used)},
+        forecast=_vllm_forecast(spec, art, e, ctx, used),
+        gpu_memory_utilization=gmu,
+        tensor_parallel=tp,
+        cache_type_k=kv_dtype,
+        cache_type_v=kv_dtype,
         warnings=tuple(warns),
     )
 
@@ -486,7 +558,9 @@ def _vllm_forecast(
 ) -> DecodeForecast | None:
     weights = sum(d.weights_bytes for d in e.devices)
     if spec.arch.is_moe and spec.arch.n_experts and spec.arch.n_experts_per_token:
-        weights = int(weights * _moe_read_fraction(art, spec.arch.n_experts_per_token / spec.arch.n_experts))
+        weights = int(
+            weights * _moe_read_fraction(art, spec.arch.n_experts_per_token / spec.arch.n_experts)
+        )
     per_gpu = (weights + e.kv_bytes_per_token * ctx) // max(1, len(gpus))
     bw = min((g.bandwidth_gb_s or 0.0) for g in gpus)
     return forecast_decode(per_gpu, 0, bw or None, None)
@@ -495,4 +569,6 @@ def _vllm_forecast(
 def with_context(w: Wants, context: int | None, fixed: bool) -> Wants:
     if context is None:
         return w
-    return replace(w, target_context=context, min_context=min(w.min_context, context), fixed_context=fixed)
+    return replace(
+        w, target_context=context, min_context=min(w.min_context, context), fixed_context=fixed
+    )

@@ -126,7 +126,9 @@ def _try(
         arts = _artifacts(spec, engine, quant)
         if not arts:
             what = f" with quant {quant}" if quant else ""
-            misses.append(Miss(spec, None, engine, f"{spec.id}: no {engine} artifact{what} in the catalog"))
+            misses.append(
+                Miss(spec, None, engine, f"{spec.id}: no {engine} artifact{what} in the catalog")
+            )
             continue
         for art in arts:
             res: FitResult
@@ -180,9 +182,19 @@ def plan(
     w = _wants(tier, overrides, has_gpu)
     engines = _engines(tier, overrides, has_gpu, available)
     if overrides.engine and overrides.engine.value == "vllm" and not has_gpu:
-        return _refusal(profile, targets, tier, overrides, w, catalog, tiers, model,
-                        [f"vLLM needs a GPU and none is usable here ({_why_no_gpu(profile, targets)})"],
-                        has_gpu, gpus)
+        return _refusal(
+            profile,
+            targets,
+            tier,
+            overrides,
+            w,
+            catalog,
+            tiers,
+            model,
+            [f"vLLM needs a GPU and none is usable here ({_why_no_gpu(profile, targets)})"],
+            has_gpu,
+            gpus,
+        )
 
     misses: list[Miss] = []
     fit: Fit | None = None
@@ -193,7 +205,11 @@ def plan(
             if fit or not has_gpu:
                 break
     else:
-        lower = [t for t in tiers.tiers if (t.min_vram_gib > 0) == has_gpu and t.min_vram_gib < tier.min_vram_gib]
+        lower = [
+            t
+            for t in tiers.tiers
+            if (t.min_vram_gib > 0) == has_gpu and t.min_vram_gib < tier.min_vram_gib
+        ]
         for t in [tier, *sorted(lower, key=lambda t: -t.min_vram_gib)]:
             tw = w if t is tier else _wants(t, overrides, has_gpu)
             te = engines if t is tier else _engines(t, overrides, has_gpu, available)
@@ -207,15 +223,32 @@ def plan(
                     break
             if fit:
                 if t is not tier:
-                    fit = replace(fit, warnings=(*fit.warnings, f"nothing in tier {tier.id} fitted; "
-                                                 f"planned from the lower tier {t.id}"))
+                    fit = replace(
+                        fit,
+                        warnings=(
+                            *fit.warnings,
+                            f"nothing in tier {tier.id} fitted; planned from the lower tier {t.id}",
+                        ),
+                    )
                     tier = t
                 break
 
     if fit is None:
         reasons = _dedupe([m.reason for m in misses])
-        return _refusal(profile, targets, tier, overrides, w, catalog, tiers, model, reasons,
-                        has_gpu, gpus, misses)
+        return _refusal(
+            profile,
+            targets,
+            tier,
+            overrides,
+            w,
+            catalog,
+            tiers,
+            model,
+            reasons,
+            has_gpu,
+            gpus,
+            misses,
+        )
     return _ship(profile, targets, tier, tier_src, overrides, fit, model)
 
 
@@ -333,7 +366,9 @@ def _ship(
     src = {
         "model": model.source if model else f"tier:{tier.id}",
         "engine": o.engine.source if o.engine else f"tier:{tier.id}",
-        "context": o.context.source if o.context else f"fit (tier {tier.id} target {tier.target_context})",
+        "context": o.context.source
+        if o.context
+        else f"fit (tier {tier.id} target {tier.target_context})",
         "parallel": o.parallel.source if o.parallel else f"tier:{tier.id}",
         "tier": tier_src if not o.tier else o.tier.source,
         "kv_cache_type": o.kv_cache_type.source if o.kv_cache_type else "default",
@@ -404,7 +439,9 @@ def _refusal(
     if gpus:
         head.append(
             "usable GPU memory: "
-            + "; ".join(f"{gib(g.usable_bytes)} on {g.label} (free {gib(g.free_bytes)})" for g in gpus)
+            + "; ".join(
+                f"{gib(g.usable_bytes)} on {g.label} (free {gib(g.free_bytes)})" for g in gpus
+            )
         )
     elif targets.host.usable_bytes is not None:
         head.append(f"no usable GPU; {gib(targets.host.usable_bytes)} of host RAM usable")
@@ -412,7 +449,9 @@ def _refusal(
         schema_version=PLAN_SCHEMA_VERSION,
         verdict="refuse",
         engine=None,
-        model=_choice(model.spec, model.spec.artifacts[0]) if model and model.spec.artifacts else None,
+        model=_choice(model.spec, model.spec.artifacts[0])
+        if model and model.spec.artifacts
+        else None,
         context=None,
         parallel=None,
         argv=(),
@@ -431,7 +470,11 @@ def _refusal(
 def _alt_from_fit(kind: str, fit: Fit, description: str) -> Alternative:
     gpu_total = sum(d.total_bytes for d in fit.estimate.devices if d.device != "CPU")
     total = gpu_total or sum(d.total_bytes for d in fit.estimate.devices)
-    budget = sum(v for k, v in fit.budgets.items() if k != "CPU") if gpu_total else fit.budgets.get("CPU", 0)
+    budget = (
+        sum(v for k, v in fit.budgets.items() if k != "CPU")
+        if gpu_total
+        else fit.budgets.get("CPU", 0)
+    )
     return Alternative(
         kind=kind,  # type: ignore[arg-type]
         description=description,
@@ -459,13 +502,22 @@ def _alternatives(
 ) -> list[Alternative]:
     out: list[Alternative] = []
     engines = ["vllm", "llama.cpp"] if has_gpu else ["llama.cpp"]
-    loose = replace(w, fixed_context=False, min_context=min(w.min_context, 2048),
-                    target_context=w.target_context)
+    loose = replace(
+        w,
+        fixed_context=False,
+        min_context=min(w.min_context, 2048),
+        target_context=w.target_context,
+    )
 
-    def first_fit(spec: ModelSpec, arts: Iterable[Artifact], ww: Wants, offload: bool) -> Fit | None:
+    def first_fit(
+        spec: ModelSpec, arts: Iterable[Artifact], ww: Wants, offload: bool
+    ) -> Fit | None:
         for art in arts:
-            r = fit_vllm(spec, art, gpus, ww) if art.engine == "vllm" else fit_llamacpp(
-                spec, art, gpus, targets.host, ww, offload)
+            r = (
+                fit_vllm(spec, art, gpus, ww)
+                if art.engine == "vllm"
+                else fit_llamacpp(spec, art, gpus, targets.host, ww, offload)
+            )
             if isinstance(r, Fit):
                 return r
         return None
@@ -477,29 +529,60 @@ def _alternatives(
             arts = [a for e in engines for a in _artifacts(spec, e, model.quant)]
             f = first_fit(spec, arts, replace(loose, target_context=w.target_context), False)
             if f:
-                out.append(_alt_from_fit("shorter-context", f, f"{spec.id} {f.artifact.quant} at "
-                                         f"{f.context} tokens instead of {w.target_context}"))
+                out.append(
+                    _alt_from_fit(
+                        "shorter-context",
+                        f,
+                        f"{spec.id} {f.artifact.quant} at "
+                        f"{f.context} tokens instead of {w.target_context}",
+                    )
+                )
         # A smaller quant of the same model.
-        smaller = sorted((a for a in spec.artifacts if a.engine in engines), key=lambda a: a.weight_bytes)
+        smaller = sorted(
+            (a for a in spec.artifacts if a.engine in engines), key=lambda a: a.weight_bytes
+        )
         f = first_fit(spec, smaller, loose, False)
         if f and not any(a.model == spec.id and a.quant == f.artifact.quant for a in out):
-            out.append(_alt_from_fit("smaller-quant", f, f"{spec.id} as {f.artifact.quant} "
-                                     f"({gib(f.artifact.weight_bytes)} of weights) with {f.engine}"))
+            out.append(
+                _alt_from_fit(
+                    "smaller-quant",
+                    f,
+                    f"{spec.id} as {f.artifact.quant} "
+                    f"({gib(f.artifact.weight_bytes)} of weights) with {f.engine}",
+                )
+            )
     # llama.cpp offload that failed only the speed floor: say how slow it would be.
     near = next((m.near for m in misses if m.near is not None), None)
     if near is not None:
         fc = near.forecast
-        out.append(_alt_from_fit("offload", near, f"{near.spec.id} {near.artifact.quant} with "
-                                 f"llama.cpp offload (--n-gpu-layers {near.n_gpu_layers}, --n-cpu-moe "
-                                 f"{near.n_cpu_moe}) at {fc.low_tok_s:.1f}-{fc.high_tok_s:.1f} tok/s"
-                                 if fc else f"{near.spec.id} with llama.cpp offload"))
+        out.append(
+            _alt_from_fit(
+                "offload",
+                near,
+                f"{near.spec.id} {near.artifact.quant} with "
+                f"llama.cpp offload (--n-gpu-layers {near.n_gpu_layers}, --n-cpu-moe "
+                f"{near.n_cpu_moe}) at {fc.low_tok_s:.1f}-{fc.high_tok_s:.1f} tok/s"
+                if fc
+                else f"{near.spec.id} with llama.cpp offload",
+            )
+        )
     elif has_gpu and model is not None:
-        f = first_fit(model.spec, _artifacts(model.spec, "llama.cpp", None), replace(loose, min_tok_s=0.0), True)
+        f = first_fit(
+            model.spec,
+            _artifacts(model.spec, "llama.cpp", None),
+            replace(loose, min_tok_s=0.0),
+            True,
+        )
         if f and f.mode == "offload":
             fc = f.forecast
             speed = f" at {fc.low_tok_s:.1f}-{fc.high_tok_s:.1f} tok/s" if fc else ""
-            out.append(_alt_from_fit("offload", f, f"{f.spec.id} {f.artifact.quant} with llama.cpp "
-                                     f"offload to host RAM{speed}"))
+            out.append(
+                _alt_from_fit(
+                    "offload",
+                    f,
+                    f"{f.spec.id} {f.artifact.quant} with llama.cpp offload to host RAM{speed}",
+                )
+            )
     # Other models: the biggest that fit wholly on the devices, from every tier's list.
     seen = {model.spec.id} if model else set()
     ordered: list[tuple[ModelSpec, str | None]] = []
@@ -514,6 +597,11 @@ def _alternatives(
         arts = [a for e in engines for a in _artifacts(spec, e, quant)]
         f = first_fit(spec, arts, loose, not has_gpu)
         if f:
-            out.append(_alt_from_fit("other-model", f, f"{spec.name} ({f.artifact.quant}, {f.engine}) "
-                                     f"at {f.context} tokens"))
+            out.append(
+                _alt_from_fit(
+                    "other-model",
+                    f,
+                    f"{spec.name} ({f.artifact.quant}, {f.engine}) at {f.context} tokens",
+                )
+            )
     return out[:MAX_ALTERNATIVES]

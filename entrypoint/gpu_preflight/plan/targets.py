@@ -66,7 +66,9 @@ def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
         out = []
         for mig in dev.mig_devices:
             if mig.total_bytes is None or mig.free_bytes is None:
-                notes.append(f"MIG device {mig.mig_index} on GPU {dev.index}: memory unknown, skipped")
+                notes.append(
+                    f"MIG device {mig.mig_index} on GPU {dev.index}: memory unknown, skipped"
+                )
                 continue
             bw = None
             if dev.memory_bandwidth_gb_s and dev.total_bytes:

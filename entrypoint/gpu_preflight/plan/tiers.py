@@ -70,7 +70,9 @@ def parse_tiers(doc: Any, origin: str) -> TierTable:
                 f"{t.target_context}"
             )
     if not any(t.min_vram_gib == 0 for t in tiers):
-        raise TierTableError(f"{origin}: needs a tier with min_vram_gib 0 for machines without a GPU")
+        raise TierTableError(
+            f"{origin}: needs a tier with min_vram_gib 0 for machines without a GPU"
+        )
     return TierTable(tiers=tiers, origin=origin)
 
 

@@ -28,7 +28,9 @@ from gpu_preflight.probe.types import (
 )
 
 GIB = 2**30
-DEFAULT_PINNED_CAP = 16 * GIB  # page-locking is ~seconds per 10 GiB: enough to answer "can we offload"
+DEFAULT_PINNED_CAP = (
+    16 * GIB
+)  # page-locking is ~seconds per 10 GiB: enough to answer "can we offload"
 PINNED_CHUNK = 256 * 2**20
 
 
@@ -70,7 +72,9 @@ def collect_hardware(env: Mapping[str, str], opts: ProbeOptions) -> Hardware:
         storage = _storage_skipped("no bench directory: mount one at /bench or pass --bench-dir")
     else:
         storage = probe_storage(opts.bench_dir, force=opts.force_bench, cache_dir=opts.cache_dir)
-    return Hardware(gpus=gpus, platform=platform, memory=memory, pinned=pinned, pcie=pcie, storage=storage)
+    return Hardware(
+        gpus=gpus, platform=platform, memory=memory, pinned=pinned, pcie=pcie, storage=storage
+    )
 
 
 def simulated_hardware(
@@ -108,12 +112,27 @@ def simulated_hardware(
             cpu_quota_cores=None,
             cpu_memory_bandwidth_gb_s=host_bandwidth_gb_s,
             cpu_bandwidth_source="simulated" if host_bandwidth_gb_s else None,
-            notes=(f"{note}; host RAM from --host-ram"
-                   + ("" if host_bandwidth_gb_s else "; host bandwidth unknown (--host-bandwidth)"),),
+            notes=(
+                f"{note}; host RAM from --host-ram"
+                + ("" if host_bandwidth_gb_s else "; host bandwidth unknown (--host-bandwidth)"),
+            ),
         )
     else:
         memory = HostMemory(
-            None, None, None, None, None, None, None, None, None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
             (f"{note}; host RAM unknown (pass --host-ram GIB to plan offload)",),
         )
     return Hardware(

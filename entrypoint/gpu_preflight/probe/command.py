@@ -20,7 +20,9 @@ def which(name: str) -> str | None:
     return shutil.which(name)
 
 
-def run_command(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> CommandResult:
+def run_command(
+    argv: list[str], timeout_s: float, env: dict[str, str] | None = None
+) -> CommandResult:
     """Run argv (never through a shell), capture text output, never raise."""
     try:
         proc = subprocess.run(
@@ -30,7 +32,9 @@ def run_command(argv: list[str], timeout_s: float, env: dict[str, str] | None = 
         return CommandResult(tuple(argv), None, "", "", f"{argv[0]} not found")
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        return CommandResult(tuple(argv), None, out, "", f"{argv[0]} timed out after {timeout_s:g} s")
+        return CommandResult(
+            tuple(argv), None, out, "", f"{argv[0]} timed out after {timeout_s:g} s"
+        )
     except OSError as exc:
         return CommandResult(tuple(argv), None, "", "", f"{argv[0]} could not start: {exc}")
     return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr, None)

@@ -112,11 +112,17 @@ class FakeNvml:
             if not self.scenario.get("memory_v2", True):
                 raise _error("FunctionNotFound")
             # v2 reports `reserved` separately; `used` excludes it.
-            return _Memory(mem["total"] * MIB, mem["free"] * MIB, mem["used"] * MIB,
-                           mem.get("reserved", 0) * MIB, version)
+            return _Memory(
+                mem["total"] * MIB,
+                mem["free"] * MIB,
+                mem["used"] * MIB,
+                mem.get("reserved", 0) * MIB,
+                version,
+            )
         # v1 folds the driver's reservation into `used`.
-        return _Memory(mem["total"] * MIB, mem["free"] * MIB,
-                       (mem["used"] + mem.get("reserved", 0)) * MIB)
+        return _Memory(
+            mem["total"] * MIB, mem["free"] * MIB, (mem["used"] + mem.get("reserved", 0)) * MIB
+        )
 
     def nvmlDeviceGetCudaComputeCapability(self, h: _Handle) -> tuple[int, int]:
         cc = self._get(h, "compute_capability")

@@ -46,9 +46,15 @@ def _field(s: NvmlSession, notes: list[str], what: str, func: Any, *args: Any) -
     try:
         return func(*args)
     except s.lib.NVMLError as exc:
-        if any(isinstance(exc, getattr(s.lib, n, ())) for n in _LOST if isinstance(getattr(s.lib, n, None), type)):
+        if any(
+            isinstance(exc, getattr(s.lib, n, ()))
+            for n in _LOST
+            if isinstance(getattr(s.lib, n, None), type)
+        ):
             raise _DeviceLost(f"{what}: {s.error_text(exc)}") from exc
-        reason = "not supported on this GPU/driver" if s.is_not_supported(exc) else s.error_text(exc)
+        reason = (
+            "not supported on this GPU/driver" if s.is_not_supported(exc) else s.error_text(exc)
+        )
         notes.append(f"{what} unknown: {reason}")
         return None
 
@@ -61,14 +67,20 @@ def _memory(s: NvmlSession, handle: Any, notes: list[str], label: str) -> tuple[
         return None, None
     if not getattr(info, "total", 0):
         # Unified-memory parts (Grace Hopper in some modes, Jetson) report 0: VRAM is host RAM.
-        notes.append(f"{label}: NVML reports total 0 (unified memory): VRAM size unknown, plan on host RAM")
+        notes.append(
+            f"{label}: NVML reports total 0 (unified memory): VRAM size unknown, plan on host RAM"
+        )
         return None, None
     return info, source  # type: ignore[return-value]
 
 
-def _mig_devices(s: NvmlSession, handle: Any, index: int, notes: list[str]) -> tuple[MigDevice, ...]:
+def _mig_devices(
+    s: NvmlSession, handle: Any, index: int, notes: list[str]
+) -> tuple[MigDevice, ...]:
     lib = s.lib
-    count = _field(s, notes, "max MIG device count", lib.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    count = (
+        _field(s, notes, "max MIG device count", lib.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    )
     out = []
     for j in range(int(count)):
         try:
@@ -83,7 +95,9 @@ def _mig_devices(s: NvmlSession, handle: Any, index: int, notes: list[str]) -> t
                 name=as_text(_field(s, mnotes, "MIG name", lib.nvmlDeviceGetName, mh)),
                 parent_index=index,
                 mig_index=j,
-                gpu_instance_id=_field(s, mnotes, "GPU instance id", lib.nvmlDeviceGetGpuInstanceId, mh),
+                gpu_instance_id=_field(
+                    s, mnotes, "GPU instance id", lib.nvmlDeviceGetGpuInstanceId, mh
+                ),
                 compute_instance_id=_field(
                     s, mnotes, "compute instance id", lib.nvmlDeviceGetComputeInstanceId, mh
                 ),
@@ -110,8 +124,12 @@ def _read_device(s: NvmlSession, i: int, catalog: GpuCatalog) -> GpuDevice | Gpu
         name = as_text(_field(s, notes, "name", lib.nvmlDeviceGetName, handle))
         info, source = _memory(s, handle, notes, "memory")
         cc = _field(s, notes, "compute capability", lib.nvmlDeviceGetCudaComputeCapability, handle)
-        gen_cur = _field(s, notes, "PCIe generation", lib.nvmlDeviceGetCurrPcieLinkGeneration, handle)
-        gen_max = _field(s, notes, "PCIe max generation", lib.nvmlDeviceGetMaxPcieLinkGeneration, handle)
+        gen_cur = _field(
+            s, notes, "PCIe generation", lib.nvmlDeviceGetCurrPcieLinkGeneration, handle
+        )
+        gen_max = _field(
+            s, notes, "PCIe max generation", lib.nvmlDeviceGetMaxPcieLinkGeneration, handle
+        )
         w_cur = _field(s, notes, "PCIe width", lib.nvmlDeviceGetCurrPcieLinkWidth, handle)
         w_max = _field(s, notes, "PCIe max width", lib.nvmlDeviceGetMaxPcieLinkWidth, handle)
         power = _field(s, notes, "power limit", lib.nvmlDeviceGetPowerManagementLimit, handle)
@@ -119,8 +137,11 @@ def _read_device(s: NvmlSession, i: int, catalog: GpuCatalog) -> GpuDevice | Gpu
         mig_on = None if mig_mode is None else bool(mig_mode[0])
         migs = _mig_devices(s, handle, i, notes) if mig_on else ()
     except _DeviceLost as lost:
-        return GpuError(index=i, error=f"GPU {i} stopped answering ({lost}): lost or fallen off the bus",
-                        uuid=uuid)
+        return GpuError(
+            index=i,
+            error=f"GPU {i} stopped answering ({lost}): lost or fallen off the bus",
+            uuid=uuid,
+        )
     if mig_mode is None and any("MIG mode unknown: not supported" in n for n in notes):
         notes = [n for n in notes if "MIG mode unknown" not in n]
         mig_on = False  # a card without MIG answers NotSupported: that is a "no", not an unknown
@@ -145,7 +166,11 @@ def _read_device(s: NvmlSession, i: int, catalog: GpuCatalog) -> GpuDevice | Gpu
         memory_bandwidth_gb_s=entry.memory_bandwidth_gb_s if entry else None,
         memory_bandwidth_source="catalog" if entry else None,
         notes=tuple(notes)
-        + (() if entry or not name else (f"{name} is not in the GPU catalog: memory bandwidth unknown",)),
+        + (
+            ()
+            if entry or not name
+            else (f"{name} is not in the GPU catalog: memory bandwidth unknown",)
+        ),
     )
 
 
@@ -155,17 +180,23 @@ def _filter(
     notes: list[str] = []
     sels = selections(env)  # raises VisibleDevicesError on a malformed value
     for sel in sels:
-        keys = [DeviceKey(p, d.uuid, tuple(m.uuid or "" for m in d.mig_devices))
-                for p, d in enumerate(devices)]
+        keys = [
+            DeviceKey(p, d.uuid, tuple(m.uuid or "" for m in d.mig_devices))
+            for p, d in enumerate(devices)
+        ]
         picks = apply(sel, keys)
         kept: list[GpuDevice] = []
         for pick in picks:
             d = devices[pick.position]
             if pick.mig_uuid is not None:
-                d = dataclasses.replace(d, mig_devices=tuple(m for m in d.mig_devices if m.uuid == pick.mig_uuid))
+                d = dataclasses.replace(
+                    d, mig_devices=tuple(m for m in d.mig_devices if m.uuid == pick.mig_uuid)
+                )
             kept.append(d)
         if len(kept) != len(devices) or sel.kind != "all":
-            notes.append(f"{sel.variable}={sel.raw!r}: {len(kept)} of {len(devices)} GPU(s) visible")
+            notes.append(
+                f"{sel.variable}={sel.raw!r}: {len(kept)} of {len(devices)} GPU(s) visible"
+            )
         if sel.kind == "none" or not kept:
             errors = []
         devices = kept
@@ -184,7 +215,9 @@ def probe_gpus(
     if lib is None:
         loaded = load_pynvml()
         if isinstance(loaded, str):
-            return _fallback(env, NvmlFailure(LIBRARY_NOT_FOUND, loaded), smi_runner, catalog, visible)
+            return _fallback(
+                env, NvmlFailure(LIBRARY_NOT_FOUND, loaded), smi_runner, catalog, visible
+            )
         lib = loaded
     with nvml_session(lib) as s:
         if isinstance(s, NvmlFailure):
@@ -198,14 +231,19 @@ def probe_gpus(
             try:
                 d = _read_device(s, i, catalog)
             except Exception as exc:  # a driver answer we do not understand must not stop the run
-                d = GpuError(index=i, error=f"unexpected answer from NVML: {type(exc).__name__}: {exc}")
+                d = GpuError(
+                    index=i, error=f"unexpected answer from NVML: {type(exc).__name__}: {exc}"
+                )
             (errors if isinstance(d, GpuError) else devices).append(d)  # type: ignore[arg-type]
         notes = [e for e in s.errors if e.startswith(("driver", "CUDA", "device count"))]
     devices, errors, vis_notes = _filter(env, devices, errors)
     notes += vis_notes
     if not devices and not errors:
-        notes.append("NVML is working but reports no visible GPU" if not vis_notes
-                     else "no GPU left after the visible-devices selection")
+        notes.append(
+            "NVML is working but reports no visible GPU"
+            if not vis_notes
+            else "no GPU left after the visible-devices selection"
+        )
     return GpuReport(
         devices=tuple(devices),
         errors=tuple(errors),
@@ -231,9 +269,15 @@ def _fallback(
         if report.devices or report.errors:
             devices, errors, vis_notes = _filter(env, list(report.devices), list(report.errors))
             return dataclasses.replace(
-                report, devices=tuple(devices), errors=tuple(errors), visible_devices=visible,
-                notes=(f"NVML unavailable ({failure.message}); read through nvidia-smi instead",
-                       *report.notes, *vis_notes),
+                report,
+                devices=tuple(devices),
+                errors=tuple(errors),
+                visible_devices=visible,
+                notes=(
+                    f"NVML unavailable ({failure.message}); read through nvidia-smi instead",
+                    *report.notes,
+                    *vis_notes,
+                ),
             )
         notes = (failure.message, *report.notes)
     else:

@@ -16,7 +16,7 @@ BANDWIDTH_BUFFER = 32 * 2**20
 BANDWIDTH_BUDGET_S = 0.06
 
 
-def _read_int(path: Path) -> int | None | str:
+def _read_int(path: Path) -> int | str | None:
     """An int, None for 'max' (no limit), or a string saying why unreadable."""
     try:
         text = path.read_text().strip()
@@ -53,13 +53,19 @@ def read_cgroup(root: Path) -> tuple[int | None, int | None, int | None, float |
     notes: list[str] = []
     version, d = _cgroup_dir(root)
     if version is None or d is None:
-        return None, None, None, None, ["no cgroup memory controller found: container limits unknown"]
+        return (
+            None,
+            None,
+            None,
+            None,
+            ["no cgroup memory controller found: container limits unknown"],
+        )
     limit: int | None = None
     usage: int | None = None
     quota: float | None = None
     if version == 2:
         lim, use = _read_int(d / "memory.max"), _read_int(d / "memory.current")
-        cpu = (d / "cpu.max")
+        cpu = d / "cpu.max"
         try:
             q, period = cpu.read_text().split()
             quota = None if q == "max" else int(q) / int(period)
@@ -68,7 +74,10 @@ def read_cgroup(root: Path) -> tuple[int | None, int | None, int | None, float |
     else:
         lim, use = _read_int(d / "memory.limit_in_bytes"), _read_int(d / "memory.usage_in_bytes")
         cpu_dir = root / "sys/fs/cgroup/cpu"
-        q_raw, p_raw = _read_int(cpu_dir / "cpu.cfs_quota_us"), _read_int(cpu_dir / "cpu.cfs_period_us")
+        q_raw, p_raw = (
+            _read_int(cpu_dir / "cpu.cfs_quota_us"),
+            _read_int(cpu_dir / "cpu.cfs_period_us"),
+        )
         if isinstance(q_raw, int) and isinstance(p_raw, int) and q_raw > 0 and p_raw > 0:
             quota = q_raw / p_raw
     if isinstance(lim, str):
@@ -82,7 +91,9 @@ def read_cgroup(root: Path) -> tuple[int | None, int | None, int | None, float |
     return version, limit, usage, quota, notes
 
 
-def measure_copy_bandwidth(buffer_bytes: int = BANDWIDTH_BUFFER, budget_s: float = BANDWIDTH_BUDGET_S) -> float:
+def measure_copy_bandwidth(
+    buffer_bytes: int = BANDWIDTH_BUFFER, budget_s: float = BANDWIDTH_BUDGET_S
+) -> float:
     """GB/s read from memory by large copies (memoryview slice assignment is a memcpy).
 
     A copy reads and writes each byte; decode reads weights, so the figure reported is bytes
@@ -115,8 +126,10 @@ def probe_host_memory(root: str | Path = "/", measure_bandwidth: bool = True) ->
     if limit is not None and limit < total:
         eff_total = limit
         eff_avail = max(0, min(avail, limit - (usage or 0)))
-        notes.append(f"cgroup v{version} limit {limit / 2**30:.1f} GiB is below host RAM "
-                     f"{total / 2**30:.1f} GiB: the container limit is what counts")
+        notes.append(
+            f"cgroup v{version} limit {limit / 2**30:.1f} GiB is below host RAM "
+            f"{total / 2**30:.1f} GiB: the container limit is what counts"
+        )
     bw: float | None = None
     if measure_bandwidth:
         try:

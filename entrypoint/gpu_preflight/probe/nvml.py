@@ -7,8 +7,9 @@ v2) are resolved once per session. The library module is injectable so tests pas
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ def load_pynvml() -> ModuleType | str:
         import pynvml
     except ImportError as exc:  # nvidia-ml-py missing from the environment
         return f"the nvidia-ml-py package is not installed ({exc})"
-    return pynvml
+    return typing.cast(ModuleType, pynvml)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class NvmlSession:
                 except lib.NVMLError as exc:
                     # Old drivers answer FunctionNotFound / NotSupported / ArgumentVersionMismatch.
                     self._memory_v2 = False
-                    self.errors.append(f"memory info v2 unavailable ({self.error_text(exc)}); using v1")
+                    self.errors.append(
+                        f"memory info v2 unavailable ({self.error_text(exc)}); using v1"
+                    )
                 except TypeError:
                     self._memory_v2 = False  # a pynvml too old to take `version=`
         try:
@@ -125,10 +128,8 @@ def nvml_session(lib: Any) -> Iterator[NvmlSession | NvmlFailure]:
     try:
         yield NvmlSession(lib)
     finally:
-        try:
+        with suppress(lib.NVMLError):
             lib.nvmlShutdown()
-        except lib.NVMLError:
-            pass
 
 
 def as_text(value: Any) -> str | None:

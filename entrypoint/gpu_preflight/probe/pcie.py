@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 
 from gpu_preflight.probe.cuda import CudaDevice, open_cuda
 from gpu_preflight.probe.types import PcieBandwidth, PcieReport
@@ -26,8 +27,9 @@ def _best(copy: Callable[[], None], nbytes: int) -> float:
     return round(nbytes / best / 1e9, 2)
 
 
-def probe_pcie(indexes: Sequence[int], bytes_per_copy: int = 256 * 2**20,
-               opener: Opener | None = None) -> PcieReport:
+def probe_pcie(
+    indexes: Sequence[int], bytes_per_copy: int = 256 * 2**20, opener: Opener | None = None
+) -> PcieReport:
     opener = opener or open_cuda
     out: list[PcieBandwidth] = []
     notes: list[str] = []
@@ -44,8 +46,8 @@ def probe_pcie(indexes: Sequence[int], bytes_per_copy: int = 256 * 2**20,
                     why = "could not allocate the copy buffers"
                     out.append(PcieBandwidth(i, None, None, bytes_per_copy, (why,)))
                     continue
-                h2d = _best(lambda: cuda.copy_h2d(dev, host, bytes_per_copy), bytes_per_copy)
-                d2h = _best(lambda: cuda.copy_d2h(host, dev, bytes_per_copy), bytes_per_copy)
+                h2d = _best(partial(cuda.copy_h2d, dev, host, bytes_per_copy), bytes_per_copy)
+                d2h = _best(partial(cuda.copy_d2h, host, dev, bytes_per_copy), bytes_per_copy)
                 out.append(PcieBandwidth(i, h2d, d2h, bytes_per_copy))
             finally:
                 if host is not None:

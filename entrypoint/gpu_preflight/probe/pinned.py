@@ -18,7 +18,9 @@ from gpu_preflight.probe.types import PinnedMemory
 Opener = Callable[[int], AbstractContextManager[CudaDevice | str]]
 
 
-def probe_pinned(cap_bytes: int, chunk_bytes: int = 256 * 2**20, opener: Opener | None = None) -> PinnedMemory:
+def probe_pinned(
+    cap_bytes: int, chunk_bytes: int = 256 * 2**20, opener: Opener | None = None
+) -> PinnedMemory:
     opener = opener or open_cuda
     with opener(0) as cuda:
         if isinstance(cuda, str):
@@ -38,6 +40,14 @@ def probe_pinned(cap_bytes: int, chunk_bytes: int = 256 * 2**20, opener: Opener 
                 cuda.host_free(ptr)
         seconds = time.perf_counter() - t0
     ceiling = len(held) * chunk_bytes
-    notes = (f"stopped at the probe's cap of {cap_bytes / 2**30:.1f} GiB: the machine may pin more "
-             "(PREFLIGHT_PINNED_CAP_GB)",) if capped else ()
-    return PinnedMemory(ceiling, cap_bytes, capped, chunk_bytes, round(seconds, 3), "cuda-driver", notes)
+    notes = (
+        (
+            f"stopped at the probe's cap of {cap_bytes / 2**30:.1f} GiB: the machine may pin more "
+            "(PREFLIGHT_PINNED_CAP_GB)",
+        )
+        if capped
+        else ()
+    )
+    return PinnedMemory(
+        ceiling, cap_bytes, capped, chunk_bytes, round(seconds, 3), "cuda-driver", notes
+    )

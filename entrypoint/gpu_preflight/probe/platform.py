@@ -32,8 +32,13 @@ def _container(root: Path, env: Mapping[str, str]) -> tuple[bool | None, str | N
         return True, runtime
     cgroup = _read(root / "proc/1/cgroup")
     if cgroup is not None:
-        for marker, name in (("docker", "docker"), ("kubepods", "kubernetes"), ("containerd", "containerd"),
-                             ("libpod", "podman"), ("lxc", "lxc")):
+        for marker, name in (
+            ("docker", "docker"),
+            ("kubepods", "kubernetes"),
+            ("containerd", "containerd"),
+            ("libpod", "podman"),
+            ("lxc", "lxc"),
+        ):
             if marker in cgroup:
                 return True, name
     mountinfo = _read(root / "proc/1/mountinfo", 1 << 20)
@@ -59,36 +64,56 @@ def probe_platform(root: str | Path = "/", env: Mapping[str, str] | None = None)
         notes.append("kernel release unknown: /proc/sys/kernel/osrelease not readable")
     dxg = (r / "dev/dxg").exists()
     wsl_lib = (r / "usr/lib/wsl/lib").is_dir()
-    wsl2: bool | None
-    if release is not None:
-        wsl2 = "microsoft" in release.lower() or dxg
-    else:
-        wsl2 = True if dxg else None
+    # /dev/dxg alone proves WSL2; a microsoft kernel release too. Neither readable: unknown.
+    wsl2: bool | None = (
+        ("microsoft" in release.lower() or dxg) if release is not None else (dxg or None)
+    )
     nv_driver = (r / "proc/driver/nvidia").exists()
     nvidia_runtime: bool | None = None
     if in_container:
-        libs = any((r / p).exists() for p in (
-            "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1",
-            "usr/lib64/libnvidia-ml.so.1", "usr/lib/wsl/lib/libnvidia-ml.so.1"))
+        libs = any(
+            (r / p).exists()
+            for p in (
+                "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+                "usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1",
+                "usr/lib64/libnvidia-ml.so.1",
+                "usr/lib/wsl/lib/libnvidia-ml.so.1",
+            )
+        )
         nvidia_runtime = libs or nv_driver
         if not nvidia_runtime:
-            notes.append("in a container without the NVIDIA driver libraries: start it with `--gpus all` "
-                         "and the NVIDIA Container Toolkit on the host")
+            notes.append(
+                "in a container without the NVIDIA driver libraries: start it with `--gpus all` "
+                "and the NVIDIA Container Toolkit on the host"
+            )
     uvm: bool | None
     if wsl2:
         uvm = False
-        notes.append("WSL2: CUDA cannot oversubscribe GPU memory (no UVM paging); plans use explicit placement")
-    elif (r / "dev/nvidia-uvm").exists() or (r / "proc/driver/nvidia-uvm").exists() or \
-            "nvidia_uvm" in (_read(r / "proc/modules", 1 << 20) or ""):
+        notes.append(
+            "WSL2: CUDA cannot oversubscribe GPU memory (no UVM paging); plans use explicit placement"
+        )
+    elif (
+        (r / "dev/nvidia-uvm").exists()
+        or (r / "proc/driver/nvidia-uvm").exists()
+        or "nvidia_uvm" in (_read(r / "proc/modules", 1 << 20) or "")
+    ):
         uvm = True
     elif nv_driver:
         uvm = None
-        notes.append("NVIDIA driver present but the nvidia-uvm module is not visible: UVM oversubscription unknown")
+        notes.append(
+            "NVIDIA driver present but the nvidia-uvm module is not visible: UVM oversubscription unknown"
+        )
     else:
         uvm = None
         notes.append("no NVIDIA driver visible: UVM oversubscription unknown")
     return PlatformInfo(
-        in_container=in_container, container_runtime=runtime, nvidia_runtime=nvidia_runtime, wsl2=wsl2,
-        kernel_release=release, dxg_present=dxg, wsl_lib_present=wsl_lib, uvm_oversubscription=uvm,
+        in_container=in_container,
+        container_runtime=runtime,
+        nvidia_runtime=nvidia_runtime,
+        wsl2=wsl2,
+        kernel_release=release,
+        dxg_present=dxg,
+        wsl_lib_present=wsl_lib,
+        uvm_oversubscription=uvm,
         notes=tuple(notes),
     )

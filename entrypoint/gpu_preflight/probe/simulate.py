@@ -20,7 +20,9 @@ from gpu_preflight.probe.gpu import probe_gpus
 from gpu_preflight.probe.types import GpuReport, HostMemory, PlatformInfo
 from gpu_preflight.serde import DecodeError, from_dict
 
-_SPEC = re.compile(r"^(?:(?P<n>[0-9]+)x)?(?P<name>[a-z0-9-]+)(?::(?:(?P<k>[0-9]+)x)?(?P<mig>[0-9]g\.[0-9]+gb))?$")
+_SPEC = re.compile(
+    r"^(?:(?P<n>[0-9]+)x)?(?P<name>[a-z0-9-]+)(?::(?:(?P<k>[0-9]+)x)?(?P<mig>[0-9]g\.[0-9]+gb))?$"
+)
 SIM_DRIVER = "570.133.20"  # a real R570 production driver; CUDA 12.8
 SIM_CUDA = 12080
 MAX_GPUS = 16
@@ -50,11 +52,17 @@ def scenario_for(card: GpuSpec, count: int, mig: str | None, mig_count: int) -> 
         dev: dict[str, Any] = {
             "uuid": f"GPU-{_uuid(f'{card.id}/{i}')}",
             "name": card.nvml_name,
-            "memory_mib": {"total": card.memory_total_mib, "used": used, "reserved": reserved,
-                           "free": card.memory_total_mib - used - reserved},
+            "memory_mib": {
+                "total": card.memory_total_mib,
+                "used": used,
+                "reserved": reserved,
+                "free": card.memory_total_mib - used - reserved,
+            },
             "compute_capability": [int(x) for x in card.compute_capability.split(".")],
-            "pcie_gen_current": card.pcie_gen, "pcie_gen_max": card.pcie_gen,
-            "pcie_width_current": card.pcie_width, "pcie_width_max": card.pcie_width,
+            "pcie_gen_current": card.pcie_gen,
+            "pcie_gen_max": card.pcie_gen,
+            "pcie_width_current": card.pcie_width,
+            "pcie_width_max": card.pcie_width,
             "power_limit_mw": int(card.power_limit_w * 1000),
             "mig_mode": [0, 0],
         }
@@ -66,23 +74,37 @@ def scenario_for(card: GpuSpec, count: int, mig: str | None, mig_count: int) -> 
             dev["mig_mode"] = [1, 1]
             dev["max_mig_devices"] = 7
             dev["mig_devices"] = [
-                {"uuid": f"MIG-{_uuid(f'{card.id}/{i}/{mig}/{j}')}",
-                 "name": f"{card.nvml_name} MIG {profile.name}",
-                 "memory_mib": {"total": profile.memory_mib, "used": 13, "free": profile.memory_mib - 13},
-                 "gpu_instance_id": j + 1, "compute_instance_id": 0}
+                {
+                    "uuid": f"MIG-{_uuid(f'{card.id}/{i}/{mig}/{j}')}",
+                    "name": f"{card.nvml_name} MIG {profile.name}",
+                    "memory_mib": {
+                        "total": profile.memory_mib,
+                        "used": 13,
+                        "free": profile.memory_mib - 13,
+                    },
+                    "gpu_instance_id": j + 1,
+                    "compute_instance_id": 0,
+                }
                 for j in range(mig_count)
             ]
         devices.append(dev)
-    return {"description": f"simulated {count}x {card.id}" + (f" MIG {mig_count}x{mig}" if mig else ""),
-            "source": card.source, "driver_version": SIM_DRIVER, "cuda_driver_version": SIM_CUDA,
-            "memory_v2": True, "devices": devices}
+    return {
+        "description": f"simulated {count}x {card.id}" + (f" MIG {mig_count}x{mig}" if mig else ""),
+        "source": card.source,
+        "driver_version": SIM_DRIVER,
+        "cuda_driver_version": SIM_CUDA,
+        "memory_v2": True,
+        "devices": devices,
+    }
 
 
 def parse_spec(spec: str, catalog: GpuCatalog) -> dict[str, Any]:
     m = _SPEC.match(spec.strip().lower())
     if not m:
-        raise SimulateError(f"{spec!r} is not NAME, NxNAME, NAME:MIG or a scenario file path; "
-                            "see `gpu-preflight gpus`")
+        raise SimulateError(
+            f"{spec!r} is not NAME, NxNAME, NAME:MIG or a scenario file path; "
+            "see `gpu-preflight gpus`"
+        )
     card = catalog.find(m["name"])
     if card is None:
         close = catalog.suggest(m["name"])

@@ -23,8 +23,23 @@ from gpu_preflight.probe.types import StorageBench
 Runner = Callable[[list[str], float], CommandResult]
 TEST_FILE = ".gpu-preflight-fio.tmp"
 CACHE_FILE = "storage-bench.json"
-REFUSED_PREFIXES = ("overlay", "9p", "drvfs", "tmpfs", "ramfs", "fuse", "nfs", "cifs", "smb", "virtiofs",
-                    "squashfs", "aufs", "devtmpfs", "proc", "sysfs")
+REFUSED_PREFIXES = (
+    "overlay",
+    "9p",
+    "drvfs",
+    "tmpfs",
+    "ramfs",
+    "fuse",
+    "nfs",
+    "cifs",
+    "smb",
+    "virtiofs",
+    "squashfs",
+    "aufs",
+    "devtmpfs",
+    "proc",
+    "sysfs",
+)
 DEFAULT_RUNTIME_S = 10.0
 
 
@@ -91,16 +106,32 @@ def fio_argv(directory: Path, runtime_s: float) -> list[str]:
     seq = max(1, round(runtime_s * 0.5))
     rnd = max(1, round(runtime_s * 0.5))
     return [
-        "fio", "--output-format=json", f"--directory={directory}", f"--filename={TEST_FILE}",
-        "--size=128M", "--direct=1", "--ioengine=libaio", "--time_based", "--unlink=0",
-        "--name=seqread", "--rw=read", "--bs=256k", "--iodepth=64", f"--runtime={seq}",
-        "--name=randread", "--stonewall", "--rw=randread", "--bs=4k", "--iodepth=1", f"--runtime={rnd}",
+        "fio",
+        "--output-format=json",
+        f"--directory={directory}",
+        f"--filename={TEST_FILE}",
+        "--size=128M",
+        "--direct=1",
+        "--ioengine=libaio",
+        "--time_based",
+        "--unlink=0",
+        "--name=seqread",
+        "--rw=read",
+        "--bs=256k",
+        "--iodepth=64",
+        f"--runtime={seq}",
+        "--name=randread",
+        "--stonewall",
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=1",
+        f"--runtime={rnd}",
     ]
 
 
 def parse_fio(text: str) -> tuple[float, float, float, float]:
     """(seq MiB/s, rand IOPS, rand MiB/s, runtime s) from fio's JSON (read.bw is KiB/s)."""
-    doc = json.loads(text[text.index("{"):])
+    doc = json.loads(text[text.index("{") :])
     jobs = {j["jobname"]: j for j in doc["jobs"]}
     seq, rnd = jobs["seqread"]["read"], jobs["randread"]["read"]
     runtime = (seq.get("runtime", 0) + rnd.get("runtime", 0)) / 1000.0
@@ -130,9 +161,12 @@ def probe_storage(
     if mount is None:
         return _none(bench_dir, None, f"no mount found for {bench_dir}")
     if refused_filesystem(mount.fstype):
-        return _none(bench_dir, mount.fstype,
-                     f"refused: {bench_dir} is on {mount.fstype} ({mount.mount_point}), which does not "
-                     "give honest O_DIRECT numbers; mount a local disk volume (ext4, xfs, btrfs) at /bench")
+        return _none(
+            bench_dir,
+            mount.fstype,
+            f"refused: {bench_dir} is on {mount.fstype} ({mount.mount_point}), which does not "
+            "give honest O_DIRECT numbers; mount a local disk volume (ext4, xfs, btrfs) at /bench",
+        )
     key = f"{mount.device}:{mount.fstype}:{_device_model(root, mount.device)}"
     cache_path = cache_dir / CACHE_FILE if cache_dir else None
     if cache_path and not force:
@@ -141,7 +175,11 @@ def probe_storage(
             return cached
     if runner is None:
         if which("fio") is None:
-            return _none(bench_dir, mount.fstype, "fio is not installed (apt-get install fio); storage not measured")
+            return _none(
+                bench_dir,
+                mount.fstype,
+                "fio is not installed (apt-get install fio); storage not measured",
+            )
         runner = run_command
     test_file = bench_dir / TEST_FILE
     try:
@@ -159,8 +197,15 @@ def probe_storage(
         seq, iops, rmib, runtime = parse_fio(res.stdout)
     except (ValueError, KeyError, TypeError) as exc:
         return _none(bench_dir, mount.fstype, f"fio output not understood: {exc}")
-    result = StorageBench(str(bench_dir), mount.fstype, round(seq, 1), round(iops, 1), round(rmib, 2),
-                          round(runtime, 2), "fio")
+    result = StorageBench(
+        str(bench_dir),
+        mount.fstype,
+        round(seq, 1),
+        round(iops, 1),
+        round(rmib, 2),
+        round(runtime, 2),
+        "fio",
+    )
     if cache_path:
         _write_cache(cache_path, key, result)
     return result
@@ -175,9 +220,18 @@ def _read_cache(path: Path, key: str) -> StorageBench | None:
     if not isinstance(hit, dict):
         return None
     try:
-        return StorageBench(hit["path"], hit["filesystem"], hit["seq_read_mib_s"], hit["rand_read_4k_iops"],
-                            hit["rand_read_4k_mib_s"], hit["runtime_s"], "cache",
-                            (f"reused the fio result measured on this device ({key}); PREFLIGHT_BENCH=force re-runs it",))
+        return StorageBench(
+            hit["path"],
+            hit["filesystem"],
+            hit["seq_read_mib_s"],
+            hit["rand_read_4k_iops"],
+            hit["rand_read_4k_mib_s"],
+            hit["runtime_s"],
+            "cache",
+            (
+                f"reused the fio result measured on this device ({key}); PREFLIGHT_BENCH=force re-runs it",
+            ),
+        )
     except KeyError:
         return None
 
@@ -189,9 +243,14 @@ def _write_cache(path: Path, key: str, result: StorageBench) -> None:
             doc = {}
     except (OSError, ValueError):
         doc = {}
-    doc[key] = {"path": result.path, "filesystem": result.filesystem, "seq_read_mib_s": result.seq_read_mib_s,
-                "rand_read_4k_iops": result.rand_read_4k_iops, "rand_read_4k_mib_s": result.rand_read_4k_mib_s,
-                "runtime_s": result.runtime_s}
+    doc[key] = {
+        "path": result.path,
+        "filesystem": result.filesystem,
+        "seq_read_mib_s": result.seq_read_mib_s,
+        "rand_read_4k_iops": result.rand_read_4k_iops,
+        "rand_read_4k_mib_s": result.rand_read_4k_mib_s,
+        "runtime_s": result.runtime_s,
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

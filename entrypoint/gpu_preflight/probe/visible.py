@@ -99,9 +99,11 @@ def apply(sel: Selection, devices: list[DeviceKey]) -> list[Pick]:
         return [Pick(d.position, None) for d in devices]
     if sel.kind == "none":
         return []
-    if sel.variable == "NVIDIA_VISIBLE_DEVICES" and all(
-        _INDEX.match(e) or _MIG_INDEX.match(e) for e in sel.entries
-    ) and len(devices) <= len(sel.entries):
+    if (
+        sel.variable == "NVIDIA_VISIBLE_DEVICES"
+        and all(_INDEX.match(e) or _MIG_INDEX.match(e) for e in sel.entries)
+        and len(devices) <= len(sel.entries)
+    ):
         # The runtime already mounted exactly these and NVML renumbered them from 0.
         return [Pick(d.position, None) for d in devices]
     picks: list[Pick] = []
