@@ -380,13 +380,19 @@ def _with_cli_overrides(env: dict[str, str], **values: str | None) -> dict[str, 
     return env
 
 
+def _as_typed(message: str, env: Mapping[str, str]) -> str:
+    """Name the option the user typed (--context) instead of the variable it was mapped to."""
+    for var, option in _CLI_VARS.values():
+        if f"_CLI_{var}" in env:
+            message = message.replace(f"{var}=", f"{option}=")
+    return message
+
+
 def _overrides(env: Mapping[str, str], engine_argv: tuple[str, ...]) -> Overrides:
     try:
         return parse_overrides(env, engine_argv)
     except OverrideError as exc:
-        option = env.get(f"_CLI_{exc.variable}")
-        msg = str(exc).replace(exc.variable, option, 1) if option else str(exc)
-        _die(msg, exc.exit_code)
+        _die(_as_typed(str(exc), env), exc.exit_code)
 
 
 def _write_out(path: Path, doc: Any) -> None:
@@ -448,7 +454,7 @@ def _plan(env: Mapping[str, str], profile: Any, overrides: Overrides) -> Any:
     try:
         return plan_for(env, profile, overrides, engines_available=("vllm", "llama.cpp"))
     except PreflightError as exc:
-        _die(str(exc), exc.exit_code)
+        _die(_as_typed(str(exc), env), exc.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover
