@@ -43,7 +43,7 @@ e2e: install system-deps llama-cpp
 	$(BIN)/pytest -p no:cacheprovider -m docker
 
 lint: install
-	$(BIN)/ruff check entrypoint tests bench
+	$(BIN)/ruff check entrypoint tests $(wildcard bench)
 	$(BIN)/mypy
 
 run: install

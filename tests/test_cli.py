@@ -22,7 +22,10 @@ SECRET = "hf_MARKER_b6f0c1d2e3"
 @pytest.fixture
 def cli(monkeypatch):
     for var in list(__import__("os").environ):
-        if var.startswith(("PREFLIGHT_", "VLLM_", "LLAMA_ARG_")) or var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        if var.startswith(("PREFLIGHT_", "VLLM_", "LLAMA_ARG_")) or var in (
+            "CUDA_VISIBLE_DEVICES",
+            "NVIDIA_VISIBLE_DEVICES",
+        ):
             monkeypatch.delenv(var, raising=False)
     return CliRunner()
 
@@ -30,8 +33,21 @@ def cli(monkeypatch):
 def test_probe_json_here_is_fast_valid_and_explains_missing_gpus(tmp_path):
     out = tmp_path / "profile.json"
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "gpu_preflight.cli.main", "probe", "--json", "--no-bench", "--out", str(out)],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpu_preflight.cli.main",
+            "probe",
+            "--json",
+            "--no-bench",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     elapsed = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     assert elapsed < 1.5, f"probe took {elapsed:.2f} s"
@@ -40,7 +56,10 @@ def test_probe_json_here_is_fast_valid_and_explains_missing_gpus(tmp_path):
     p = profile_from_dict(doc)
     assert p.hardware.gpus.devices == ()
     assert any("libnvidia-ml" in n or "NVML" in n for n in p.hardware.gpus.notes)
-    meminfo = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()}
+    meminfo = {
+        ln.split(":")[0]: int(ln.split()[1]) * 1024
+        for ln in Path("/proc/meminfo").read_text().splitlines()
+    }
     assert p.hardware.memory.total_bytes == meminfo["MemTotal"]
     if p.hardware.memory.cgroup_limit_bytes:
         assert p.hardware.memory.effective_total_bytes <= p.hardware.memory.cgroup_limit_bytes
@@ -56,16 +75,44 @@ def test_probe_table_for_people(cli):
     ("args", "env", "fragment"),
     [
         (["probe", "--simulate", "rtx-4900"], {}, "did you mean rtx-4090"),
-        (["probe", "--json", "--no-bench"], {"NVIDIA_VISIBLE_DEVICES": "gpu0"}, "NVIDIA_VISIBLE_DEVICES='gpu0'"),
-        (["probe", "--bench", "--bench-dir", "/nonexistent/dir"], {}, "--bench-dir='/nonexistent/dir': does not exist"),
-        (["probe", "--json", "--no-bench", "--out", "/proc/nope/profile.json"], {}, "--out /proc/nope/profile.json"),
+        (
+            ["probe", "--json", "--no-bench"],
+            {"NVIDIA_VISIBLE_DEVICES": "gpu0"},
+            "NVIDIA_VISIBLE_DEVICES='gpu0'",
+        ),
+        (
+            ["probe", "--bench", "--bench-dir", "/nonexistent/dir"],
+            {},
+            "--bench-dir='/nonexistent/dir': does not exist",
+        ),
+        (
+            ["probe", "--json", "--no-bench", "--out", "/proc/nope/profile.json"],
+            {},
+            "--out /proc/nope/profile.json",
+        ),
         (["plan", "--simulate", "rtx-4090", "--context", "lots"], {}, "--context='lots'"),
-        (["plan", "--simulate", "rtx-4090"], {"PREFLIGHT_RESERVE_GB": "x"}, "PREFLIGHT_RESERVE_GB='x'"),
-        (["plan", "--simulate", "rtx-4090", "--model", "qwen9-8b"], {}, "--model='qwen9-8b' is not a known model. Did you mean qwen3-8b"),
+        (
+            ["plan", "--simulate", "rtx-4090"],
+            {"PREFLIGHT_RESERVE_GB": "x"},
+            "PREFLIGHT_RESERVE_GB='x'",
+        ),
+        (
+            ["plan", "--simulate", "rtx-4090", "--model", "qwen9-8b"],
+            {},
+            "--model='qwen9-8b' is not a known model. Did you mean qwen3-8b",
+        ),
         (["plan", "--profile", "/nonexistent.json"], {}, "cannot read profile"),
-        (["plan", "--simulate", "rtx-4090"], {"PREFLIGHT_TIERS_FILE": "/nonexistent.json"}, "PREFLIGHT_TIERS_FILE"),
+        (
+            ["plan", "--simulate", "rtx-4090"],
+            {"PREFLIGHT_TIERS_FILE": "/nonexistent.json"},
+            "PREFLIGHT_TIERS_FILE",
+        ),
         (["probe", "--json"], {"PREFLIGHT_BENCH": "sometimes"}, "PREFLIGHT_BENCH='sometimes'"),
-        (["estimate", "--model", "qwen3-8b", "--engine", "llama.cpp", "--context", "8k"], {}, "--gpu NAME"),
+        (
+            ["estimate", "--model", "qwen3-8b", "--engine", "llama.cpp", "--context", "8k"],
+            {},
+            "--gpu NAME",
+        ),
     ],
 )
 def test_invalid_input_exits_2_naming_the_value(cli, args, env, fragment):
@@ -86,7 +133,10 @@ def test_plan_exit_codes_and_json(cli):
 
 def test_plan_from_a_saved_profile(cli, tmp_path):
     out = tmp_path / "p.json"
-    assert cli.invoke(main, ["probe", "--simulate", "h100-sxm", "--json", "--out", str(out)]).exit_code == 0
+    assert (
+        cli.invoke(main, ["probe", "--simulate", "h100-sxm", "--json", "--out", str(out)]).exit_code
+        == 0
+    )
     r = cli.invoke(main, ["plan", "--profile", str(out), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["engine"] == "vllm"
 
@@ -103,11 +153,27 @@ def test_tiers_gpus_estimate_matrix(cli):
     assert tiers["tiers"][0]["id"] == "cpu"
     gpus = json.loads(cli.invoke(main, ["gpus", "--json"]).output)
     assert {"rtx-3060", "h100-sxm", "h200", "a10g"} <= {g["id"] for g in gpus}
-    e = json.loads(cli.invoke(main, ["estimate", "--model", "llama-3.1-8b-instruct", "--engine", "llama.cpp",
-                                     "--context", "8192", "--cpu", "--json"]).output)
+    e = json.loads(
+        cli.invoke(
+            main,
+            [
+                "estimate",
+                "--model",
+                "llama-3.1-8b-instruct",
+                "--engine",
+                "llama.cpp",
+                "--context",
+                "8192",
+                "--cpu",
+                "--json",
+            ],
+        ).output
+    )
     assert e["devices"][0]["device"] == "CPU" and e["kv_bytes_per_token"] == 131072
     assert e["devices"][0]["kv_cache_bytes"] == 8192 * 131072
-    m = cli.invoke(main, ["matrix", "--gpus", "rtx-4090,h100-sxm", "--models", "qwen3-8b", "--json"])
+    m = cli.invoke(
+        main, ["matrix", "--gpus", "rtx-4090,h100-sxm", "--models", "qwen3-8b", "--json"]
+    )
     cells = json.loads(m.output)
     assert [c["verdict"] for c in cells] == ["ship", "ship"]
 
@@ -115,8 +181,12 @@ def test_tiers_gpus_estimate_matrix(cli):
 def test_run_dry_run_writes_profile_and_plan_and_keeps_secrets_out(cli, tmp_path, monkeypatch):
     called = []
     monkeypatch.setattr(launch, "exec_engine", lambda argv, env: called.append(argv))
-    env = {"PREFLIGHT_PROFILE_DIR": str(tmp_path), "PREFLIGHT_BENCH": "off", "HF_TOKEN": SECRET,
-           "PREFLIGHT_DRY_RUN": "1"}
+    env = {
+        "PREFLIGHT_PROFILE_DIR": str(tmp_path),
+        "PREFLIGHT_BENCH": "off",
+        "HF_TOKEN": SECRET,
+        "PREFLIGHT_DRY_RUN": "1",
+    }
     r = cli.invoke(main, ["run"], env=env)
     assert r.exit_code == 0, r.output
     assert called == []
@@ -136,11 +206,15 @@ def test_run_execs_the_planned_argv_with_secrets_in_env_only(cli, tmp_path, monk
     bin_dir.mkdir()
     (bin_dir / "llama-server").write_text("#!/bin/sh\n")
     (bin_dir / "llama-server").chmod(0o755)
-    env = {"PREFLIGHT_PROFILE_DIR": str(tmp_path / "p"), "PREFLIGHT_BENCH": "off", "HF_TOKEN": SECRET,
-           "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    env = {
+        "PREFLIGHT_PROFILE_DIR": str(tmp_path / "p"),
+        "PREFLIGHT_BENCH": "off",
+        "HF_TOKEN": SECRET,
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+    }
     r = cli.invoke(main, ["run", "--", "--jinja"], env=env)
     assert r.exit_code == 0, r.output
-    (argv, engine_env), = called
+    ((argv, engine_env),) = called
     plan = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert list(argv) == plan["argv"] and argv[0] == "llama-server" and argv[-1] == "--jinja"
     assert SECRET not in " ".join(argv) and engine_env["HF_TOKEN"] == SECRET
@@ -155,14 +229,20 @@ def test_run_missing_engine_is_exit_2_naming_binary(cli, tmp_path):
 def test_run_refusal_exits_3_without_exec(cli, tmp_path, monkeypatch):
     called = []
     monkeypatch.setattr(launch, "exec_engine", lambda argv, env: called.append(argv))
-    env = {"PREFLIGHT_PROFILE_DIR": str(tmp_path), "PREFLIGHT_BENCH": "off", "PREFLIGHT_ENGINE": "vllm"}
+    env = {
+        "PREFLIGHT_PROFILE_DIR": str(tmp_path),
+        "PREFLIGHT_BENCH": "off",
+        "PREFLIGHT_ENGINE": "vllm",
+    }
     r = cli.invoke(main, ["run"], env=env)
     assert r.exit_code == 3 and called == []
     assert json.loads((tmp_path / "plan.json").read_text())["verdict"] == "refuse"
 
 
 def test_run_rejects_secret_flags(cli, tmp_path):
-    r = cli.invoke(main, ["run", "--", "--api-key", SECRET], env={"PREFLIGHT_PROFILE_DIR": str(tmp_path)})
+    r = cli.invoke(
+        main, ["run", "--", "--api-key", SECRET], env={"PREFLIGHT_PROFILE_DIR": str(tmp_path)}
+    )
     assert r.exit_code == 2 and SECRET not in r.output and "LLAMA_API_KEY" in r.output
 
 

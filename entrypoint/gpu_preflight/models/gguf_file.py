@@ -1,7 +1,7 @@
-"""Read a GGUF file's header with the ``gguf`` package: architecture metadata and exact tensor bytes.
+"""Read a GGUF file's header: architecture metadata and exact tensor bytes.
 
-The reader memory-maps the file, so only the header pages are touched (a file whose tensor data is
-a sparse hole reads like a real one). Every failure - bad magic, a truncated file, counts or
+The header is read by ``gguf_header`` (skip-ahead, bounded; see there why not ``GGUFReader``), so
+only the header pages are touched (a file whose tensor data is a sparse hole reads like a real one). Every failure - bad magic, a truncated file, counts or
 offsets past the end of the file - becomes a ``ModelFileError`` naming the file and the problem.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_preflight.models.errors import ModelFileError
+from gpu_preflight.models.gguf_header import GGUFHeader, GGUFHeaderError, read_header
 from gpu_preflight.models.layout import count_params
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
@@ -25,21 +26,15 @@ SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gpt-oss": 2, "cohere2": 4}
 MAX_TENSORS = 1_000_000
 
 
-def _value(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    try:
-        return field.contents()
-    except (IndexError, ValueError, TypeError):
-        return None
+def _value(header: GGUFHeader, key: str) -> Any:
+    return header.fields.get(key)
 
 
-def _int(reader: Any, key: str, default: int | None = None) -> int | None:
-    v = _value(reader, key)
+def _int(header: GGUFHeader, key: str, default: int | None = None) -> int | None:
+    v = _value(header, key)
     if isinstance(v, list):
         v = max(v) if v else None
-    return int(v) if isinstance(v, (int, float)) else default
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
 def _files(path: Path) -> list[Path]:
@@ -54,11 +49,8 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def _open(path: Path) -> Any:
-    from gguf import GGUFReader
-
+def _open(path: Path) -> GGUFHeader:
     try:
-        size = path.stat().st_size
         with path.open("rb") as f:
             magic = f.read(4)
     except OSError as exc:
@@ -66,20 +58,18 @@ def _open(path: Path) -> Any:
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:  # the gguf package raises ValueError, KeyError, struct/numpy errors
-        raise ModelFileError(
-            f"{path}: malformed or truncated GGUF header ({type(exc).__name__}: {exc})"
-        ) from exc
-    if len(reader.tensors) > MAX_TENSORS:
-        raise ModelFileError(f"{path}: claims {len(reader.tensors)} tensors; refusing to trust it")
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size:
+        header = read_header(path)
+    except (GGUFHeaderError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: malformed or truncated GGUF header ({exc})") from exc
+    if len(header.tensors) > MAX_TENSORS:
+        raise ModelFileError(f"{path}: claims {len(header.tensors)} tensors; refusing to trust it")
+    for t in header.tensors:
+        end = t.data_offset + t.n_bytes
+        if end > header.file_size:
             raise ModelFileError(
-                f"{path}: tensor {t.name} ends at byte {end} but the file has {size} bytes (truncated?)"
+                f"{path}: tensor {t.name} ends at byte {end} but the file has {header.file_size} bytes (truncated?)"
             )
-    return reader
+    return header
 
 
 def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
@@ -151,8 +141,8 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     tok = out = other = 0
     types: dict[str, int] = {}
     for t in tensors:
-        nb = int(t.n_bytes)
-        tname = getattr(t.tensor_type, "name", str(t.tensor_type))
+        nb = t.n_bytes
+        tname = t.type_name
         types[tname] = types.get(tname, 0) + nb
         m = _BLK.match(t.name)
         if m and int(m.group(1)) < n_layers:
