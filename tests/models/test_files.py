@@ -182,7 +182,7 @@ def test_hf_directory_errors(tmp_path):
     with pytest.raises(ModelFileError, match="num_hidden_layers"):
         read_hf_dir(d)
     (d / "config.json").write_text(json.dumps(TINY))
-    with pytest.raises(ModelFileError, match="no .safetensors"):
+    with pytest.raises(ModelFileError, match=r"no \.safetensors"):
         read_hf_dir(d)
     (d / "model.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(ModelFileError, match="malformed safetensors"):
