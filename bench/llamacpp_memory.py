@@ -173,7 +173,7 @@ def main() -> int:
         "failed_in_llama_cpp": len(rows) - len(ok),
         "median_abs_total_error_pct": round(statistics.median(abs(e) for e in errs), 3),
         "worst_abs_total_error_pct": round(max(abs(e) for e in errs), 3),
-        "worst_under_prediction_pct": round(min(min(errs), 0.0), 3),
+        "worst_under_prediction_pct": round(min(*errs, 0.0), 3),
         "kv_exact": all(d == 0 for d in kv_diff),
         "worst_kv_error_mib": max(abs(d) for d in kv_diff),
         "weights_exact": all(r["ours_mib"]["model"] == r["llama_mib"]["model"] for r in ok),
