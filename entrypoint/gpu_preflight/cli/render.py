@@ -17,7 +17,9 @@ GIB = 2**30
 
 
 def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / GIB:.1f} GiB"
+    if n is None:
+        return "-"
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
 
 
 def _val(v: object) -> str:
