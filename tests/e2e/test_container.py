@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from gpu_preflight.plan.document import plan_from_dict
-from gpu_preflight.profile import profile_from_dict
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.types import ModelArch
+from gpu_preflight.plan.document import plan_from_dict
+from gpu_preflight.profile import profile_from_dict
 from tests.support.gguf_factory import write_gguf
 
 pytestmark = pytest.mark.docker
@@ -33,7 +33,9 @@ MARKER = "hf_e2eMARKER_7d1c9a0b5f"
 
 
 def _sh(script: str) -> str:
-    r = subprocess.run(["bash", str(ROOT / ".ci" / script)], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["bash", str(ROOT / ".ci" / script)], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         pytest.fail(f".ci/{script} failed:\n{r.stderr[-3000:]}")
     return r.stdout.strip().splitlines()[-1]
@@ -50,8 +52,16 @@ def docker_client():
     client = docker.DockerClient(base_url=host, timeout=600)
     t0 = time.time()
     client.images.build(
-        path=str(ROOT), target="llamacpp", tag=IMAGE, network_mode="host", rm=True,
-        buildargs={"LLAMACPP_BASE": base, "VLLM_BASE": base, "LLAMACPP_DIR": "/usr/local/lib/llama.cpp"},
+        path=str(ROOT),
+        target="llamacpp",
+        tag=IMAGE,
+        network_mode="host",
+        rm=True,
+        buildargs={
+            "LLAMACPP_BASE": base,
+            "VLLM_BASE": base,
+            "LLAMACPP_DIR": "/usr/local/lib/llama.cpp",
+        },
     )
     print(f"image built in {time.time() - t0:.0f} s")
     yield client
@@ -77,10 +87,19 @@ def _free_port() -> int:
 
 def _run(client, models_dir, volume, env, **kw):
     return client.containers.run(
-        IMAGE, detach=True, network_mode="host",
-        environment={"PREFLIGHT_BENCH": "off", "PREFLIGHT_HOST": "127.0.0.1", "HF_TOKEN": MARKER, **env},
-        volumes={str(models_dir): {"bind": "/models", "mode": "ro"},
-                 volume: {"bind": "/var/lib/gpu-preflight", "mode": "rw"}},
+        IMAGE,
+        detach=True,
+        network_mode="host",
+        environment={
+            "PREFLIGHT_BENCH": "off",
+            "PREFLIGHT_HOST": "127.0.0.1",
+            "HF_TOKEN": MARKER,
+            **env,
+        },
+        volumes={
+            str(models_dir): {"bind": "/models", "mode": "ro"},
+            volume: {"bind": "/var/lib/gpu-preflight", "mode": "rw"},
+        },
         **kw,
     )
 
@@ -109,12 +128,19 @@ def _wait_http(url: str, timeout: float) -> bytes:
 def test_ships_on_cpu_serves_and_stops_on_sigterm(docker_client, models_dir):
     port = _free_port()
     vol = f"gpu-preflight-e2e-{port}"
-    c = _run(docker_client, models_dir, vol, {"PREFLIGHT_MODEL": "/models/tiny.gguf", "PREFLIGHT_PORT": str(port)})
+    c = _run(
+        docker_client,
+        models_dir,
+        vol,
+        {"PREFLIGHT_MODEL": "/models/tiny.gguf", "PREFLIGHT_PORT": str(port)},
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", 120)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/completion",
-                                     data=json.dumps({"prompt": "hello", "n_predict": 8}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/completion",
+            data=json.dumps({"prompt": "hello", "n_predict": 8}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             done = json.loads(r.read())
         assert done["tokens_predicted"] == 8
@@ -134,9 +160,14 @@ def test_ships_on_cpu_serves_and_stops_on_sigterm(docker_client, models_dir):
         assert stopped < 10, f"docker stop took {stopped:.1f} s"
         assert c.attrs["State"]["ExitCode"] in (0, 130, 143)
         logs = c.logs().decode()
-        texts = [logs, json.dumps(c.attrs["Args"]), json.dumps(c.attrs["Config"]["Cmd"]),
-                 _read(c, "/var/lib/gpu-preflight/plan.json"), _read(c, "/var/lib/gpu-preflight/profile.json"),
-                 " ".join(cmdline)]
+        texts = [
+            logs,
+            json.dumps(c.attrs["Args"]),
+            json.dumps(c.attrs["Config"]["Cmd"]),
+            _read(c, "/var/lib/gpu-preflight/plan.json"),
+            _read(c, "/var/lib/gpu-preflight/profile.json"),
+            " ".join(cmdline),
+        ]
         for t in texts:
             assert MARKER not in t
         print(f"docker stop: {stopped:.2f} s; plan context {plan.context}")
@@ -163,7 +194,12 @@ def test_impossible_model_is_refused_with_exit_3(docker_client, models_dir):
 
 def test_malformed_override_exits_2_naming_the_variable(docker_client, models_dir):
     vol = "gpu-preflight-e2e-bad"
-    c = _run(docker_client, models_dir, vol, {"PREFLIGHT_MODEL": "/models/tiny.gguf", "PREFLIGHT_CONTEXT": "abc"})
+    c = _run(
+        docker_client,
+        models_dir,
+        vol,
+        {"PREFLIGHT_MODEL": "/models/tiny.gguf", "PREFLIGHT_CONTEXT": "abc"},
+    )
     try:
         assert c.wait(timeout=60)["StatusCode"] == 2
         logs = c.logs().decode()

@@ -105,7 +105,8 @@ FIT = (
     ],
 )
 @pytest.mark.parametrize(
-    ("ctx", "fa", "cache"), [(4096, "on", "f16"), (16384, "off", "f16"), (16384, "on", "q4_0")]
+    ("ctx", "fa", "cache"),
+    [(4096, "on", "f16"), (8192, "on", "f16"), (16384, "off", "f16"), (16384, "on", "q4_0")],
 )
 def test_agrees_with_llama_fit_params(gguf_files, model, quant, ctx, fa, cache):
     if not FIT.exists():
@@ -155,5 +156,5 @@ def test_agrees_with_llama_fit_params(gguf_files, model, quant, ctx, fa, cache):
     assert cpu.weights_bytes // MIB == int(model_mib)
     assert cpu.kv_cache_bytes // MIB == int(kv_mib)  # KV exact
     assert (
-        0 <= cpu.compute_bytes // MIB - int(compute_mib) <= 24
-    )  # never under, at most 24 MiB over
+        0 <= cpu.compute_bytes // MIB - int(compute_mib) <= 40
+    )  # never under, at most 40 MiB over
