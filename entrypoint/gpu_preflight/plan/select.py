@@ -27,7 +27,7 @@ from gpu_preflight.plan.argv import (
     llama_server_argv,
     vllm_argv,
 )
-from gpu_preflight.plan.errors import OverrideError
+from gpu_preflight.plan.errors import OverrideError, TierTableError
 from gpu_preflight.plan.fit import Fit, FitResult, Miss, Wants, fit_llamacpp, fit_vllm, gib
 from gpu_preflight.plan.overrides import Overrides
 from gpu_preflight.plan.targets import GpuTarget, Targets, build_targets
@@ -75,8 +75,12 @@ def _tier_candidates(tier: Tier, catalog: Catalogue) -> list[tuple[ModelSpec, st
     for entry in tier.models:
         model_id, _, quant = entry.partition("@")
         spec = catalog.get(model_id)
-        if spec is not None:
-            out.append((spec, quant or None))
+        if spec is None or (quant and not any(a.quant == quant for a in spec.artifacts)):
+            raise TierTableError(
+                f"tier {tier.id!r} lists {entry!r}, which is not in the model catalog "
+                "(a catalog id, optionally @QUANT of one of its artifacts)"
+            )
+        out.append((spec, quant or None))
     return out
 
 
@@ -387,6 +391,13 @@ def _ship(
             o.gpu_memory_utilization.source if o.gpu_memory_utilization else "fit (free memory)"
         )
     warnings = list(targets.notes) + list(fit.warnings)
+    if tier.speculative:
+        # The tier asks for a draft model; drafting is not planned yet, so say so rather than
+        # pretend: the server runs without speculative decoding.
+        warnings.append(
+            f"tier {tier.id} asks for speculative decoding, which gpu-preflight does not plan yet; "
+            "serving without a draft model"
+        )
     if fit.forecast is None and fit.mode != "gpu":
         warnings.append("decode speed could not be forecast (a memory bandwidth is unknown)")
     if fit.mode == "offload":
