@@ -6,9 +6,10 @@ import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 
 class SchemaError(ValueError):
@@ -26,13 +27,17 @@ def _schema_dir() -> Path:
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     path = _schema_dir() / f"{name}.schema.json"
+    # The schemas themselves are checked against the metaschema by the test suite
+    # (tests/test_schemas.py); doing it on every start would cost ~50 ms each.
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    Draft202012Validator.check_schema(schema)
     return schema
 
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
+    # Imported here: jsonschema costs ~0.1 s to import, and plans that write nothing never need it.
+    from jsonschema import Draft202012Validator, FormatChecker
+
     return Draft202012Validator(load_schema(name), format_checker=FormatChecker())
 
 

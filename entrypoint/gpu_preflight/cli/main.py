@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 
 from gpu_preflight import __version__
-from gpu_preflight.cli import render
 from gpu_preflight.cli.options import (
     context_option,
     engine_option,
@@ -48,6 +46,19 @@ Examples:
 def _die(message: str, code: int = EXIT_INVALID) -> NoReturn:
     click.echo(f"gpu-preflight: error: {message}", err=True)
     sys.exit(code)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _render() -> Any:
+    # rich is only imported when a table is printed: --json stays fast.
+    from gpu_preflight.cli import render
+
+    return render
 
 
 def _emit_json(doc: Any) -> None:
@@ -120,7 +131,7 @@ def probe(
     if as_json:
         _emit_json(doc)
     else:
-        render.render_profile(Console(), profile)
+        _render().render_profile(_console(), profile)
 
 
 @main.command()
@@ -148,7 +159,7 @@ def gpus(as_json: bool) -> None:
             f"gen{g.pcie_gen} x{g.pcie_width}",
             ", ".join(m.name for m in g.mig_profiles) or "-",
         )
-    Console().print(t)
+    _console().print(t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +193,7 @@ def plan_cmd(
     if as_json:
         _emit_json(to_dict(result))
     else:
-        render.render_plan(Console(), result)
+        _render().render_plan(_console(), result)
     sys.exit(EXIT_OK if result.verdict == "ship" else EXIT_REFUSE)
 
 
@@ -269,7 +280,7 @@ def estimate(
     if as_json:
         _emit_json(to_dict(e))
     else:
-        render.render_estimate(Console(), e, title)
+        _render().render_estimate(_console(), e, title)
 
 
 @main.command(
@@ -306,7 +317,7 @@ def matrix(
     if as_json:
         _emit_json([to_dict(r) for r in rows])
     else:
-        render_matrix(Console(), rows)
+        render_matrix(_console(), rows)
 
 
 @main.command()
@@ -328,7 +339,7 @@ def tiers(as_json: bool) -> None:
             }
         )
     else:
-        render.render_tiers(Console(), table)
+        _render().render_tiers(_console(), table)
 
 
 # ------------------------------------------------------------------------------------------------

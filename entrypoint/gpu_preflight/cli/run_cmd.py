@@ -7,10 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from gpu_preflight import launch
-from gpu_preflight.cli import render
 from gpu_preflight.cli.probe_opts import flag, probe_options
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.resolve import resolve_model
@@ -61,6 +59,10 @@ def plan_for(
 
 
 def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run: bool) -> int:
+    from rich.console import Console
+
+    from gpu_preflight.cli import render
+
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
     try:
