@@ -58,7 +58,14 @@ def probe_options(
         if not 0 <= cap_gib <= 4096:
             raise OverrideError("PREFLIGHT_PINNED_CAP_GB", text, "GiB from 0 to 4096, e.g. 16")
         cap = int(cap_gib * GIB)
+    skip = (
+        f"storage benchmark skipped: PREFLIGHT_BENCH=auto and no {directory} directory "
+        "(mount a local disk volume there, or set PREFLIGHT_BENCH_DIR)"
+        if mode == "auto"
+        else "storage benchmark skipped (--no-bench / PREFLIGHT_BENCH=off)"
+    )
     return ProbeOptions(
+        bench_skip_reason=skip,
         bench=run,
         bench_dir=directory if run else None,
         force_bench=mode == "force",

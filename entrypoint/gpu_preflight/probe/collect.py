@@ -42,6 +42,7 @@ class ProbeOptions:
     cache_dir: Path | None  # where the fio result is cached (next to the profile)
     pinned_cap_bytes: int = DEFAULT_PINNED_CAP
     measure_cpu_bandwidth: bool = True
+    bench_skip_reason: str = "storage benchmark skipped (--no-bench / PREFLIGHT_BENCH=off)"
 
 
 def _storage_skipped(why: str) -> StorageBench:
@@ -67,7 +68,7 @@ def collect_hardware(env: Mapping[str, str], opts: ProbeOptions) -> Hardware:
         pinned = _no_pinned(opts.pinned_cap_bytes, why)
         pcie = PcieReport((), None, ("no GPU visible: PCIe bandwidth not measured",))
     if not opts.bench:
-        storage = _storage_skipped("storage benchmark skipped (--no-bench / PREFLIGHT_BENCH=off)")
+        storage = _storage_skipped(opts.bench_skip_reason)
     elif opts.bench_dir is None:
         storage = _storage_skipped("no bench directory: mount one at /bench or pass --bench-dir")
     else:
