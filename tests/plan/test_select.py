@@ -121,11 +121,20 @@ def test_vllm_compat_variables():
 def test_engine_args_beat_env_and_are_respected():
     p = run_plan(
         "rtx-4090",
-        {"PREFLIGHT_CONTEXT": "4096", "PREFLIGHT_MODEL": "qwen3-8b"},
+        {"PREFLIGHT_CONTEXT": "4096", "PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_PARALLEL": "2"},
         argv=("--ctx-size", "16384", "--jinja"),
     )
-    assert p.context == 16384 and p.sources["context"] == "arg:--ctx-size"
+    # -c is llama-server's total over the slots: 16384 / 2 slots = 8192 tokens per sequence.
+    assert p.context == 8192 and p.sources["context"] == "arg:--ctx-size"
     assert p.argv.count("--ctx-size") == 1 and p.argv[-3:] == ("--ctx-size", "16384", "--jinja")
+
+
+def test_llama_arg_ctx_size_is_the_total_over_slots():
+    p = run_plan(
+        "rtx-4090",
+        {"PREFLIGHT_MODEL": "qwen3-8b", "LLAMA_ARG_CTX_SIZE": "12288", "LLAMA_ARG_N_PARALLEL": "3"},
+    )
+    assert (p.context, p.parallel) == (4096, 3) and "--ctx-size" not in p.argv
 
 
 def test_tier_override_and_unknown_tier():

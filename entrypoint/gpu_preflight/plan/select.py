@@ -40,6 +40,7 @@ DEFAULT_MIN_TOK_S = 1.0
 MAX_ALTERNATIVES = 4
 MAX_REASONS = 8
 
+_TOTAL_CONTEXT_SOURCES = ("arg:--ctx-size", "env:LLAMA_ARG_CTX_SIZE")
 _VLLM_QUANT_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq", "none": "bf16"}
 
 
@@ -87,12 +88,16 @@ def _tier_candidates(tier: Tier, catalog: Catalogue) -> list[tuple[ModelSpec, st
 def _wants(tier: Tier, o: Overrides, gpus: bool) -> Wants:
     ctx = o.context.value if o.context else None
     assert ctx is None or isinstance(ctx, int)
+    parallel = int(o.parallel.value) if o.parallel else tier.parallel
+    if ctx is not None and o.context is not None and o.context.source in _TOTAL_CONTEXT_SOURCES:
+        # llama-server's -c / LLAMA_ARG_CTX_SIZE is the KV of all slots together, not per sequence.
+        ctx = max(256, ctx // parallel)
     fa = str(o.flash_attn.value) if o.flash_attn else "on"
     return Wants(
         min_context=min(tier.min_context, ctx) if ctx else tier.min_context,
         target_context=ctx or tier.target_context,
         fixed_context=ctx is not None,
-        parallel=int(o.parallel.value) if o.parallel else tier.parallel,
+        parallel=parallel,
         cache_type=str(o.kv_cache_type.value) if o.kv_cache_type else None,
         flash_attn=fa,
         min_tok_s=float(o.min_tok_s.value) if o.min_tok_s else DEFAULT_MIN_TOK_S,
