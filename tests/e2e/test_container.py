@@ -65,6 +65,8 @@ def docker_client():
     )
     print(f"image built in {time.time() - t0:.0f} s")
     yield client
+    # Under vfs every superseded build leaves a full copy of the rootfs behind (~0.5 GB each).
+    client.images.prune(filters={"dangling": True})
     client.close()
 
 
