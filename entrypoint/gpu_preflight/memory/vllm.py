@@ -1,155 +1,512 @@
-"""vLLM's memory (V1 engine), predicted the way vLLM budgets it at start-up (pure arithmetic).
+"""vLLM's memory (V1 engine), predicted the way vLLM sizes it at start-up (pure arithmetic).
 
-What vLLM does (vllm/v1/worker/gpu_worker.py, vllm/utils mem profiling):
-1. At start it requires ``gpu_memory_utilization x TOTAL`` to be free, else it refuses ("Free
-   memory on device ... is less than desired GPU memory utilization").
-2. It loads the weights, runs a profiling forward pass of ``max_num_batched_tokens`` tokens (and a
-   dummy sampler pass of ``max_num_seqs`` rows of logits), and measures the peak activation and the
-   non-torch memory (CUDA context, cuBLAS workspace, NCCL buffers under tensor parallel).
-3. KV cache = budget - weights - peak activation - non-torch. It logs the pool as "GPU KV cache
-   size: N tokens" and "Maximum concurrency for L tokens per request: X".
-4. CUDA graphs are captured afterwards, in memory on top of that budget (unless --enforce-eager).
-So the process occupies about ``budget + CUDA graphs``; the plan must leave room for the graphs
-outside the budget, which is why ``choose_gpu_memory_utilization`` subtracts them.
+What vLLM does, read from its source (vllm-project/vllm, the 0.10-0.2x line):
 
-The activation and overhead terms cannot be measured without a GPU; the coefficients below are
-set from published start-up logs (bench/vllm_reference.json) and kept on the high side, because
-under-predicting activations means a smaller KV pool than planned, while over-predicting only
-wastes a little.
+1. ``Worker.init_device`` (vllm/v1/worker/gpu_worker.py) takes a snapshot after its own CUDA
+   context exists and refuses to start unless ``gpu_memory_utilization x total`` is FREE:
+   "Free memory on device ... is less than desired GPU memory utilization". ``total`` is what
+   ``cudaMemGetInfo`` reports, a few hundred MiB less than NVML's total.
+2. ``determine_available_memory`` loads the weights ("Model loading took X GiB"), runs
+   ``profile_run``: one forward pass of ``max_num_batched_tokens`` tokens and a dummy sampler
+   pass over ``min(max_num_seqs, max_num_batched_tokens)`` rows of logits, and measures the torch
+   peak increase and the non-torch increase (``memory_profiling`` in vllm/utils/mem_utils.py).
+   KV memory = requested - weights - peak activation - non-torch ("Available KV cache memory").
+   From v0.21 the CUDA graph pool is estimated too and taken out of the same budget
+   (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS); before that, graphs are captured afterwards, on
+   top of the budget.
+3. ``get_kv_cache_configs`` (vllm/v1/core/kv_cache_utils.py) turns that memory into blocks of
+   ``block_size`` tokens. A page is ``block_size x kv_heads_per_rank x (head_dim_k + head_dim_v)
+   x dtype bytes`` per layer. All-full-attention models: one group of every layer,
+   ``num_blocks = memory // page // n_layers``. Hybrid models (sliding window + full, e.g. Gemma
+   2/3, gpt-oss) get the hybrid allocator: layers are split into groups of equal size, the blocks
+   are shared by one layer of each group, ``num_blocks = memory // page // group_size``. It logs
+   "GPU KV cache size: num_blocks // n_groups x block_size tokens" and "Maximum concurrency for L
+   tokens per request", and refuses to start when one request of ``max_model_len`` does not fit:
+   "To serve at least one request with the models's max seq len ...".
+
+Everything except the activation peak, the non-torch increase and the CUDA graph pool is exact
+arithmetic on the model config. Those three cannot be measured without a GPU; their constants
+below are fitted to published start-up logs (bench/vllm_reference.json, checked by
+bench/vllm_kv.py) and the plan keeps ``margin_bytes`` of KV memory unused on top, because
+under-predicting them means vLLM refuses the context the plan promised.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from gpu_preflight.memory.types import DeviceMemory, Estimate
-from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec
 
 GIB = 2**30
 MIB = 2**20
 BLOCK_SIZE = 16
-NON_TORCH = 640 * MIB  # CUDA context + cuBLAS/cuBLASLt workspaces on one GPU
-NCCL_PER_RANK = 512 * MIB  # NCCL buffers and the custom all-reduce under tensor parallel
-CUDA_GRAPHS = 1 * GIB  # captured decode graphs (67 batch sizes by default); logged 0.3-1.3 GiB
+KV_DTYPE_BYTES: dict[str, int | None] = {"auto": None, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+MODEL_DTYPE_BYTES = 2  # bf16/fp16 activations and "auto" KV; every catalog model runs in 16-bit
+# NVML total minus the total cudaMemGetInfo reports: 407-479 MiB on H100s, 430 on an RTX 3090, 453
+# on an RTX 5090, 768 on an A100 80GB (start-up logs cited in bench/vllm_reference.json and
+# docs/memory-vllm.md). Used when the probe has no reserved figure; margin_bytes covers the rest.
+DRIVER_RESERVED_BYTES = 512 * MIB
+# The vLLM process's own CUDA context, created before its free-memory snapshot: outside the
+# budget, but it must be free for the start-up check to pass (logged "700 MiB" for all
+# processes on one A100; a torch context alone is 300-500 MiB).
+CUDA_CONTEXT_BYTES = 640 * MIB
+# Non-torch increase during profiling: cuBLAS/cuBLASLt workspaces, attention-backend buffers.
+# Logged 0.13-0.14 GiB on one H100 (v0.11+), 0.35 GiB under V0; 0.55 GiB per rank at tensor
+# parallel 2, where NCCL and the custom all-reduce buffers add to it.
+NON_TORCH_BYTES = 192 * MIB
+NON_TORCH_TP_BYTES = 384 * MIB
+# Activation peak = max(forward pass, dummy sampler pass) + a fixed allowance. The sampler pass
+# dominates for the default max_num_seqs: per logit it holds fp32 logits, the temperature-scaled
+# copy, top-k/top-p sort values and int64 indices, softmax and cumsum. The logged peaks give 38-39
+# bytes per logit on an H100 (1024 rows: Llama-3.1-8B 4.76 GiB, Qwen3-32B 5.64 GiB, gpt-oss-20b
+# 7.38 GiB; llm-d-benchmark) and on an A100 (256 rows of Llama-3.1-8B: 1.44 GiB).
+SAMPLER_BYTES_PER_LOGIT = 38
+ACTIVATION_FIXED_BYTES = 128 * MIB
+# CUDA graphs (decode sizes up to 512): logged 0.23-1.02 GiB for 8B-27B models.
+CUDA_GRAPH_BYTES = 1 * GIB
+# Bytes vLLM holds per byte of checkpoint. MXFP4 experts are re-laid out (padded, swizzled) on
+# load: gpt-oss-20b 12.8 GiB on disk -> 13.72 GiB logged, gpt-oss-120b 60.7 -> 64.4-66.0 GiB.
+LOAD_FACTOR: dict[str, float] = {"mxfp4": 1.09}
+# Other formats load at their checkpoint size plus rotary caches and padding: +0.01-0.07 GiB
+# logged (Llama-3.1-8B 14.96 -> 14.99, Qwen3-30B-A3B-FP8 29.02 -> 29.09, Qwen3-32B 61.02 -> 61.03).
+WEIGHT_EXTRA_BYTES = 96 * MIB
+# KV memory the plan keeps unused (margin_bytes): an eighth of the modelled activation and
+# non-torch memory, 1% of the weights and a fixed 256 MiB. It covers the spread of the fitted
+# constants (bench/results/vllm-kv.md) and a driver reserve larger than DRIVER_RESERVED_BYTES.
+MARGIN_FIXED_BYTES = 256 * MIB
+UTILIZATION_SAFETY_BYTES = 256 * MIB
 UTILIZATION_CAP = 0.92
-UTILIZATION_SAFETY = 256 * MIB
-KV_DTYPE_BYTES = {"auto": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+
+
+class VllmConfigError(ValueError):
+    """A vLLM setting the memory model cannot apply; the message names it and what is accepted."""
 
 
 @dataclass(frozen=True)
 class VllmConfig:
+    """The vLLM settings that decide its memory, named after its CLI flags."""
+
     max_model_len: int
     gpu_total_bytes: int  # per GPU, NVML total
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None  # None: vLLM's default for the OpenAI server
+    max_num_seqs: int | None = None  # None: vLLM's default for the GPU (256, or 1024 on >=70 GiB)
+    max_num_batched_tokens: int | None = None  # None: vLLM's OpenAI-server default for the GPU
     kv_cache_dtype: str = "auto"
     enforce_eager: bool = False
     block_size: int = BLOCK_SIZE
+    gpu_name: str | None = None  # NVML name: vLLM's defaults treat A100s apart
+    # NVML total - CUDA total when the probe knows it (NVML v2 "reserved"); None: the default.
+    gpu_reserved_bytes: int | None = None
+    # vLLM >= 0.21 estimates the CUDA graph pool inside the budget; the image pins 0.11 (outside).
+    cudagraph_in_budget: bool = False
+    hybrid_kv_cache: bool = True  # False: --disable-hybrid-kv-cache-manager (or vLLM < 0.10)
+    # False only for the V0 engine: it profiles a whole max_model_len prompt at once.
+    chunked_prefill: bool = True
 
 
-def default_max_num_batched_tokens(max_model_len: int) -> int:
-    # V1 with chunked prefill: 8192 for the OpenAI API server (vllm/engine/arg_utils.py).
-    return 8192 if max_model_len >= 8192 else max(2048, max_model_len)
+@dataclass(frozen=True)
+class KvLayout:
+    """How vLLM groups the attention layers of one rank into KV cache groups."""
+
+    page_bytes: int  # one block of one layer
+    block_size: int
+    full_layers: int
+    sliding_layers: int
+    sliding_window: int | None
+    group_size: int  # layers per group: blocks are shared by one layer of each group
+    full_groups: int
+    sliding_groups: int
+
+    @property
+    def n_groups(self) -> int:
+        return self.full_groups + self.sliding_groups
+
+
+@dataclass(frozen=True)
+class VllmBudget:
+    """One GPU's memory as vLLM's profiler splits it, in bytes."""
+
+    cuda_total_bytes: int
+    budget_bytes: int  # gpu_memory_utilization x CUDA total
+    weights_bytes: int
+    activation_bytes: int
+    non_torch_bytes: int
+    cuda_graph_bytes: int
+    cuda_graph_in_budget: bool
+    available_kv_bytes: int  # what vLLM logs as "Available KV cache memory" (may be negative)
+    margin_bytes: int
+    notes: tuple[str, ...] = field(default=())
+
+
+def is_a100(gpu_name: str | None) -> bool:
+    return gpu_name is not None and "a100" in gpu_name.lower()
+
+
+def default_batch_limits(gpu_total_bytes: int, gpu_name: str | None) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) that ``vllm serve`` picks when not given.
+
+    EngineArgs.get_batch_defaults: 8192 / 1024 on GPUs with >= 70 GiB that are not A100s, else
+    2048 / 256. With the name unknown a large card gets the larger (safer) defaults.
+    """
+    if gpu_total_bytes >= 70 * GIB and not is_a100(gpu_name):
+        return 8192, 1024
+    return 2048, 256
+
+
+def batch_limits(cfg: VllmConfig) -> tuple[int, int]:
+    tokens, seqs = default_batch_limits(cfg.gpu_total_bytes, cfg.gpu_name)
+    if cfg.max_num_batched_tokens is not None:
+        tokens = cfg.max_num_batched_tokens
+    elif not cfg.chunked_prefill:
+        tokens = max(cfg.max_model_len, tokens)
+    return tokens, cfg.max_num_seqs if cfg.max_num_seqs is not None else seqs
+
+
+def kv_dtype_bytes(kv_cache_dtype: str) -> int:
+    if kv_cache_dtype not in KV_DTYPE_BYTES:
+        raise VllmConfigError(
+            f"vLLM kv_cache_dtype {kv_cache_dtype!r} is not modelled; "
+            f"accepted: {', '.join(KV_DTYPE_BYTES)}"
+        )
+    return KV_DTYPE_BYTES[kv_cache_dtype] or MODEL_DTYPE_BYTES
 
 
 def kv_heads_per_rank(n_kv_heads: int, tp: int) -> int:
-    # KV heads are split across ranks; with more ranks than heads each rank keeps one replica.
-    return max(1, math.ceil(n_kv_heads / tp))
+    """KV heads on one rank: split across ranks, one replicated head each when tp > heads."""
+    if tp < 1:
+        raise VllmConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
+    if tp <= n_kv_heads:
+        if n_kv_heads % tp:
+            raise VllmConfigError(
+                f"tensor_parallel_size {tp} does not divide the model's {n_kv_heads} KV heads; "
+                f"vLLM accepts a divisor of {n_kv_heads} or a multiple of it"
+            )
+        return n_kv_heads // tp
+    if tp % n_kv_heads:
+        raise VllmConfigError(
+            f"tensor_parallel_size {tp} is neither a divisor nor a multiple of the model's "
+            f"{n_kv_heads} KV heads"
+        )
+    return 1
 
 
 def kv_bytes_per_token(spec: ModelSpec, kv_cache_dtype: str = "auto", tp: int = 1) -> int:
-    """K+V bytes per token on one rank, over all attention layers."""
+    """K+V bytes one token takes on one rank, over all layers (sliding-window ones at full width)."""
     a = spec.arch
-    dtype = KV_DTYPE_BYTES.get(kv_cache_dtype)
-    if dtype is None:
-        raise ValueError(
-            f"unknown vLLM kv_cache_dtype {kv_cache_dtype!r}; known: {', '.join(KV_DTYPE_BYTES)}"
-        )
     heads = kv_heads_per_rank(a.n_kv_heads, tp)
-    return a.n_layers * heads * (a.head_dim + a.v_head_dim) * dtype
+    return a.n_layers * heads * (a.head_dim + a.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
 
 
-def activation_peak(spec: ModelSpec, cfg: VllmConfig) -> int:
-    """Peak torch activation of the profiling run, per rank."""
-    a = spec.arch
-    t = cfg.max_num_batched_tokens or default_max_num_batched_tokens(cfg.max_model_len)
-    tp = cfg.tensor_parallel_size
-    ff = a.intermediate_size
-    if a.is_moe:
-        ff = max(
-            (a.n_experts_per_token or 1) * (a.expert_intermediate_size or 0), a.intermediate_size
-        )
-    q = a.n_heads * a.head_dim
-    kv = 2 * a.n_kv_heads * a.head_dim
-    # bf16 hidden states (a few live copies), the fused QKV output and the gate/up output, per rank.
-    layer = t * 2 * (4 * a.hidden_size + (q + kv) // tp + 2 * (2 * ff) // tp)
-    # Logits of the sampled rows in fp32 (the dummy sampler pass), plus softmax/sort copies.
-    sampler = (
-        cfg.max_num_seqs * a.vocab_size * 4 * 3 // tp
-        if tp > 1
-        else cfg.max_num_seqs * a.vocab_size * 4 * 3
+def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
+    """vLLM's KV cache groups for this model (kv_cache_utils.get_kv_cache_groups)."""
+    if cfg.block_size < 1:
+        raise VllmConfigError(f"block_size must be >= 1, got {cfg.block_size}")
+    heads = kv_heads_per_rank(arch.n_kv_heads, cfg.tensor_parallel_size)
+    page = (
+        cfg.block_size
+        * heads
+        * (arch.head_dim + arch.v_head_dim)
+        * kv_dtype_bytes(cfg.kv_cache_dtype)
     )
-    return int(layer + sampler)
+    sliding = len(arch.sliding_window_layers) if arch.sliding_window else 0
+    full = arch.n_layers - sliding
+    if sliding == 0 or not cfg.hybrid_kv_cache:
+        # One group of every layer; with the hybrid manager off, sliding layers count as full.
+        return KvLayout(page, cfg.block_size, arch.n_layers, 0, None, arch.n_layers, 1, 0)
+    if full == 0:
+        return KvLayout(page, cfg.block_size, 0, sliding, arch.sliding_window, sliding, 0, 1)
+    # _get_kv_cache_groups_uniform_page_size: the smaller type count is the group size, unless
+    # the counts are within 1.5x of each other (gpt-oss 12 + 12), then the larger one is.
+    group = min(full, sliding)
+    if max(full, sliding) < group * 1.5:
+        group = max(full, sliding)
+    return KvLayout(
+        page,
+        cfg.block_size,
+        full,
+        sliding,
+        arch.sliding_window,
+        group,
+        math.ceil(full / group),
+        math.ceil(sliding / group),
+    )
 
 
-def weights_per_rank(art: Artifact, tp: int) -> int:
-    return math.ceil(art.weight_bytes / tp)
+def request_blocks(layout: KvLayout, max_model_len: int, max_num_batched_tokens: int) -> int:
+    """Blocks (of one layer per group) one request of max_model_len needs, summed over groups."""
+    bs = layout.block_size
+    full = math.ceil(max_model_len / bs)
+    if layout.sliding_window is None:
+        return full * layout.full_groups
+    # SlidingWindowSpec.max_memory_usage_bytes: window - 1 + one chunk of prefill, +1 block for
+    # a window that does not start on a block boundary.
+    window = min(layout.sliding_window - 1 + max_num_batched_tokens, max_model_len)
+    sliding = math.ceil(window / bs) + 1
+    return full * layout.full_groups + sliding * layout.sliding_groups
+
+
+def min_kv_bytes_needed(spec: ModelSpec, cfg: VllmConfig) -> int:
+    """KV memory one request of max_model_len needs, as vLLM checks it at start-up."""
+    layout = kv_layout(spec.arch, cfg)
+    tokens, _ = batch_limits(cfg)
+    return layout.group_size * layout.page_bytes * request_blocks(layout, cfg.max_model_len, tokens)
+
+
+def kv_pool(layout: KvLayout, available_bytes: int) -> int:
+    """Blocks vLLM allocates from available_bytes (get_num_blocks)."""
+    if available_bytes <= 0:
+        return 0
+    return available_bytes // layout.page_bytes // layout.group_size
+
+
+def kv_capacity_tokens(layout: KvLayout, num_blocks: int) -> int:
+    """The "GPU KV cache size: N tokens" figure (_report_kv_cache_config)."""
+    return num_blocks // layout.n_groups * layout.block_size
+
+
+def max_concurrency(layout: KvLayout, num_blocks: int, max_model_len: int, mnbt: int) -> float:
+    """The "Maximum concurrency for L tokens per request: Xx" figure."""
+    return num_blocks / request_blocks(layout, max_model_len, mnbt)
+
+
+def weights_per_rank(spec: ModelSpec, art: Artifact, tp: int) -> int:
+    """Weight bytes vLLM holds on one rank: the checkpoint split tp ways, K/V heads replicated."""
+    total = art.weight_bytes * LOAD_FACTOR.get(art.quant.lower(), 1.0)
+    per_rank = total / tp + WEIGHT_EXTRA_BYTES
+    a = spec.arch
+    if tp > a.n_kv_heads and spec.params_b > 0:
+        bytes_per_param = total / (spec.params_b * 1e9)
+        kv_proj = a.n_layers * a.hidden_size * a.n_kv_heads * (a.head_dim + a.v_head_dim)
+        # Each rank keeps one whole K/V head instead of a 1/tp share of them.
+        per_rank += kv_proj * bytes_per_param * (1 / a.n_kv_heads - 1 / tp)
+    return math.ceil(per_rank)
+
+
+def forward_bytes(arch: ModelArch, tokens: int, tp: int) -> int:
+    """Torch peak of one forward pass over `tokens` tokens, per rank (bf16 activations).
+
+    The MLP dominates: the fused gate/up output and the activated half (3 x ff, sharded) plus
+    a few hidden-size buffers. For MoE the fused-MoE caches hold top_k copies of the expert MLP
+    and of the hidden state. Fitted to the V0 profile of Llama-3.1-8B at 20k and 29k tokens
+    (2.07 and 2.99 GiB logged in vllm#10517): 53k bf16 values per token = 3 x ff + 2.5 x hidden.
+    """
+    h = arch.hidden_size
+    if arch.is_moe:
+        inter = arch.expert_intermediate_size or arch.intermediate_size
+        k = arch.n_experts_per_token or 1
+        per_token = 2.5 * h + k * (3 * inter / tp + h)
+        if arch.n_shared_experts:
+            per_token += 3 * arch.n_shared_experts * inter / tp
+    else:
+        per_token = 2.5 * h + 3 * arch.intermediate_size / tp
+    q = arch.n_heads * arch.head_dim
+    kv = arch.n_kv_heads * (arch.head_dim + arch.v_head_dim)
+    attention = 2.5 * h + (2 * q + kv) / tp
+    return int(tokens * MODEL_DTYPE_BYTES * max(per_token, attention))
+
+
+def sampler_bytes(arch: ModelArch, rows: int) -> int:
+    # Logits are gathered to every rank, so tensor parallel does not shrink them.
+    return rows * arch.vocab_size * SAMPLER_BYTES_PER_LOGIT
+
+
+def activation_bytes(arch: ModelArch, cfg: VllmConfig) -> int:
+    """Peak torch increase of profile_run, per rank."""
+    tokens, seqs = batch_limits(cfg)
+    rows = min(seqs, tokens)
+    fwd = forward_bytes(arch, tokens, cfg.tensor_parallel_size)
+    # The forward activations are freed before the sampler runs: the peaks do not add up.
+    return max(fwd, sampler_bytes(arch, rows)) + ACTIVATION_FIXED_BYTES
+
+
+def cuda_total_bytes(cfg: VllmConfig) -> int:
+    reserved = DRIVER_RESERVED_BYTES if cfg.gpu_reserved_bytes is None else cfg.gpu_reserved_bytes
+    return max(0, cfg.gpu_total_bytes - reserved)
+
+
+def validate_config(cfg: VllmConfig) -> None:
+    if cfg.max_model_len < 1:
+        raise VllmConfigError(f"max_model_len must be >= 1 token, got {cfg.max_model_len}")
+    if cfg.gpu_total_bytes <= 0:
+        raise VllmConfigError(f"gpu_total_bytes must be > 0, got {cfg.gpu_total_bytes}")
+    if not 0 < cfg.gpu_memory_utilization <= 1:
+        raise VllmConfigError(
+            f"gpu_memory_utilization must be in (0, 1], got {cfg.gpu_memory_utilization}"
+        )
+    for name in ("max_num_seqs", "max_num_batched_tokens"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise VllmConfigError(f"{name} must be >= 1 when given, got {value}")
+    kv_dtype_bytes(cfg.kv_cache_dtype)
+
+
+def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
+    """The split vLLM's profiler will make on each rank (all ranks are alike)."""
+    validate_config(cfg)
+    tp = cfg.tensor_parallel_size
+    total = cuda_total_bytes(cfg)
+    requested = int(cfg.gpu_memory_utilization * total)
+    weights = weights_per_rank(spec, art, tp)
+    act = activation_bytes(spec.arch, cfg)
+    non_torch = NON_TORCH_BYTES + (NON_TORCH_TP_BYTES if tp > 1 else 0)
+    graphs = 0 if cfg.enforce_eager else CUDA_GRAPH_BYTES
+    inside = graphs if cfg.cudagraph_in_budget else 0
+    available = requested - weights - act - non_torch - inside
+    margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
+    tokens, seqs = batch_limits(cfg)
+    notes = (
+        f"budget {cfg.gpu_memory_utilization:.2f} x {total / GIB:.2f} GiB (CUDA total: NVML "
+        f"{cfg.gpu_total_bytes / GIB:.2f} GiB less the driver's reserve) = {requested / GIB:.2f} GiB",
+        f"profiling pass of {tokens} tokens and {min(seqs, tokens)} sampled rows: "
+        f"{act / GIB:.2f} GiB activation peak (modelled)",
+        (
+            f"CUDA graphs ({graphs / GIB:.1f} GiB) "
+            + ("inside the budget" if cfg.cudagraph_in_budget else "on top of the budget")
+            if graphs
+            else "enforce_eager: no CUDA graphs"
+        ),
+    )
+    return VllmBudget(
+        total,
+        requested,
+        weights,
+        act,
+        non_torch,
+        graphs,
+        cfg.cudagraph_in_budget,
+        available,
+        margin,
+        notes,
+    )
+
+
+def vllm_refusal(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> str | None:
+    """vLLM's own start-up error for these settings, or None when it would start.
+
+    Judged on the modelled KV memory less margin_bytes, so a plan that passes has room to spare.
+    """
+    b = budget(spec, art, cfg)
+    planned = b.available_kv_bytes - b.margin_bytes
+    if b.available_kv_bytes <= 0:
+        return (
+            f"No available memory for the cache blocks: {b.weights_bytes / GIB:.2f} GiB of "
+            f"weights and {(b.activation_bytes + b.non_torch_bytes) / GIB:.2f} GiB of "
+            f"activation/overhead exceed the {b.budget_bytes / GIB:.2f} GiB budget "
+            f"(gpu_memory_utilization {cfg.gpu_memory_utilization:.2f})"
+        )
+    needed = min_kv_bytes_needed(spec, cfg)
+    if needed > planned:
+        return (
+            f"To serve at least one request with the model's max seq len ({cfg.max_model_len}), "
+            f"{needed / GIB:.2f} GiB KV cache is needed, which is larger than the available KV "
+            f"cache memory ({b.available_kv_bytes / GIB:.2f} GiB, "
+            f"{b.margin_bytes / GIB:.2f} GiB of it kept as margin)"
+        )
+    return None
+
+
+def fits(spec: ModelSpec, art: Artifact, cfg: VllmConfig, parallel: int = 1) -> bool:
+    """Whether vLLM starts with these settings and its KV pool holds `parallel` full requests."""
+    if vllm_refusal(spec, art, cfg) is not None:
+        return False
+    b = budget(spec, art, cfg)
+    layout = kv_layout(spec.arch, cfg)
+    tokens, _ = batch_limits(cfg)
+    blocks = kv_pool(layout, b.available_kv_bytes - b.margin_bytes)
+    return blocks >= parallel * request_blocks(layout, cfg.max_model_len, tokens)
+
+
+def max_model_len_that_fits(
+    spec: ModelSpec, art: Artifact, cfg: VllmConfig, parallel: int = 1, limit: int | None = None
+) -> int:
+    """The largest max_model_len (<= limit, default the model's own) that fits `parallel` times.
+
+    0 when not even one token does: the weights and activations fill the budget. The activation
+    peak does not depend on max_model_len with chunked prefill, so one budget serves every length.
+    """
+    top = limit if limit is not None else spec.arch.max_position_embeddings
+    if top < 1 or parallel < 1:
+        raise VllmConfigError(f"limit and parallel must be >= 1, got {top} and {parallel}")
+    lo, hi, best = 1, top, 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(spec, art, replace(cfg, max_model_len=mid), parallel):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def estimate_vllm(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> Estimate:
-    tp = cfg.tensor_parallel_size
-    budget = int(cfg.gpu_memory_utilization * cfg.gpu_total_bytes)
-    weights = weights_per_rank(art, tp)
-    act = activation_peak(spec, cfg)
-    non_torch = NON_TORCH + (NCCL_PER_RANK if tp > 1 else 0)
-    graphs = 0 if cfg.enforce_eager else CUDA_GRAPHS
-    kv_mem = max(0, budget - weights - act - non_torch)
-    per_token = kv_bytes_per_token(spec, cfg.kv_cache_dtype, tp)
-    page = per_token * cfg.block_size
-    blocks = kv_mem // page if page else 0
-    capacity = blocks * cfg.block_size
+    """Per-GPU memory ("CUDA0".."CUDA{tp-1}") and the KV figures vLLM logs at start-up."""
+    b = budget(spec, art, cfg)
+    layout = kv_layout(spec.arch, cfg)
+    tokens, seqs = batch_limits(cfg)
+    blocks = kv_pool(layout, b.available_kv_bytes)
+    kv_bytes = blocks * layout.page_bytes * layout.group_size
+    # Outside the budget but resident: the CUDA context, and the graphs before vLLM 0.21.
+    overhead = b.non_torch_bytes + b.cuda_graph_bytes + CUDA_CONTEXT_BYTES
     devices = tuple(
         DeviceMemory(
             f"CUDA{i}",
-            weights,
-            blocks * page,
-            act,
-            non_torch + graphs,
-            weights + blocks * page + act + non_torch + graphs,
+            b.weights_bytes,
+            kv_bytes,
+            b.activation_bytes,
+            overhead,
+            b.weights_bytes + kv_bytes + b.activation_bytes + overhead,
         )
-        for i in range(tp)
+        for i in range(cfg.tensor_parallel_size)
     )
-    notes = [
-        f"budget {cfg.gpu_memory_utilization:.2f} x {cfg.gpu_total_bytes / GIB:.1f} GiB = {budget / GIB:.2f} GiB "
-        f"per GPU; CUDA graphs ({graphs / GIB:.1f} GiB) come on top of it",
-        f"profiling run of {cfg.max_num_batched_tokens or default_max_num_batched_tokens(cfg.max_model_len)} "
-        f"tokens and {cfg.max_num_seqs} sampled rows: {act / GIB:.2f} GiB activation peak (modelled)",
-    ]
+    notes = list(b.notes)
+    refusal = vllm_refusal(spec, art, cfg)
+    if refusal:
+        notes.append(f"vLLM would refuse to start: {refusal}")
+    if layout.sliding_groups:
+        notes.append(
+            f"hybrid KV cache: {layout.full_layers} full + {layout.sliding_layers} sliding-window "
+            f"layers in {layout.n_groups} groups of {layout.group_size}"
+        )
     return Estimate(
         engine="vllm",
         context=cfg.max_model_len,
-        parallel=cfg.max_num_seqs,
+        parallel=seqs,
         devices=devices,
-        kv_bytes_per_token=per_token,
-        kv_capacity_tokens=capacity,
-        max_concurrency=round(capacity / cfg.max_model_len, 2) if cfg.max_model_len else None,
+        kv_bytes_per_token=kv_bytes_per_token(spec, cfg.kv_cache_dtype, cfg.tensor_parallel_size),
+        kv_capacity_tokens=kv_capacity_tokens(layout, blocks),
+        max_concurrency=round(max_concurrency(layout, blocks, cfg.max_model_len, tokens), 2),
+        margin_bytes=b.margin_bytes,
         notes=tuple(notes),
     )
 
 
 def choose_gpu_memory_utilization(
-    total_bytes: int, free_bytes: int, reserve_bytes: int, enforce_eager: bool = False
+    total_bytes: int,
+    free_bytes: int,
+    reserve_bytes: int,
+    *,
+    tensor_parallel_size: int = 1,
+    enforce_eager: bool = False,
+    cudagraph_in_budget: bool = False,
+    cap: float = UTILIZATION_CAP,
 ) -> float:
-    """A fraction of TOTAL memory that vLLM's start-up check against FREE memory will accept.
+    """A fraction of TOTAL memory that vLLM's start-up check against FREE memory accepts.
 
-    What is free, minus the reserve for co-resident services, minus the CUDA graphs vLLM captures
-    outside its budget, minus a safety allowance; rounded down to 0.01 and capped at 0.92.
+    vLLM checks ``utilization x CUDA total <= free`` after its own CUDA context (and, under
+    tensor parallel, NCCL) exists; CUDA graphs then come on top unless the version counts them
+    inside. So: free - reserve (co-resident services) - context - NCCL - graphs - 256 MiB, over
+    the NVML total (the CUDA total is smaller, so this errs low), rounded down to 0.01, capped.
+    0.0 when nothing is left.
     """
-    graphs = 0 if enforce_eager else CUDA_GRAPHS
-    room = free_bytes - reserve_bytes - graphs - UTILIZATION_SAFETY
-    if room <= 0 or total_bytes <= 0:
+    if total_bytes <= 0:
         return 0.0
-    return min(UTILIZATION_CAP, math.floor(room / total_bytes * 100) / 100)
+    room = free_bytes - reserve_bytes - CUDA_CONTEXT_BYTES - UTILIZATION_SAFETY_BYTES
+    if tensor_parallel_size > 1:
+        room -= NON_TORCH_TP_BYTES
+    if not enforce_eager and not cudagraph_in_budget:
+        room -= CUDA_GRAPH_BYTES
+    if room <= 0:
+        return 0.0
+    return min(cap, math.floor(room / total_bytes * 100) / 100)
