@@ -7,7 +7,7 @@
 #
 # The base images are build arguments, so the CI end-to-end test can build every target on a
 # Debian base it made itself (no registry there), with llama-server in LLAMACPP_DIR.
-ARG VLLM_BASE=vllm/vllm-openai:v0.11.0
+ARG VLLM_BASE=vllm/vllm-openai:v0.32.0
 ARG LLAMACPP_BASE=ghcr.io/ggml-org/llama.cpp:server-cuda
 ARG LLAMACPP_DIR=/app
 

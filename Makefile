@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 IMAGE ?= gpu-preflight
 TARGET ?= both
 
-.PHONY: help install system-deps llama-cpp test unit e2e lint run image bench clean
+.PHONY: help install system-deps llama-cpp vllm test unit e2e lint run image bench clean
 
 help:
 	@echo "make run         set up and run the preflight here (probe + plan + dry run, no engine start)"
@@ -33,7 +33,11 @@ system-deps:
 llama-cpp:
 	bash .ci/llama-cpp.sh >/dev/null
 
-test: install system-deps llama-cpp lint
+# A real vLLM release in its own venv (about 6 GB, cached): the tests check our argv against it.
+vllm:
+	bash .ci/vllm.sh >/dev/null
+
+test: install system-deps llama-cpp vllm lint
 	$(BIN)/pytest -p no:cacheprovider
 
 unit: install

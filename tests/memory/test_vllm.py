@@ -16,6 +16,7 @@ from gpu_preflight.memory.vllm import (
     CUDA_CONTEXT_BYTES,
     VllmConfig,
     VllmConfigError,
+    VllmDraft,
     batch_limits,
     budget,
     choose_gpu_memory_utilization,
@@ -267,3 +268,51 @@ def test_reference_rows_cite_sources_and_catalog_models() -> None:
     for row in doc["rows"]:
         assert row["source"].startswith("https://")
         model(row["model"], row["quant"])
+
+
+# Speculative decoding: vLLM gives the draft's attention layers pages in the same KV cache
+# (UniformTypeKVCacheSpecs: a block's page is the sum over target and draft layers).
+
+
+def _draft(model_id: str = "llama-3.2-1b-instruct", quant: str = "bf16") -> VllmDraft:
+    spec, art = model(model_id, quant)
+    return VllmDraft(spec, art, num_speculative_tokens=3)
+
+
+def test_draft_kv_pages_add_to_the_targets() -> None:
+    spec, _ = model("llama-3.1-8b-instruct")
+    d = _draft()
+    assert kv_bytes_per_token(spec, draft=d) == 32 * 8 * 256 * 2 + 16 * 8 * 128 * 2
+    layout = kv_layout(spec.arch, h100(8192, draft=d))
+    assert layout.page_bytes == 16 * (32 * 8 * 256 * 2 + 16 * 8 * 128 * 2)
+    assert layout.group_size == 1 and layout.n_groups == 1
+    # Under TP 2 both models' KV heads split across the ranks.
+    assert kv_bytes_per_token(spec, tp=2, draft=d) == kv_bytes_per_token(spec, draft=d) // 2
+
+
+def test_draft_weights_and_graphs_come_out_of_the_kv_pool() -> None:
+    spec, art = model("llama-3.1-8b-instruct")
+    d = _draft()
+    alone = budget(spec, art, h100(8192, cudagraph_in_budget=True))
+    both = budget(spec, art, h100(8192, cudagraph_in_budget=True, draft=d))
+    draft_weights = weights_per_rank(d.spec, d.artifact, 1)
+    assert both.weights_bytes - alone.weights_bytes == draft_weights
+    assert both.cuda_graph_bytes > alone.cuda_graph_bytes
+    assert both.available_kv_bytes < alone.available_kv_bytes - draft_weights
+    e = estimate_vllm(spec, art, h100(8192, cudagraph_in_budget=True, draft=d))
+    pool = kv_pool(kv_layout(spec.arch, h100(8192, draft=d)), both.available_kv_bytes)
+    assert e.kv_capacity_tokens == pool * 16
+    assert any("draft llama-3.2-1b-instruct" in n for n in e.notes)
+
+
+@pytest.mark.parametrize(
+    ("target", "draft", "fragment"),
+    [
+        ("qwen2.5-7b-instruct", "qwen2.5-0.5b-instruct", "equal vocabulary sizes"),
+        ("gemma-3-27b-it", "gemma-3-4b-it", "sliding-window"),
+    ],
+)
+def test_drafts_vllm_cannot_serve_are_refused_by_name(target, draft, fragment) -> None:
+    spec, art = model(target)
+    with pytest.raises(VllmConfigError, match=fragment):
+        estimate_vllm(spec, art, h100(8192, draft=_draft(draft)))

@@ -40,7 +40,11 @@ def test_user_tier_file_is_used_and_speculative_is_reported(tmp_path):
     assert tiers.origin.startswith("PREFLIGHT_TIERS_FILE=")
     p = plan(profile_for("rtx-4090"), Catalogue(CATALOG.models), tiers, parse_overrides({}))
     assert p.model.id == "qwen3-14b" and p.model.quant == "Q8_0"
-    assert any("speculative decoding" in w for w in p.warnings)
+    # The tier asks for a draft; either it is planned, or the plan says why not.
+    if p.draft is None:
+        assert any("speculative decoding: draft qwen3-0.6b" in n for n in p.predicted.notes)
+    else:
+        assert p.draft.id == "qwen3-0.6b" and "--spec-draft-hf" in p.argv
 
 
 @pytest.mark.parametrize(

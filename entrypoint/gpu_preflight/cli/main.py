@@ -352,6 +352,7 @@ def tiers(as_json: bool) -> None:
     "  gpu-preflight run -- --api-key-file /run/secrets/key   (engine args after --)\n"
     "\b\nEnvironment: PREFLIGHT_MODEL, PREFLIGHT_ENGINE, PREFLIGHT_CONTEXT, PREFLIGHT_TIER,\n"
     "PREFLIGHT_KV_CACHE_TYPE, PREFLIGHT_RESERVE_GB, PREFLIGHT_MIN_TOKS, PREFLIGHT_PARALLEL,\n"
+    "PREFLIGHT_SPECULATIVE (auto|on|off),\n"
     "PREFLIGHT_BENCH (auto|on|off|force), PREFLIGHT_BENCH_DIR, PREFLIGHT_PROFILE_DIR,\n"
     "PREFLIGHT_DRY_RUN, PREFLIGHT_PORT, PREFLIGHT_HOST, VLLM_MODEL, VLLM_QUANTIZATION,\n"
     "VLLM_MAX_MODEL_LEN, LLAMA_ARG_*; see docs/configuration.md.",

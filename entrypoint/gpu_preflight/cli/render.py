@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -119,6 +120,16 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             ),
             soft_wrap=True,
         )
+        if plan.draft is not None:
+            dr = plan.draft
+            console.print(
+                escape(
+                    f"  draft: {dr.id} [{dr.quant}] ({dr.path or dr.repo}"
+                    f"{'/' + dr.file if dr.file and not dr.path else ''}), speculative decoding, "
+                    f"{dr.tokens} tokens per step (included in the memory below)"
+                ),
+                soft_wrap=True,
+            )
         t = Table(title="predicted memory", title_justify="left")
         for col in ("device", "weights", "KV cache", "compute", "overhead", "total", "budget"):
             t.add_column(col, justify="right" if col != "device" else "left")
@@ -146,7 +157,7 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
         extra.append(f"{p.kv_bytes_per_token} KV bytes/token")
         console.print("  " + "; ".join(extra))
         console.print(
-            escape("  argv: " + " ".join(argv if argv is not None else plan.argv)), soft_wrap=True
+            escape("  argv: " + shlex.join(argv if argv is not None else plan.argv)), soft_wrap=True
         )
     else:
         console.print(

@@ -57,6 +57,8 @@ class LlamaCppConfig:
     n_cpu_moe: int = 0
     tensor_split: tuple[float, ...] = ()  # per GPU; empty: even over gpu_count (one GPU: all)
     kv_unified: bool = False
+    # Logit rows the context reserves; None: a whole ubatch. A draft context reserves one per slot.
+    n_outputs: int | None = None
 
 
 def pad(n: int, to: int = PAD) -> int:
@@ -156,8 +158,9 @@ def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: 
         attn = base + n_kv * ub * 2
     else:
         attn = base + n_kv * tokens_per_stream * streams * arch.n_heads * 4 + n_kv * ub * 4
+    rows = ub if cfg.n_outputs is None else min(ub, cfg.n_outputs)
     out = (
-        arch.vocab_size * ub * 4 + 2 * ub * arch.hidden_size * 4 + COMPUTE_SLACK
+        arch.vocab_size * rows * 4 + 2 * ub * arch.hidden_size * 4 + COMPUTE_SLACK
         if with_output
         else 0
     )
@@ -242,4 +245,54 @@ def estimate_llamacpp(
         devices=tuple(devices),
         kv_bytes_per_token=kv_bytes_per_token(arch, cfg.cache_type_k, cfg.cache_type_v),
         notes=tuple(notes),
+    )
+
+
+def draft_config(cfg: LlamaCppConfig, cache_type_k: str, cache_type_v: str) -> LlamaCppConfig:
+    """The draft model's context as llama-server builds it (common_base_params_to_speculative).
+
+    Same n_ctx, slots, batch sizes, flash attention and tensor split as the target; its own KV
+    cache types (--spec-draft-type-k/-v) and all of its layers on the GPUs (--spec-draft-ngl all).
+    """
+    return LlamaCppConfig(
+        context=cfg.context,
+        parallel=cfg.parallel,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        flash_attn=cfg.flash_attn,
+        n_batch=cfg.n_batch,
+        n_ubatch=cfg.n_ubatch,
+        n_gpu_layers=-1 if cfg.n_gpu_layers != 0 else 0,
+        n_cpu_moe=0,
+        tensor_split=cfg.tensor_split,
+        kv_unified=cfg.kv_unified,
+        n_outputs=cfg.parallel,  # n_outputs_max = n_parallel, one row per slot
+    )
+
+
+def with_draft(target: Estimate, draft: Estimate, draft_label: str) -> Estimate:
+    """Target and draft in one llama-server process: buffers add up, the CUDA context does not."""
+    by_name = {d.device: d for d in draft.devices}
+    devices = []
+    for t in target.devices:
+        d = by_name.get(t.device)
+        if d is None:
+            devices.append(t)
+            continue
+        w = t.weights_bytes + d.weights_bytes
+        kv = t.kv_cache_bytes + d.kv_cache_bytes
+        comp = t.compute_bytes + d.compute_bytes
+        over = max(t.overhead_bytes, d.overhead_bytes)
+        devices.append(DeviceMemory(t.device, w, kv, comp, over, w + kv + comp + over))
+    return Estimate(
+        engine=target.engine,
+        context=target.context,
+        parallel=target.parallel,
+        devices=tuple(devices),
+        kv_bytes_per_token=target.kv_bytes_per_token + draft.kv_bytes_per_token,
+        notes=(
+            *target.notes,
+            f"speculative decoding: draft {draft_label} with its own KV cache of the same "
+            "context and its own compute buffer",
+        ),
     )

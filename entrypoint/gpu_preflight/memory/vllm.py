@@ -78,10 +78,26 @@ WEIGHT_EXTRA_BYTES = 96 * MIB
 MARGIN_FIXED_BYTES = 256 * MIB
 UTILIZATION_SAFETY_BYTES = 256 * MIB
 UTILIZATION_CAP = 0.92
+# The drafter's own CUDA graphs (it captures decode graphs of its layers for every batch size).
+# Not measured: half the target's allowance, on the high side for a draft a tenth the size.
+DRAFT_CUDA_GRAPH_BYTES = 512 * MIB
 
 
 class VllmConfigError(ValueError):
     """A vLLM setting the memory model cannot apply; the message names it and what is accepted."""
+
+
+@dataclass(frozen=True)
+class VllmDraft:
+    """A draft model for speculative decoding (``--speculative-config`` method "draft_model").
+
+    vLLM loads it on every rank next to the target (draft TP = target TP) and gives its attention
+    layers pages in the same KV cache: a token costs the target's K/V plus the draft's.
+    """
+
+    spec: ModelSpec
+    artifact: Artifact
+    num_speculative_tokens: int = 3
 
 
 @dataclass(frozen=True)
@@ -100,11 +116,13 @@ class VllmConfig:
     gpu_name: str | None = None  # NVML name: vLLM's defaults treat A100s apart
     # NVML total - CUDA total when the probe knows it (NVML v2 "reserved"); None: the default.
     gpu_reserved_bytes: int | None = None
-    # vLLM >= 0.21 estimates the CUDA graph pool inside the budget; the image pins 0.11 (outside).
+    # vLLM >= 0.21 estimates the CUDA graph pool inside the budget (the planner passes True for
+    # the image's 0.32); older releases capture graphs afterwards, on top of it.
     cudagraph_in_budget: bool = False
     hybrid_kv_cache: bool = True  # False: --disable-hybrid-kv-cache-manager (or vLLM < 0.10)
     # False only for the V0 engine: it profiles a whole max_model_len prompt at once.
     chunked_prefill: bool = True
+    draft: VllmDraft | None = None
 
 
 @dataclass(frozen=True)
@@ -193,11 +211,15 @@ def kv_heads_per_rank(n_kv_heads: int, tp: int) -> int:
     return 1
 
 
-def kv_bytes_per_token(spec: ModelSpec, kv_cache_dtype: str = "auto", tp: int = 1) -> int:
+def kv_bytes_per_token(
+    spec: ModelSpec, kv_cache_dtype: str = "auto", tp: int = 1, draft: VllmDraft | None = None
+) -> int:
     """K+V bytes one token takes on one rank, over all layers (sliding-window ones at full width)."""
-    a = spec.arch
-    heads = kv_heads_per_rank(a.n_kv_heads, tp)
-    return a.n_layers * heads * (a.head_dim + a.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
+    out = 0
+    for a in (spec.arch, draft.spec.arch) if draft else (spec.arch,):
+        heads = kv_heads_per_rank(a.n_kv_heads, tp)
+        out += a.n_layers * heads * (a.head_dim + a.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
+    return out
 
 
 def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
@@ -213,6 +235,19 @@ def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
     )
     sliding = len(arch.sliding_window_layers) if arch.sliding_window else 0
     full = arch.n_layers - sliding
+    if cfg.draft is not None:
+        # Target and draft layers of one attention type form one group whose page is the sum of
+        # every layer's page (UniformTypeKVCacheSpecs in vllm/v1/kv_cache_interface.py).
+        _check_draft(arch, cfg)
+        d = cfg.draft.spec.arch
+        d_page = (
+            cfg.block_size
+            * kv_heads_per_rank(d.n_kv_heads, cfg.tensor_parallel_size)
+            * (d.head_dim + d.v_head_dim)
+            * kv_dtype_bytes(cfg.kv_cache_dtype)
+        )
+        both = page * arch.n_layers + d_page * d.n_layers
+        return KvLayout(both, cfg.block_size, arch.n_layers + d.n_layers, 0, None, 1, 1, 0)
     if sliding == 0 or not cfg.hybrid_kv_cache:
         # One group of every layer; with the hybrid manager off, sliding layers count as full.
         return KvLayout(page, cfg.block_size, arch.n_layers, 0, None, arch.n_layers, 1, 0)
@@ -233,6 +268,27 @@ def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
         math.ceil(full / group),
         math.ceil(sliding / group),
     )
+
+
+def _check_draft(arch: ModelArch, cfg: VllmConfig) -> None:
+    assert cfg.draft is not None
+    d = cfg.draft.spec.arch
+    if (arch.sliding_window and arch.sliding_window_layers) or (
+        d.sliding_window and d.sliding_window_layers
+    ):
+        raise VllmConfigError(
+            "a speculative draft next to sliding-window layers is not modelled "
+            "(their KV groups would mix attention types); accepted: full-attention target and draft"
+        )
+    if d.vocab_size != arch.vocab_size:
+        raise VllmConfigError(
+            f"vLLM's draft_model method needs equal vocabulary sizes: target {arch.vocab_size}, "
+            f"draft {cfg.draft.spec.id} {d.vocab_size}"
+        )
+    if cfg.draft.num_speculative_tokens < 1:
+        raise VllmConfigError(
+            f"num_speculative_tokens must be >= 1, got {cfg.draft.num_speculative_tokens}"
+        )
 
 
 def request_blocks(layout: KvLayout, max_model_len: int, max_num_batched_tokens: int) -> int:
@@ -318,6 +374,9 @@ def activation_bytes(arch: ModelArch, cfg: VllmConfig) -> int:
     tokens, seqs = batch_limits(cfg)
     rows = min(seqs, tokens)
     fwd = forward_bytes(arch, tokens, cfg.tensor_parallel_size)
+    if cfg.draft is not None:
+        # The drafter's dummy run follows the target's, after its activations are freed.
+        fwd = max(fwd, forward_bytes(cfg.draft.spec.arch, tokens, cfg.tensor_parallel_size))
     # The forward activations are freed before the sampler runs: the peaks do not add up.
     return max(fwd, sampler_bytes(arch, rows)) + ACTIVATION_FIXED_BYTES
 
@@ -350,9 +409,13 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     total = cuda_total_bytes(cfg)
     requested = int(cfg.gpu_memory_utilization * total)
     weights = weights_per_rank(spec, art, tp)
+    if cfg.draft is not None:
+        weights += weights_per_rank(cfg.draft.spec, cfg.draft.artifact, tp)
     act = activation_bytes(spec.arch, cfg)
     non_torch = NON_TORCH_BYTES + (NON_TORCH_TP_BYTES if tp > 1 else 0)
     graphs = 0 if cfg.enforce_eager else CUDA_GRAPH_BYTES
+    if graphs and cfg.draft is not None:
+        graphs += DRAFT_CUDA_GRAPH_BYTES
     inside = graphs if cfg.cudagraph_in_budget else 0
     available = requested - weights - act - non_torch - inside
     margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
@@ -464,6 +527,12 @@ def estimate_vllm(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> Estimate:
     refusal = vllm_refusal(spec, art, cfg)
     if refusal:
         notes.append(f"vLLM would refuse to start: {refusal}")
+    if cfg.draft is not None:
+        notes.append(
+            f"speculative decoding: draft {cfg.draft.spec.id} ({cfg.draft.artifact.quant}), "
+            f"{cfg.draft.num_speculative_tokens} tokens per step; its weights, KV pages and "
+            "graphs are included"
+        )
     if layout.sliding_groups:
         notes.append(
             f"hybrid KV cache: {layout.full_layers} full + {layout.sliding_layers} sliding-window "
@@ -474,7 +543,9 @@ def estimate_vllm(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> Estimate:
         context=cfg.max_model_len,
         parallel=seqs,
         devices=devices,
-        kv_bytes_per_token=kv_bytes_per_token(spec, cfg.kv_cache_dtype, cfg.tensor_parallel_size),
+        kv_bytes_per_token=kv_bytes_per_token(
+            spec, cfg.kv_cache_dtype, cfg.tensor_parallel_size, cfg.draft
+        ),
         kv_capacity_tokens=kv_capacity_tokens(layout, blocks),
         max_concurrency=round(max_concurrency(layout, blocks, cfg.max_model_len, tokens), 2),
         margin_bytes=b.margin_bytes,

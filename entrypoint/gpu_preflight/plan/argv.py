@@ -7,6 +7,7 @@ ours would silently replace the user's value. Their arguments are appended verba
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,17 @@ from gpu_preflight.plan.types import ModelChoice
 
 DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
 DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    """A speculative-decoding draft model: where the engine loads it from and how much it drafts."""
+
+    repo: str  # HF repo (vLLM: the model; llama.cpp: the GGUF repo)
+    file: str | None  # GGUF file inside the repo (llama.cpp)
+    path: str | None  # local file or directory
+    tokens: int  # tokens drafted per step
+    tensor_parallel_size: int = 1  # vLLM: must equal the target's
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class LlamaServerSettings:
     tensor_split: tuple[float, ...]  # empty: one GPU or none
     host: str
     port: int
+    draft: DraftSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class VllmSettings:
     host: str
     port: int
     enforce_eager: bool = False
+    draft: DraftSettings | None = None
 
 
 def _user_has(o: Overrides, flag: str, llama: bool) -> bool:
@@ -81,6 +95,20 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
     _emit(argv, o, "--ubatch-size", str(s.n_ubatch), True)
     if s.tensor_split:
         _emit(argv, o, "--tensor-split", ",".join(f"{x:g}" for x in s.tensor_split), True)
+    if s.draft is not None:
+        d = s.draft
+        # Without --spec-type, llama-server (2026) loads the draft but never drafts with it.
+        argv += ["--spec-type", "draft-simple"]
+        if d.path:
+            argv += ["--spec-draft-model", d.path]
+        else:
+            argv += ["--spec-draft-hf", d.repo]
+            if d.file:
+                # With --spec-draft-hf, --spec-draft-model names the file inside the repo.
+                argv += ["--spec-draft-model", d.file]
+        argv += ["--spec-draft-ngl", "all" if s.n_gpu_layers != 0 else "0"]
+        argv += ["--spec-draft-type-k", s.cache_type_k, "--spec-draft-type-v", s.cache_type_v]
+        argv += ["--spec-draft-n-max", str(d.tokens)]
     _emit(argv, o, "--host", s.host, True)
     _emit(argv, o, "--port", str(s.port), True)
     argv += ["--alias", model.id]
@@ -103,6 +131,14 @@ def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, .
         _emit(argv, o, "--quantization", s.quantization, False)
     if s.enforce_eager and "--enforce-eager" not in o.engine_args.values:
         argv.append("--enforce-eager")
+    if s.draft is not None:
+        spec = {
+            "method": "draft_model",
+            "model": s.draft.path or s.draft.repo,
+            "num_speculative_tokens": s.draft.tokens,
+            "draft_tensor_parallel_size": s.draft.tensor_parallel_size,
+        }
+        argv += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
     _emit(argv, o, "--host", s.host, False)
     _emit(argv, o, "--port", str(s.port), False)
     if "--served-model-name" not in o.engine_args.argv:

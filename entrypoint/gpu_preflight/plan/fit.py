@@ -11,15 +11,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp
+from gpu_preflight.memory.llamacpp import (
+    LlamaCppConfig,
+    draft_config,
+    estimate_llamacpp,
+    with_draft,
+)
 from gpu_preflight.memory.types import Estimate
-from gpu_preflight.memory.vllm import VllmConfig, choose_gpu_memory_utilization, estimate_vllm
+from gpu_preflight.memory.vllm import (
+    VllmConfig,
+    VllmConfigError,
+    VllmDraft,
+    choose_gpu_memory_utilization,
+    estimate_vllm,
+    max_model_len_that_fits,
+)
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.forecast import DecodeForecast, forecast_decode
 from gpu_preflight.plan.targets import MIN_COMPUTE_CAPABILITY_VLLM, GpuTarget, HostTarget
 
 CONTEXT_STEP = 256
 GIB = 2**30
+# Tokens drafted per step: llama-server's default (--spec-draft-n-max 3), and the same for vLLM's
+# num_speculative_tokens so both engines verify the same amount of speculation per step.
+DRAFT_TOKENS = 3
+# The image's vLLM (>= 0.21) counts the CUDA graph pool inside --gpu-memory-utilization.
+VLLM_CUDAGRAPH_IN_BUDGET = True
 Mode = Literal["gpu", "offload", "cpu"]
 
 
@@ -48,6 +65,15 @@ class Wants:
 
 
 @dataclass(frozen=True)
+class Draft:
+    """A speculative-decoding draft model served next to the target, in the same process."""
+
+    spec: ModelSpec
+    artifact: Artifact
+    tokens: int = DRAFT_TOKENS
+
+
+@dataclass(frozen=True)
 class Fit:
     spec: ModelSpec
     artifact: Artifact
@@ -69,6 +95,8 @@ class Fit:
     gpu_memory_utilization: float | None = None
     tensor_parallel: int = 1
     warnings: tuple[str, ...] = ()
+    draft: Draft | None = None
+    notes: tuple[str, ...] = ()  # for the plan's prediction notes (informational)
 
 
 @dataclass(frozen=True)
@@ -184,8 +212,11 @@ def fit_llamacpp(
     host: HostTarget,
     w: Wants,
     allow_offload: bool,
+    draft: Draft | None = None,
 ) -> FitResult:
     label = _label(spec, art, "llama.cpp")
+    if draft is not None:
+        label += f" + draft {draft.spec.id} {draft.artifact.quant}"
     types = _cache_types(w, "llama.cpp")
     if isinstance(types, str):
         return Miss(spec, art, "llama.cpp", f"{label}: {types}")
@@ -215,7 +246,14 @@ def fit_llamacpp(
             n_cpu_moe=ncmoe,
             tensor_split=split,
         )
-        return estimate_llamacpp(spec, art, cfg, gpu_count=len(gpus))
+        e = estimate_llamacpp(spec, art, cfg, gpu_count=len(gpus))
+        if draft is None:
+            return e
+        # The draft's KV uses the target's cache types (passed as --spec-draft-type-k/-v).
+        d = estimate_llamacpp(
+            draft.spec, draft.artifact, draft_config(cfg, ck, cv), gpu_count=len(gpus)
+        )
+        return with_draft(e, d, f"{draft.spec.id} {draft.artifact.quant}")
 
     def worst(ctx: int, ngl: int, ncmoe: int) -> Estimate:
         # "auto" flash attention is decided by llama.cpp at load time: plan for the bigger case.
@@ -266,6 +304,7 @@ def fit_llamacpp(
             cache_type_v=cv,
             flash_attn=w.flash_attn,
             warnings=warns,
+            draft=draft,
         )
 
     def speed_ok(fit: Fit) -> Miss | None:
@@ -446,8 +485,11 @@ def fit_vllm(
     art: Artifact,
     gpus: tuple[GpuTarget, ...],
     w: Wants,
+    draft: Draft | None = None,
 ) -> FitResult:
     label = _label(spec, art, "vllm")
+    if draft is not None:
+        label += f" + draft {draft.spec.id} {draft.artifact.quant}"
     if not gpus:
         return Miss(spec, art, "vllm", f"{label}: vLLM needs a GPU and none is usable here")
     cc = gpus[0].compute_capability
@@ -468,34 +510,32 @@ def fit_vllm(
         )
     group = gpus[:1] if gpus[0].mig else identical_group(gpus)
     sizes = [w.tensor_parallel] if w.tensor_parallel else _tp_sizes(spec, len(group))
+    if draft is not None:
+        # vLLM runs the draft at the target's tensor parallel size: its heads must split too.
+        sizes = [tp for tp in sizes if tp in _tp_sizes(draft.spec, tp)]
     if not sizes or sizes[0] > len(group):
         return Miss(
             spec,
             art,
             "vllm",
-            f"{label}: tensor parallel size {w.tensor_parallel} needs "
-            f"{w.tensor_parallel} identical GPUs, {len(group)} here",
+            f"{label}: tensor parallel size {w.tensor_parallel or 1} needs "
+            f"{w.tensor_parallel or 1} identical GPUs whose count divides the attention heads, "
+            f"{len(group)} here",
         )
     tp = sizes[0]
     used = group[:tp]
     ref = min(used, key=lambda g: g.usable_bytes)
     reserve = w.reserve_bytes + ref.margin_bytes
     gmu = w.gpu_memory_utilization or choose_gpu_memory_utilization(
-        ref.total_bytes, ref.free_bytes, reserve
+        ref.total_bytes,
+        ref.free_bytes,
+        reserve,
+        tensor_parallel_size=tp,
+        cudagraph_in_budget=VLLM_CUDAGRAPH_IN_BUDGET,
     )
     lo, hi = _context_range(spec, w)
-
-    def estimate(ctx: int) -> Estimate:
-        cfg = VllmConfig(
-            max_model_len=ctx,
-            gpu_total_bytes=ref.total_bytes,
-            gpu_memory_utilization=gmu,
-            tensor_parallel_size=tp,
-            max_num_seqs=w.parallel,
-            kv_cache_dtype=kv_dtype,
-        )
-        return estimate_vllm(spec, art, cfg)
-
+    if draft is not None:
+        hi = min(hi, draft.spec.arch.max_position_embeddings)
     if gmu <= 0:
         return Miss(
             spec,
@@ -504,10 +544,20 @@ def fit_vllm(
             f"{label}: no memory left for vLLM on {ref.label} "
             f"({gib(ref.free_bytes)} free, {gib(reserve)} reserved and kept as margin)",
         )
-    e = estimate(hi)
-    cap = e.kv_capacity_tokens or 0
+    cfg = VllmConfig(
+        max_model_len=hi,
+        gpu_total_bytes=ref.total_bytes,
+        gpu_memory_utilization=gmu,
+        tensor_parallel_size=tp,
+        max_num_seqs=w.parallel,
+        kv_cache_dtype=kv_dtype,
+        gpu_name=ref.name,
+        gpu_reserved_bytes=ref.reserved_bytes,
+        cudagraph_in_budget=VLLM_CUDAGRAPH_IN_BUDGET,
+        draft=VllmDraft(draft.spec, draft.artifact, draft.tokens) if draft else None,
+    )
     budget = int(gmu * ref.total_bytes)
-    if gmu * ref.total_bytes > ref.free_bytes - w.reserve_bytes:
+    if budget > ref.free_bytes - w.reserve_bytes:
         return Miss(
             spec,
             art,
@@ -515,8 +565,14 @@ def fit_vllm(
             f"{label}: --gpu-memory-utilization {gmu:.2f} asks for "
             f"{gib(budget)} but {gib(ref.free_bytes - w.reserve_bytes)} is free on {ref.label}",
         )
-    # vLLM's KV pool must hold `parallel` sequences of the full context ("room for the concurrency").
-    ctx = _round_ctx(min(hi, cap // max(1, w.parallel))) if cap > 0 else 0
+    try:
+        e = estimate_vllm(spec, art, cfg)
+        # The KV pool, less the margin vLLM's own figures are kept under, must hold `parallel`
+        # whole sequences of the context ("room for the configured concurrency").
+        best = max_model_len_that_fits(spec, art, cfg, parallel=w.parallel, limit=hi)
+    except VllmConfigError as err:
+        return Miss(spec, art, "vllm", f"{label}: {err}")
+    ctx = _round_ctx(best) if best >= CONTEXT_STEP else 0
     if ctx < lo or (w.fixed_context and ctx < hi):
         dev = e.devices[0]
         return Miss(
@@ -524,10 +580,11 @@ def fit_vllm(
             art,
             "vllm",
             f"{label}: the KV pool left after {gib(dev.weights_bytes)} of weights and "
-            f"{gib(dev.compute_bytes + dev.overhead_bytes)} of activations/overhead holds {cap} tokens "
-            f"on {ref.label} (budget {gib(budget)}); {w.parallel} x {lo} tokens needed",
+            f"{gib(dev.compute_bytes + dev.overhead_bytes)} of activations/overhead holds "
+            f"{e.kv_capacity_tokens or 0} tokens on {ref.label} (budget {gib(budget)}, "
+            f"{gib(e.margin_bytes)} of it kept as margin); {w.parallel} x {lo} tokens needed",
         )
-    e = estimate(ctx)
+    e = estimate_vllm(spec, art, replace(cfg, max_model_len=ctx))
     warns: list[str] = []
     if tp < len(group):
         warns.append(
@@ -550,6 +607,7 @@ def fit_vllm(
         cache_type_k=kv_dtype,
         cache_type_v=kv_dtype,
         warnings=tuple(warns),
+        draft=draft,
     )
 
 

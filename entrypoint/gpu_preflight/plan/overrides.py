@@ -80,6 +80,10 @@ class Overrides:
     tensor_parallel: Sourced | None = None
     port: Sourced | None = None
     host: Sourced | None = None
+    speculative: Sourced | None = None  # "on" | "off"; None = auto (the tier decides)
+    # The user's own draft model or speculative method (a flag or LLAMA_ARG_* variable): the
+    # planner then adds none of its own and says the prediction does not include it.
+    user_draft: Sourced | None = None
     engine_args: EngineArgs = field(default_factory=EngineArgs)
     # LLAMA_ARG_* the user set: llama-server reads them itself, so argv must not contradict them.
     llama_env: Mapping[str, str] = field(default_factory=dict)
@@ -156,6 +160,14 @@ _LLAMA_FLAGS = {
     "--hf-file": "--hf-file",
     "-fit": "--fit",
     "--fit": "--fit",
+    "-md": "--spec-draft-model",
+    "--model-draft": "--spec-draft-model",
+    "--spec-draft-model": "--spec-draft-model",
+    "-hfd": "--spec-draft-hf",
+    "-hfrd": "--spec-draft-hf",
+    "--hf-repo-draft": "--spec-draft-hf",
+    "--spec-draft-hf": "--spec-draft-hf",
+    "--spec-type": "--spec-type",
 }
 _VLLM_FLAGS = {
     "--max-model-len": "--max-model-len",
@@ -170,7 +182,13 @@ _VLLM_FLAGS = {
     "--port": "--port",
     "--host": "--host",
     "--model": "--model",
+    "-sc": "--speculative-config",
+    "--speculative-config": "--speculative-config",
 }
+# The user's own speculative decoding, in either engine's spelling (and llama-server's variables).
+_DRAFT_FLAGS = ("--spec-draft-model", "--spec-draft-hf", "--spec-type", "--speculative-config")
+_DRAFT_ENV = ("LLAMA_ARG_SPEC_DRAFT_MODEL", "LLAMA_ARG_SPEC_TYPE", "LLAMA_ARG_SPEC_DRAFT_HF_REPO")
+_ON_OFF_ALIASES = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
 # Flags that would put a secret on the command line (visible in /proc and `docker inspect`).
 _SECRET_FLAGS = {
     "--api-key": "LLAMA_API_KEY for llama-server, VLLM_API_KEY for vLLM",
@@ -387,6 +405,21 @@ def parse_overrides(env: Mapping[str, str], engine_argv: Sequence[str] = ()) -> 
                 src.split(":", 1)[1], host, "an IP address or host name, e.g. 0.0.0.0"
             )
         o["host"] = Sourced(host.strip(), src)
+
+    spec_raw = get("PREFLIGHT_SPECULATIVE")
+    if spec_raw:
+        spec = _choice("PREFLIGHT_SPECULATIVE", spec_raw, ("auto", "on", "off"), _ON_OFF_ALIASES)
+        if spec != "auto":
+            o["speculative"] = Sourced(spec, "env:PREFLIGHT_SPECULATIVE")
+    for flag in _DRAFT_FLAGS:
+        if flag in a:
+            o["user_draft"] = Sourced(a[flag], f"arg:{flag}")
+            break
+    else:
+        for name in _DRAFT_ENV:
+            if get(name):
+                o["user_draft"] = Sourced(env[name].strip(), f"env:{name}")
+                break
 
     llama_env = {k: v for k, v in env.items() if k.startswith("LLAMA_ARG_") and v.strip() != ""}
     return Overrides(**o, engine_args=args, llama_env=llama_env)  # type: ignore[arg-type]

@@ -22,17 +22,34 @@ from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.argv import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DraftSettings,
     LlamaServerSettings,
     VllmSettings,
     llama_server_argv,
     vllm_argv,
 )
 from gpu_preflight.plan.errors import OverrideError, TierTableError
-from gpu_preflight.plan.fit import Fit, FitResult, Miss, Wants, fit_llamacpp, fit_vllm, gib
+from gpu_preflight.plan.fit import (
+    Draft,
+    Fit,
+    FitResult,
+    Miss,
+    Wants,
+    fit_llamacpp,
+    fit_vllm,
+    gib,
+)
 from gpu_preflight.plan.overrides import Overrides
 from gpu_preflight.plan.targets import GpuTarget, Targets, build_targets
 from gpu_preflight.plan.tiers import Tier, TierTable
-from gpu_preflight.plan.types import Alternative, ModelChoice, Plan, PlannedDevice, Prediction
+from gpu_preflight.plan.types import (
+    Alternative,
+    DraftChoice,
+    ModelChoice,
+    Plan,
+    PlannedDevice,
+    Prediction,
+)
 from gpu_preflight.probe.types import Profile
 
 PLAN_SCHEMA_VERSION = 1
@@ -242,6 +259,27 @@ def plan(
                     tier = t
                 break
 
+    if fit is not None:
+        fit, why_not = _with_draft(fit, tier, overrides, catalog, targets, w)
+        if why_not and overrides.speculative and overrides.speculative.value == "on":
+            # The user asked for speculative decoding: serving without it would be a quiet change.
+            return _refusal(
+                profile,
+                targets,
+                tier,
+                overrides,
+                w,
+                catalog,
+                tiers,
+                model,
+                [f"speculative decoding was asked for (PREFLIGHT_SPECULATIVE=on): {why_not}"],
+                has_gpu,
+                gpus,
+            )
+        if why_not:
+            # Asked by the tier, not the user: the plan says why, but it is not a problem.
+            fit = replace(fit, notes=(*fit.notes, f"speculative decoding: {why_not}"))
+
     if fit is None:
         reasons = _dedupe([m.reason for m in misses])
         return _refusal(
@@ -259,6 +297,95 @@ def plan(
             misses,
         )
     return _ship(profile, targets, tier, tier_src, overrides, fit, model)
+
+
+# Draft artifacts in order of preference: small drafts lose acceptance rate to 4-bit rounding.
+_DRAFT_QUANTS = {"llama.cpp": ("Q8_0", "Q4_K_M"), "vllm": ("bf16", "fp8", "awq")}
+
+
+def _with_draft(
+    fit: Fit, tier: Tier, o: Overrides, catalog: Catalogue, targets: Targets, w: Wants
+) -> tuple[Fit, str | None]:
+    """Add the model's speculative-decoding draft when asked for and it costs no context.
+
+    Returns the fit (with or without a draft) and, when a draft was asked for but not added, why.
+    The draft is tried at the context and concurrency already chosen: a draft that would shorten
+    the context is not worth it, so it is dropped rather than the context cut.
+    """
+    asked = o.speculative.value if o.speculative else ("on" if tier.speculative else "off")
+    if asked == "off":
+        return fit, None
+    if o.user_draft is not None:
+        return replace(
+            fit,
+            warnings=(
+                *fit.warnings,
+                f"speculative decoding set by the user ({o.user_draft.source}): its draft is not "
+                "in the memory prediction",
+            ),
+        ), None
+    who = f"{fit.spec.id} {fit.artifact.quant}"
+    if fit.spec.draft is None:
+        return fit, f"no draft model: the catalog pairs none with {fit.spec.id}"
+    if fit.artifact.path is not None:
+        return fit, (
+            f"no draft model: {who} was given as a local file, and its catalog draft would "
+            "have to be downloaded"
+        )
+    if fit.mode != "gpu":
+        return fit, f"no draft model: {who} does not fit wholly on the GPU ({fit.mode})"
+    dspec = catalog.get(fit.spec.draft)
+    if dspec is None:
+        return fit, f"no draft model: {fit.spec.draft} is not in the catalog"
+    arts = [
+        a
+        for q in _DRAFT_QUANTS.get(fit.engine, ())
+        for a in dspec.artifacts
+        if a.engine == fit.engine and a.quant == q
+    ]
+    if not arts:
+        return fit, f"no draft model: {dspec.id} has no {fit.engine} artifact"
+    if fit.engine == "vllm" and dspec.arch.vocab_size != fit.spec.arch.vocab_size:
+        return fit, (
+            f"no draft model: vLLM's draft_model method needs equal vocabularies, "
+            f"{fit.spec.id} has {fit.spec.arch.vocab_size} and {dspec.id} {dspec.arch.vocab_size}"
+        )
+    # The tier's draft must cost no context. A user who asked for one (PREFLIGHT_SPECULATIVE=on)
+    # gets it down to the tier's minimum context, unless they pinned the context too.
+    user_asked = o.speculative is not None and not w.fixed_context
+    same = replace(
+        w,
+        target_context=fit.context,
+        min_context=min(w.min_context, fit.context) if user_asked else fit.context,
+        fixed_context=not user_asked,
+        parallel=fit.parallel,
+        tensor_parallel=fit.tensor_parallel if fit.engine == "vllm" else w.tensor_parallel,
+        gpu_memory_utilization=fit.gpu_memory_utilization if fit.engine == "vllm" else None,
+        n_gpu_layers=None,
+        n_cpu_moe=None,
+    )
+    reasons = []
+    for art in arts:
+        d = Draft(dspec, art)
+        res = (
+            fit_vllm(fit.spec, fit.artifact, fit.gpus, same, draft=d)
+            if fit.engine == "vllm"
+            else fit_llamacpp(fit.spec, fit.artifact, fit.gpus, targets.host, same, False, draft=d)
+        )
+        if isinstance(res, Fit):
+            warns = fit.warnings
+            if res.context < fit.context:
+                warns = (
+                    *warns,
+                    f"the draft model {dspec.id} costs context: {res.context} tokens per "
+                    f"sequence instead of {fit.context} without it (PREFLIGHT_SPECULATIVE=on)",
+                )
+            return replace(res, warnings=warns, notes=fit.notes), None
+        reasons.append(res.reason)
+    return fit, (
+        f"draft {dspec.id} not added: it would not fit next to {who} at {fit.context} tokens "
+        f"x {fit.parallel} ({reasons[0]})"
+    )
 
 
 def _why_no_gpu(profile: Profile, targets: Targets) -> str:
@@ -287,6 +414,21 @@ def _choice(spec: ModelSpec, art: Artifact) -> ModelChoice:
     )
 
 
+def _draft_choice(fit: Fit) -> DraftChoice | None:
+    if fit.draft is None:
+        return None
+    c = _choice(fit.draft.spec, fit.draft.artifact)
+    return DraftChoice(
+        id=c.id,
+        repo=c.repo,
+        file=c.file,
+        path=c.path,
+        quant=c.quant,
+        weight_bytes=c.weight_bytes,
+        tokens=fit.draft.tokens,
+    )
+
+
 def _prediction(fit: Fit, gpus: tuple[GpuTarget, ...]) -> Prediction:
     e: Estimate = fit.estimate
     devices = []
@@ -309,7 +451,7 @@ def _prediction(fit: Fit, gpus: tuple[GpuTarget, ...]) -> Prediction:
             )
         )
     margin = max((g.margin_bytes for g in fit.gpus), default=0)
-    notes = list(e.notes)
+    notes = list(e.notes) + list(fit.notes)
     notes.append(
         f"margin: {gib(margin)} kept free on every GPU beyond the prediction "
         "(2% of the card, at least 512 MiB), because under-predicting means an OOM at start-up"
@@ -338,6 +480,17 @@ def _ship(
     choice = _choice(fit.spec, fit.artifact)
     host = str(o.host.value) if o.host else DEFAULT_HOST
     port = int(o.port.value) if o.port else DEFAULT_PORT
+    draft = (
+        DraftSettings(
+            repo=fit.draft.artifact.repo,
+            file=fit.draft.artifact.file,
+            path=fit.draft.artifact.path,
+            tokens=fit.draft.tokens,
+            tensor_parallel_size=fit.tensor_parallel,
+        )
+        if fit.draft
+        else None
+    )
     if fit.engine == "llama.cpp":
         argv = llama_server_argv(
             choice,
@@ -354,6 +507,7 @@ def _ship(
                 tensor_split=fit.tensor_split,
                 host=host,
                 port=port,
+                draft=draft,
             ),
             o,
         )
@@ -369,6 +523,7 @@ def _ship(
                 quantization=str(o.quantization.value) if o.quantization else None,
                 host=host,
                 port=port,
+                draft=draft,
             ),
             o,
         )
@@ -386,6 +541,10 @@ def _ship(
         "host": o.host.source if o.host else "default",
         "port": o.port.source if o.port else "default",
     }
+    if fit.draft is not None:
+        src["draft"] = (
+            o.speculative.source if o.speculative else f"tier:{tier.id} (speculative)"
+        ) + f", catalog pairing {fit.spec.id} -> {fit.draft.spec.id}"
     if fit.engine == "llama.cpp":
         src["flash_attn"] = o.flash_attn.source if o.flash_attn else "default"
         src["n_gpu_layers"] = o.n_gpu_layers.source if o.n_gpu_layers else f"fit ({fit.mode})"
@@ -396,13 +555,6 @@ def _ship(
             o.gpu_memory_utilization.source if o.gpu_memory_utilization else "fit (free memory)"
         )
     warnings = list(targets.notes) + list(fit.warnings)
-    if tier.speculative:
-        # The tier asks for a draft model; drafting is not planned yet, so say so rather than
-        # pretend: the server runs without speculative decoding.
-        warnings.append(
-            f"tier {tier.id} asks for speculative decoding, which gpu-preflight does not plan yet; "
-            "serving without a draft model"
-        )
     if fit.forecast is None and fit.mode != "gpu":
         warnings.append("decode speed could not be forecast (a memory bandwidth is unknown)")
     if fit.mode == "offload":
@@ -423,6 +575,7 @@ def _ship(
         verdict="ship",
         engine=fit.engine,
         model=choice,
+        draft=_draft_choice(fit),
         context=fit.context,
         parallel=fit.parallel,
         argv=argv,

@@ -30,6 +30,7 @@ class GpuTarget:
     bandwidth_gb_s: float | None
     compute_capability: tuple[int, int] | None
     mig: bool
+    reserved_bytes: int | None = None  # NVML v2 "reserved": driver memory outside free and used
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
         bandwidth_gb_s=dev.memory_bandwidth_gb_s,
         compute_capability=_cc(dev.compute_capability),
         mig=False,
+        reserved_bytes=dev.reserved_bytes,
     )
     return [target], notes
 

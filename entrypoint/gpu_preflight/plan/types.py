@@ -25,6 +25,19 @@ class ModelChoice:
 
 
 @dataclass(frozen=True)
+class DraftChoice:
+    """The speculative-decoding draft model served next to the target."""
+
+    id: str
+    repo: str
+    file: str | None
+    path: str | None
+    quant: str
+    weight_bytes: int
+    tokens: int  # drafted per step
+
+
+@dataclass(frozen=True)
 class PlannedDevice:
     device: str  # CUDA0.., or CPU (host RAM)
     description: str  # "NVIDIA GeForce RTX 4090 (GPU 0)" / "host RAM"
@@ -78,4 +91,5 @@ class Plan:
     sources: dict[str, str]  # each chosen value -> where it came from
     warnings: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()  # why refused, with numbers
+    draft: DraftChoice | None = None  # speculative decoding
     alternatives: tuple[Alternative, ...] = field(default=())
