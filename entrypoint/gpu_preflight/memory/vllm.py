@@ -215,24 +215,21 @@ def kv_bytes_per_token(
     spec: ModelSpec, kv_cache_dtype: str = "auto", tp: int = 1, draft: VllmDraft | None = None
 ) -> int:
     """K+V bytes one token takes on one rank, over all layers (sliding-window ones at full width)."""
-    out = 0
-    for a in (spec.arch, draft.spec.arch) if draft else (spec.arch,):
-        heads = kv_heads_per_rank(a.n_kv_heads, tp)
-        out += a.n_layers * heads * (a.head_dim + a.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
-    return out
+    archs = (spec.arch, draft.spec.arch) if draft else (spec.arch,)
+    return sum(a.n_layers * _page_bytes(a, 1, tp, kv_cache_dtype) for a in archs)
+
+
+def _page_bytes(arch: ModelArch, block_size: int, tp: int, kv_cache_dtype: str) -> int:
+    """One block of one layer on one rank: K and V of every token in the block."""
+    heads = kv_heads_per_rank(arch.n_kv_heads, tp)
+    return block_size * heads * (arch.head_dim + arch.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
 
 
 def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
     """vLLM's KV cache groups for this model (kv_cache_utils.get_kv_cache_groups)."""
     if cfg.block_size < 1:
         raise VllmConfigError(f"block_size must be >= 1, got {cfg.block_size}")
-    heads = kv_heads_per_rank(arch.n_kv_heads, cfg.tensor_parallel_size)
-    page = (
-        cfg.block_size
-        * heads
-        * (arch.head_dim + arch.v_head_dim)
-        * kv_dtype_bytes(cfg.kv_cache_dtype)
-    )
+    page = _page_bytes(arch, cfg.block_size, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
     sliding = len(arch.sliding_window_layers) if arch.sliding_window else 0
     full = arch.n_layers - sliding
     if cfg.draft is not None:
@@ -240,12 +237,7 @@ def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
         # every layer's page (UniformTypeKVCacheSpecs in vllm/v1/kv_cache_interface.py).
         _check_draft(arch, cfg)
         d = cfg.draft.spec.arch
-        d_page = (
-            cfg.block_size
-            * kv_heads_per_rank(d.n_kv_heads, cfg.tensor_parallel_size)
-            * (d.head_dim + d.v_head_dim)
-            * kv_dtype_bytes(cfg.kv_cache_dtype)
-        )
+        d_page = _page_bytes(d, cfg.block_size, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
         both = page * arch.n_layers + d_page * d.n_layers
         return KvLayout(both, cfg.block_size, arch.n_layers + d.n_layers, 0, None, 1, 1, 0)
     if sliding == 0 or not cfg.hybrid_kv_cache:

@@ -207,19 +207,15 @@ def plan(
         tier_src = f"usable VRAM {gib(usable)}" if has_gpu else "no usable GPU"
     w = _wants(tier, overrides, has_gpu)
     engines = _engines(tier, overrides, has_gpu, available)
-    if overrides.engine and overrides.engine.value == "vllm" and not has_gpu:
+
+    def refuse(t: Tier, reasons: list[str], misses: Sequence[Miss] = ()) -> Plan:
         return _refusal(
-            profile,
-            targets,
-            tier,
-            overrides,
-            w,
-            catalog,
-            tiers,
-            model,
-            [f"vLLM needs a GPU and none is usable here ({_why_no_gpu(profile, targets)})"],
-            has_gpu,
-            gpus,
+            profile, targets, t, overrides, w, catalog, tiers, model, reasons, has_gpu, gpus, misses
+        )
+
+    if overrides.engine and overrides.engine.value == "vllm" and not has_gpu:
+        return refuse(
+            tier, [f"vLLM needs a GPU and none is usable here ({_why_no_gpu(profile, targets)})"]
         )
 
     misses: list[Miss] = []
@@ -263,39 +259,15 @@ def plan(
         fit, why_not = _with_draft(fit, tier, overrides, catalog, targets, w)
         if why_not and overrides.speculative and overrides.speculative.value == "on":
             # The user asked for speculative decoding: serving without it would be a quiet change.
-            return _refusal(
-                profile,
-                targets,
-                tier,
-                overrides,
-                w,
-                catalog,
-                tiers,
-                model,
-                [f"speculative decoding was asked for (PREFLIGHT_SPECULATIVE=on): {why_not}"],
-                has_gpu,
-                gpus,
+            return refuse(
+                tier, [f"speculative decoding was asked for (PREFLIGHT_SPECULATIVE=on): {why_not}"]
             )
         if why_not:
             # Asked by the tier, not the user: the plan says why, but it is not a problem.
             fit = replace(fit, notes=(*fit.notes, f"speculative decoding: {why_not}"))
 
     if fit is None:
-        reasons = _dedupe([m.reason for m in misses])
-        return _refusal(
-            profile,
-            targets,
-            tier,
-            overrides,
-            w,
-            catalog,
-            tiers,
-            model,
-            reasons,
-            has_gpu,
-            gpus,
-            misses,
-        )
+        return refuse(tier, _dedupe([m.reason for m in misses]), misses)
     return _ship(profile, targets, tier, tier_src, overrides, fit, model)
 
 
