@@ -101,7 +101,7 @@ def test_probe_table_for_people(cli):
             {},
             "--model='qwen9-8b' is not a known model. Did you mean qwen3-8b",
         ),
-        (["plan", "--profile", "/nonexistent.json"], {}, "cannot read profile"),
+        (["plan", "--profile", "/nonexistent.json"], {}, "/nonexistent.json: cannot read it"),
         (
             ["plan", "--simulate", "rtx-4090"],
             {"PREFLIGHT_TIERS_FILE": "/nonexistent.json"},
@@ -111,7 +111,7 @@ def test_probe_table_for_people(cli):
         (
             ["estimate", "--model", "qwen3-8b", "--engine", "llama.cpp", "--context", "8k"],
             {},
-            "--gpu NAME",
+            "--gpu DEVICES",
         ),
     ],
 )
@@ -169,8 +169,9 @@ def test_tiers_gpus_estimate_matrix(cli):
             ],
         ).output
     )
-    assert e["devices"][0]["device"] == "CPU" and e["kv_bytes_per_token"] == 131072
-    assert e["devices"][0]["kv_cache_bytes"] == 8192 * 131072
+    cpu = e["predicted"]["devices"][0]
+    assert cpu["device"] == "CPU" and e["predicted"]["kv_bytes_per_token"] == 131072
+    assert cpu["kv_cache_bytes"] == 8192 * 131072 and e["context"] == 8192 and e["parallel"] == 1
     m = cli.invoke(
         main, ["matrix", "--gpus", "rtx-4090,h100-sxm", "--models", "qwen3-8b", "--json"]
     )

@@ -24,7 +24,7 @@ from gpu_preflight.memory.llamacpp import LlamaCppConfig, draft_config, estimate
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.resolve import resolve_model
 from gpu_preflight.models.types import ModelArch
-from gpu_preflight.plan.argv import DraftSettings, LlamaServerSettings, llama_server_argv
+from gpu_preflight.plan.llamacpp import DraftSettings, LlamaServerSettings, llama_server_argv
 from gpu_preflight.plan.overrides import parse_overrides
 from gpu_preflight.plan.types import ModelChoice
 

@@ -7,10 +7,9 @@ from collections.abc import Mapping
 import pytest
 from tests.conftest import NVML
 
+from gpu_preflight import pipeline
 from gpu_preflight.models.catalog import load_catalog
-from gpu_preflight.models.resolve import resolve_model
 from gpu_preflight.plan.document import plan_to_dict
-from gpu_preflight.plan.overrides import parse_overrides
 from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
 from gpu_preflight.plan.tiers import load_tiers
 from gpu_preflight.plan.types import Plan
@@ -44,19 +43,9 @@ def run_plan(
     engines: tuple[str, ...] = ("vllm", "llama.cpp"),
     host_bw: float | None = HOST_BANDWIDTH_GB_S,
 ) -> Plan:
-    env = dict(env or {})
-    o = parse_overrides(env, argv)
-    request = None
-    if o.model is not None:
-        value = str(o.model.value)
-        base, at, q = value.rpartition("@")
-        quant = str(o.quantization.value) if o.quantization else None
-        if at and base:
-            value, quant = base, q
-        request = ModelRequest(
-            resolve_model(value, CATALOG, o.model.source.split(":", 1)[1]), quant, o.model.source
-        )
-    result = plan(profile_for(spec, host_ram_gib, host_bw), CATALOGUE, TIERS, o, request, engines)
+    """The pipeline exactly as `run` wires it: inputs checked first, then the simulated probe."""
+    inputs = pipeline.prepare(dict(env or {}), argv)
+    result = pipeline.plan_on(inputs, profile_for(spec, host_ram_gib, host_bw), engines)
     plan_to_dict(result)  # every plan, ship or refuse, must validate against the schema
     if result.verdict == "ship":
         assert result.predicted is not None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gpu_preflight.plan.argv import LlamaServerSettings, VllmSettings, llama_server_argv, vllm_argv
+from gpu_preflight.plan.llamacpp import LlamaServerSettings, llama_server_argv
+from gpu_preflight.plan.vllm import VllmSettings, vllm_argv
 from gpu_preflight.plan.overrides import parse_overrides
 from gpu_preflight.plan.types import ModelChoice
 
@@ -113,18 +114,12 @@ def test_llama_server_local_file_offload_and_split():
     assert argv[argv.index("--tensor-split") + 1] == "0.7,0.3"
 
 
-def test_user_llama_env_is_not_contradicted_on_the_command_line():
-    o = parse_overrides({"LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_PORT": "9999"})
+def test_user_engine_args_the_planner_reads_are_not_repeated_and_the_rest_pass_verbatim():
+    o = parse_overrides({}, ["-c", "1024", "--jinja", "--chat-template-file", "t.jinja"])
+    assert o.passthrough == ("--jinja", "--chat-template-file", "t.jinja")
     argv = llama_server_argv(GGUF, LS, o)
-    assert "--ctx-size" not in argv and "--port" not in argv
-    assert "--parallel" in argv
-
-
-def test_user_engine_args_replace_ours_and_are_appended_verbatim():
-    o = parse_overrides({}, ["-c", "1024", "--jinja"])
-    argv = llama_server_argv(GGUF, LS, o)
-    assert "--ctx-size" not in argv
-    assert argv[-3:] == ("-c", "1024", "--jinja")
+    assert "-c" not in argv and argv.count("--ctx-size") == 1
+    assert argv[-3:] == ("--jinja", "--chat-template-file", "t.jinja")
 
 
 def test_vllm_argv_exact():
@@ -136,7 +131,7 @@ def test_vllm_argv_exact():
         "--max-model-len",
         "16384",
         "--gpu-memory-utilization",
-        "0.87",
+        "0.871",
         "--tensor-parallel-size",
         "2",
         "--max-num-seqs",
@@ -160,4 +155,4 @@ def test_vllm_fp8_kv_quant_and_user_args():
     assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
     assert argv[argv.index("--quantization") + 1] == "awq"
     assert argv.count("--gpu-memory-utilization") == 1
-    assert argv[-3:] == ("--gpu-memory-utilization", "0.5", "--enable-prefix-caching")
+    assert argv[-1:] == ("--enable-prefix-caching",)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpu_preflight.plan.errors import OverrideError
-from gpu_preflight.plan.overrides import parse_engine_args, parse_overrides
+from gpu_preflight.plan.overrides import parse_overrides
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from gpu_preflight.plan.overrides import parse_engine_args, parse_overrides
         ({"PREFLIGHT_CONTEXT": "32k"}, "context", 32768, "env:PREFLIGHT_CONTEXT"),
         ({"PREFLIGHT_CONTEXT": "8192"}, "context", 8192, "env:PREFLIGHT_CONTEXT"),
         ({"VLLM_MAX_MODEL_LEN": "4096"}, "context", 4096, "env:VLLM_MAX_MODEL_LEN"),
-        ({"LLAMA_ARG_CTX_SIZE": "2048"}, "context", 2048, "env:LLAMA_ARG_CTX_SIZE"),
+        ({"LLAMA_ARG_CTX_SIZE": "2048"}, "ctx_total", 2048, "env:LLAMA_ARG_CTX_SIZE"),
         ({"PREFLIGHT_TIER": "GPU-24GB"}, "tier", "gpu-24gb", "env:PREFLIGHT_TIER"),
         (
             {"PREFLIGHT_KV_CACHE_TYPE": "Q8_0"},
@@ -30,8 +30,8 @@ from gpu_preflight.plan.overrides import parse_engine_args, parse_overrides
         ({"PREFLIGHT_KV_CACHE_TYPE": "fp8"}, "kv_cache_type", "fp8", "env:PREFLIGHT_KV_CACHE_TYPE"),
         (
             {"PREFLIGHT_RESERVE_GB": "2.5"},
-            "reserve_bytes",
-            int(2.5 * 2**30),
+            "reserve_gib",
+            2.5,
             "env:PREFLIGHT_RESERVE_GB",
         ),
         ({"PREFLIGHT_MIN_TOKS": "5"}, "min_tok_s", 5.0, "env:PREFLIGHT_MIN_TOKS"),
@@ -72,14 +72,9 @@ def test_valid_override_parses_with_its_source(env, field, value, source):
         ({"PREFLIGHT_PORT": "70000"}, "PREFLIGHT_PORT", "65535"),
         ({"PREFLIGHT_HOST": "a b"}, "PREFLIGHT_HOST", "IP address"),
         (
-            {"PREFLIGHT_MODEL": "qwen3-8b", "VLLM_MODEL": "Qwen/Qwen3-14B"},
-            "VLLM_MODEL",
-            "same model",
-        ),
-        (
             {"PREFLIGHT_CONTEXT": "8192", "VLLM_MAX_MODEL_LEN": "4096"},
             "VLLM_MAX_MODEL_LEN",
-            "one context",
+            "the same value as PREFLIGHT_CONTEXT",
         ),
     ],
 )
@@ -94,35 +89,38 @@ def test_invalid_override_names_variable_value_and_accepted(env, variable, accep
     assert repr(bad_value) in message
 
 
-def test_engine_args_beat_env():
-    o = parse_overrides({"PREFLIGHT_CONTEXT": "4096"}, ["--ctx-size", "16384"])
-    assert o.context is not None
-    assert (o.context.value, o.context.source) == (16384, "arg:--ctx-size")
+def test_engine_arg_and_env_for_one_value_must_agree():
+    with pytest.raises(OverrideError) as info:
+        parse_overrides({"LLAMA_ARG_CTX_SIZE": "4096"}, ["--ctx-size", "16384"])
+    assert "LLAMA_ARG_CTX_SIZE" in str(info.value) and "--ctx-size" in str(info.value)
+    o = parse_overrides({"LLAMA_ARG_CTX_SIZE": "16384"}, ["--ctx-size", "16384"])
+    assert o.value("ctx_total") == 16384
 
 
 def test_engine_args_equals_form_and_passthrough():
-    args = parse_engine_args(["--max-model-len=8192", "--enable-prefix-caching", "-np", "3"])
-    assert args.values["--max-model-len"] == "8192"
-    assert args.values["--parallel"] == "3"
-    assert args.argv == ("--max-model-len=8192", "--enable-prefix-caching", "-np", "3")
+    o = parse_overrides({}, ["--max-model-len=8192", "--enable-prefix-caching"])
+    assert o.value("context") == 8192
+    assert o.passthrough == ("--enable-prefix-caching",)
+    o = parse_overrides({}, ["-np", "3", "--jinja"])
+    assert o.value("parallel") == 3 and o.passthrough == ("--jinja",)
 
 
 def test_engine_arg_missing_value_is_an_error():
     with pytest.raises(OverrideError, match="--ctx-size"):
-        parse_engine_args(["--ctx-size"])
+        parse_overrides({}, ["--ctx-size"])
 
 
 @pytest.mark.parametrize("flag", ["--api-key", "--hf-token"])
 def test_secret_on_the_command_line_is_refused(flag):
     with pytest.raises(OverrideError) as info:
-        parse_engine_args([flag, "sk-live-123456"])
+        parse_overrides({}, [flag, "sk-live-123456"])
     assert "sk-live-123456" not in str(info.value)
     assert "environment" in str(info.value)
 
 
-def test_llama_env_is_kept_for_argv_respect():
+def test_llama_env_read_by_the_planner_is_consumed_and_carried_on_argv():
     o = parse_overrides({"LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_HOST": "127.0.0.1"})
-    assert o.llama_env == {"LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_HOST": "127.0.0.1"}
+    assert set(o.consumed_env) == {"LLAMA_ARG_CTX_SIZE", "LLAMA_ARG_HOST"}
     assert o.host is not None and o.host.value == "127.0.0.1"
 
 

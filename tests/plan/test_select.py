@@ -111,22 +111,27 @@ def test_user_model_engine_context_are_kept_and_sourced():
 def test_vllm_compat_variables():
     p = run_plan(
         "h100-sxm",
-        {"VLLM_MODEL": "Qwen/Qwen3-32B", "VLLM_QUANTIZATION": "fp8", "VLLM_MAX_MODEL_LEN": "16384"},
+        {
+            "VLLM_MODEL": "Qwen/Qwen3-32B-FP8",
+            "VLLM_QUANTIZATION": "fp8",
+            "VLLM_MAX_MODEL_LEN": "16384",
+        },
     )
     assert (p.engine, p.model.id, p.model.quant, p.context) == ("vllm", "qwen3-32b", "fp8", 16384)
     assert p.argv[p.argv.index("--quantization") + 1] == "fp8"
     assert p.sources["engine"] == "env:VLLM_MODEL"
 
 
-def test_engine_args_beat_env_and_are_respected():
-    p = run_plan(
-        "rtx-4090",
-        {"PREFLIGHT_CONTEXT": "4096", "PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_PARALLEL": "2"},
-        argv=("--ctx-size", "16384", "--jinja"),
-    )
+def test_engine_args_and_env_must_mean_one_context():
+    env = {"PREFLIGHT_CONTEXT": "4096", "PREFLIGHT_MODEL": "qwen3-8b", "PREFLIGHT_PARALLEL": "2"}
+    with pytest.raises(OverrideError) as info:
+        run_plan("rtx-4090", env, argv=("--ctx-size", "16384", "--jinja"))
+    assert "--ctx-size" in str(info.value) and "PREFLIGHT_CONTEXT" in str(info.value)
     # -c is llama-server's total over the slots: 16384 / 2 slots = 8192 tokens per sequence.
-    assert p.context == 8192 and p.sources["context"] == "arg:--ctx-size"
-    assert p.argv.count("--ctx-size") == 1 and p.argv[-3:] == ("--ctx-size", "16384", "--jinja")
+    p = run_plan("rtx-4090", {**env, "PREFLIGHT_CONTEXT": "8192"}, ("--ctx-size", "16384", "--jinja"))
+    assert p.context == 8192 and p.sources["context"] == "env:PREFLIGHT_CONTEXT"
+    assert p.argv.count("--ctx-size") == 1 and p.argv[p.argv.index("--ctx-size") + 1] == "16384"
+    assert p.argv[-1] == "--jinja"
 
 
 def test_llama_arg_ctx_size_is_the_total_over_slots():
@@ -134,7 +139,9 @@ def test_llama_arg_ctx_size_is_the_total_over_slots():
         "rtx-4090",
         {"PREFLIGHT_MODEL": "qwen3-8b", "LLAMA_ARG_CTX_SIZE": "12288", "LLAMA_ARG_N_PARALLEL": "3"},
     )
-    assert (p.context, p.parallel) == (4096, 3) and "--ctx-size" not in p.argv
+    assert (p.context, p.parallel) == (4096, 3)
+    assert p.argv[p.argv.index("--ctx-size") + 1] == "12288" and p.argv.count("--ctx-size") == 1
+    assert set(p.env_unset) == {"LLAMA_ARG_CTX_SIZE", "LLAMA_ARG_N_PARALLEL"}
 
 
 def test_tier_override_and_unknown_tier():

@@ -8,7 +8,7 @@ import json
 import pytest
 from tests.plan.conftest import CATALOG, run_plan
 
-from gpu_preflight.plan.errors import OverrideError
+from gpu_preflight.plan.errors import InvalidInput, OverrideError
 
 
 def _draft_flags(argv: tuple[str, ...]) -> dict[str, str]:
@@ -138,20 +138,31 @@ def test_models_without_a_pairing_serve_without_a_draft_quietly():
     assert not any("draft" in w for w in p.warnings)
 
 
+def test_users_ngram_speculation_is_planned_as_given_without_a_catalog_draft():
+    p = run_plan("t4", {"PREFLIGHT_SPECULATIVE": "on"}, ("--spec-type", "ngram-mod"))
+    assert p.verdict == "ship" and p.draft is None
+    assert p.argv.count("--spec-type") == 1
+    assert p.argv[p.argv.index("--spec-type") + 1] == "ngram-mod"
+
+
 @pytest.mark.parametrize(
-    ("argv", "env", "source"),
+    ("argv", "env"),
     [
-        (("--spec-draft-model", "/models/mine.gguf"), {}, "arg:--spec-draft-model"),
-        (("-md", "/models/mine.gguf"), {}, "arg:--spec-draft-model"),
-        ((), {"LLAMA_ARG_SPEC_DRAFT_MODEL": "/models/mine.gguf"}, "env:LLAMA_ARG_SPEC_DRAFT_MODEL"),
-        (("--spec-type", "ngram-mod"), {}, "arg:--spec-type"),
+        (("--spec-draft-model", "/models/mine.gguf"), {}),
+        (("-md", "/models/mine.gguf"), {}),
+        ((), {"LLAMA_ARG_SPEC_DRAFT_MODEL": "/models/mine.gguf"}),
     ],
 )
-def test_users_own_draft_wins_and_is_flagged(argv, env, source):
-    p = run_plan("t4", {**env, "PREFLIGHT_SPECULATIVE": "on"}, argv)
-    assert p.verdict == "ship" and p.draft is None
-    assert p.argv.count("--spec-type") == argv.count("--spec-type")
-    assert any(source in w and "not in the memory prediction" in w for w in p.warnings)
+def test_users_draft_needs_its_target_named(argv, env):
+    with pytest.raises(InvalidInput) as info:
+        run_plan("t4", {**env, "PREFLIGHT_SPECULATIVE": "on"}, argv)
+    assert "model" in str(info.value)
+
+
+def test_users_draft_file_must_exist():
+    with pytest.raises(InvalidInput) as info:
+        run_plan("t4", {"PREFLIGHT_MODEL": "qwen3-8b"}, ("-md", "/models/mine.gguf"))
+    assert "/models/mine.gguf" in str(info.value)
 
 
 def test_users_own_vllm_speculative_config_wins():
@@ -161,7 +172,8 @@ def test_users_own_vllm_speculative_config_wins():
         {"PREFLIGHT_MODEL": "llama-3.1-8b-instruct@awq", "PREFLIGHT_SPECULATIVE": "on"},
         ("--speculative-config", sc),
     )
-    assert p.argv.count("--speculative-config") == 1 and p.argv[-1] == sc
+    assert p.argv.count("--speculative-config") == 1
+    assert p.argv[p.argv.index("--speculative-config") + 1] == sc
 
 
 def test_offloaded_targets_get_no_draft():

@@ -5,7 +5,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
+from tests.conftest import scenario
 
+from gpu_preflight.probe.gpu import probe_gpus
 from gpu_preflight.probe.pcie import probe_pcie
 from gpu_preflight.probe.pinned import probe_pinned
 
@@ -85,14 +87,16 @@ def test_without_cuda_both_probes_say_why():
 
     p = probe_pinned(cap_bytes=MIB, opener=none)
     assert p.ceiling_bytes is None and "not installed" in p.notes[0]
-    r = probe_pcie([0], opener=none)
+    r = probe_pcie(probe_gpus({}, lib=scenario("rtx4090")).devices, opener=none)
     assert r.source is None and r.devices[0].host_to_device_gb_s is None
 
 
 def test_pcie_measures_each_direction_separately():
     cuda = FakeCuda(limit=10**12)
-    r = probe_pcie([0, 1], bytes_per_copy=64 * MIB, opener=opener_for(cuda))
+    gpus = probe_gpus({}, lib=scenario("2x_a100_80gb")).devices
+    r = probe_pcie(gpus, bytes_per_copy=64 * MIB, opener=opener_for(cuda))
     assert [d.index for d in r.devices] == [0, 1] and r.source == "cuda-driver"
+    assert [d.cuda_ordinal for d in r.devices] == [0, 1]
     assert all(d.host_to_device_gb_s and d.device_to_host_gb_s for d in r.devices)
     assert [c[0] for c in cuda.copies].count("h2d") == 6 and cuda.held == {}
 

@@ -158,6 +158,8 @@ def test_nvidia_smi_without_memory_reserved_is_retried():
 def test_visible_devices_select_and_reorder(env, expected):
     r = probe_gpus(env, lib=scenario("4x_l4"))
     assert [d.index for d in r.devices] == expected
+    # The CUDA ordinal is the position in the process's own order (tests/probe/test_ordinals.py).
+    assert [d.cuda_ordinal for d in r.devices] == list(range(len(expected)))
 
 
 def test_mig_uuid_selects_one_leaf():

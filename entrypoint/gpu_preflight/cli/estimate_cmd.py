@@ -1,115 +1,67 @@
-"""`gpu-preflight estimate`: one configuration's memory, no selection (a VRAM calculator)."""
+"""`gpu-preflight estimate`: will *this* command fit on *these* devices? (a VRAM calculator)
+
+The command is read with the same flag table as ``run`` and planned by the same code path, with
+every value it gives pinned: what ``estimate`` prints for a command is what ``plan`` predicts for
+the same configuration, and the same numbers ``run`` would ship with.
+"""
 
 from __future__ import annotations
 
-import os
+import dataclasses
+from collections.abc import Mapping, Sequence
 
-from gpu_preflight.gpu_catalog import load_gpu_catalog
-from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp
-from gpu_preflight.memory.types import Estimate
-from gpu_preflight.memory.vllm import VllmConfig, estimate_vllm
-from gpu_preflight.models.catalog import load_catalog
-from gpu_preflight.models.resolve import resolve_model
-from gpu_preflight.models.types import Artifact, ModelSpec
-from gpu_preflight.plan.errors import InvalidInput
-from gpu_preflight.plan.overrides import (
-    LLAMACPP_CACHE_TYPES,
-    MAX_CONTEXT,
-    MIN_CONTEXT,
-    VLLM_CACHE_TYPES,
-    _int,
-)
+from gpu_preflight import pipeline
+from gpu_preflight.errors import InvalidInput
+from gpu_preflight.plan.overrides import Sourced
+from gpu_preflight.plan.types import Plan
+from gpu_preflight.probe.collect import simulated_hardware
+from gpu_preflight.probe.simulate import SimulateError
+from gpu_preflight.profile import make_profile
 
-MIB = 2**20
+GIB = 2**30
+DEFAULT_HOST_RAM_GIB = 64
+# Only the variables naming our own files reach an estimate: the shell's LLAMA_ARG_* or
+# PREFLIGHT_* must not change what "exactly this command" means.
+_FILE_VARIABLES = ("PREFLIGHT_MODELS_FILE", "PREFLIGHT_TIERS_FILE")
+_ANY_GPU = "rtx-4090"  # a card to build a host from, whose GPUs are then removed (--cpu)
 
 
-def pick_artifact(spec: ModelSpec, engine: str, quant: str | None) -> Artifact:
-    arts = [a for a in spec.artifacts if a.engine == engine]
-    if quant:
-        arts = [a for a in arts if a.quant.lower() == quant.lower()]
-    if not arts:
-        have = ", ".join(f"{a.engine}:{a.quant}" for a in spec.artifacts)
-        raise InvalidInput(
-            f"--model {spec.id}: no {engine} artifact{' ' + quant if quant else ''}; it has {have}"
-        )
-    return arts[0]
+def device_profile(gpu: str | None, cpu: bool, host_ram_gib: float | None) -> object:
+    """The simulated machine: a device set (NxNAME, NAME, NAME:MIG, scenario file) or no GPU."""
+    ram = int((host_ram_gib or DEFAULT_HOST_RAM_GIB) * GIB)
+    try:
+        hw = simulated_hardware(gpu or _ANY_GPU, ram)
+    except (SimulateError, ValueError) as exc:
+        raise InvalidInput(f"--gpu {gpu!r}: {exc}") from None
+    if cpu:
+        hw = dataclasses.replace(hw, gpus=dataclasses.replace(hw.gpus, devices=(), errors=()))
+    return make_profile(hw, simulated=gpu or "cpu")
 
 
 def run_estimate(
-    model: str,
-    engine: str,
-    context: str,
-    parallel: int,
-    cache_type: str | None,
-    flash_attn: str,
+    env: Mapping[str, str],
+    options: Mapping[str, str | None],
+    engine_argv: Sequence[str],
     gpu: str | None,
     cpu: bool,
-    gpu_memory_utilization: float,
-) -> tuple[Estimate, str]:
-    ctx = _int(
-        "--context",
-        context,
-        MIN_CONTEXT,
-        MAX_CONTEXT,
-        f"a whole number of tokens from {MIN_CONTEXT} to {MAX_CONTEXT}, e.g. 8192 or 32k",
-        True,
+    host_ram_gib: float | None,
+) -> Plan:
+    files = {k: env[k] for k in _FILE_VARIABLES if k in env}
+    # Exactly the command: no catalog draft is added to it.
+    files["PREFLIGHT_SPECULATIVE"] = "off"
+    inputs = pipeline.prepare(files, engine_argv, options)
+    if inputs.overrides.get("parallel") is None:
+        # An estimate is one configuration: one sequence unless the command says more.
+        inputs = pipeline.prepare(files, engine_argv, {**options, "--parallel": "1"})
+    # An estimate answers memory: the decode-speed floor is run's policy, not a memory limit.
+    values = {**inputs.overrides.values, "min_tok_s": Sourced(0.0, "estimate (no speed floor)")}
+    inputs = dataclasses.replace(
+        inputs, overrides=dataclasses.replace(inputs.overrides, values=values)
     )
-    env_file = os.environ.get("PREFLIGHT_MODELS_FILE", "").strip()
-    catalog = load_catalog(None if not env_file else __import__("pathlib").Path(env_file))
-    base, at, quant = model.rpartition("@")
-    value, q = (base, quant) if at and base and "/" not in quant else (model, None)
-    spec = resolve_model(value, catalog, "--model")
-    art = pick_artifact(spec, engine, q)
-    card = None
-    if gpu:
-        card = load_gpu_catalog().find(gpu)
-        if card is None:
-            close = load_gpu_catalog().suggest(gpu)
-            raise InvalidInput(
-                f"--gpu {gpu!r} is not a known GPU"
-                + (f"; did you mean {', '.join(close)}?" if close else "")
-                + " (see `gpu-preflight gpus`)"
-            )
-    if engine == "llama.cpp":
-        ct = (cache_type or "f16").lower()
-        if ct not in LLAMACPP_CACHE_TYPES:
-            raise InvalidInput(
-                f"--cache-type {cache_type!r} is not a llama.cpp KV type. Accepted: {', '.join(LLAMACPP_CACHE_TYPES)}"
-            )
-        if flash_attn == "off" and ct not in ("f16", "f32", "bf16"):
-            raise InvalidInput(f"--cache-type {ct} needs flash attention; use --flash-attn on")
-        cfg = LlamaCppConfig(
-            context=ctx * parallel,
-            parallel=parallel,
-            cache_type_k=ct,
-            cache_type_v=ct,
-            flash_attn=flash_attn != "off",
-            n_gpu_layers=0 if cpu else -1,
+    if inputs.model is None:
+        raise InvalidInput(
+            "estimate needs a model: --model ID|REPO|PATH, or the engine command's own "
+            "(llama-server -m FILE / -hf REPO, vllm serve REPO)"
         )
-        e = estimate_llamacpp(spec, art, cfg, gpu_count=0 if cpu else 1)
-        where = "CPU" if cpu else f"one {card.nvml_name if card else gpu}"
-    else:
-        if cpu:
-            raise InvalidInput(
-                "--engine vllm needs a GPU: use --gpu NAME (vLLM has no CPU path here)"
-            )
-        assert card is not None
-        ct = (cache_type or "auto").lower()
-        if ct not in VLLM_CACHE_TYPES:
-            raise InvalidInput(
-                f"--cache-type {cache_type!r} is not a vLLM KV type. Accepted: {', '.join(VLLM_CACHE_TYPES)}"
-            )
-        e = estimate_vllm(
-            spec,
-            art,
-            VllmConfig(
-                max_model_len=ctx,
-                gpu_total_bytes=card.memory_total_mib * MIB,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_num_seqs=parallel,
-                kv_cache_dtype=ct,
-            ),
-        )
-        where = f"one {card.nvml_name}"
-    title = f"{spec.name} {art.quant} with {engine} at {ctx} tokens x {parallel} on {where}"
-    return e, title
+    profile = device_profile(gpu, cpu, host_ram_gib)
+    return pipeline.plan_on(inputs, profile, ("vllm", "llama.cpp"))  # type: ignore[arg-type]

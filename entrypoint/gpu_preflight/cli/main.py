@@ -5,6 +5,7 @@ Exit codes: 0 success / ship, 2 invalid input or setup problem, 3 refuse (nothin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -25,8 +26,7 @@ from gpu_preflight.cli.options import (
     profile_option,
     simulate_option,
 )
-from gpu_preflight.plan.errors import InvalidInput, OverrideError, PreflightError
-from gpu_preflight.plan.overrides import Overrides, parse_overrides
+from gpu_preflight.plan.errors import InvalidInput, PreflightError
 from gpu_preflight.serde import to_dict
 
 EXIT_OK, EXIT_INVALID, EXIT_REFUSE = 0, 2, 3
@@ -65,7 +65,45 @@ def _emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's errors become one clear line and an exit code: never a traceback.
+
+    InvalidInput and setup errors exit 2, a refusal 3 (the commands return it), and anything else
+    is a bug, said as one.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from gpu_preflight.launch import scrub
+
+        env = dict(os.environ)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except PreflightError as exc:
+            click.echo(f"gpu-preflight: error: {scrub(str(exc), env)}", err=True)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(
+                f"gpu-preflight: error: cannot write{where}: {exc.strerror or exc}", err=True
+            )
+            ctx.exit(EXIT_INVALID)
+        except Exception as exc:  # a bug: say so plainly
+            if os.environ.get("PREFLIGHT_DEBUG"):
+                raise
+            click.echo(
+                f"gpu-preflight: internal error: {type(exc).__name__}: "
+                f"{scrub(str(exc), env)[:300]}. This is a bug in gpu-preflight; please report it "
+                "with the command you ran (PREFLIGHT_DEBUG=1 shows the traceback).",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=_Commands, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpu-preflight")
 def main() -> None:
     """Decide what LLM this GPU machine can serve, and how, before anything runs out of memory.
@@ -186,10 +224,10 @@ def plan_cmd(
     context: str | None,
 ) -> None:
     """Plan what to serve here (or on --simulate'd hardware). Exit 0 ship, 3 refuse, 2 bad input."""
-    env = _with_cli_overrides(dict(os.environ), model=model, engine=engine, context=context)
-    overrides = _overrides(env, ())
+    env = dict(os.environ)
+    inputs = _inputs(env, (), {"--model": model, "--engine": engine, "--context": context})
     profile = _get_profile(env, simulate, host_ram, profile_path, False, None, None, host_bandwidth)
-    result = _plan(env, profile, overrides)
+    result = _plan(inputs, profile)
     if as_json:
         _emit_json(to_dict(result))
     else:
@@ -198,89 +236,78 @@ def plan_cmd(
 
 
 @main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
     epilog="\b\nExamples:\n"
-    "  gpu-preflight estimate --model llama-3.1-8b-instruct --engine llama.cpp --context 8192 --cpu\n"
-    "  gpu-preflight estimate --model ./model.gguf --engine llama.cpp --context 32k "
-    "--cache-type q8_0 --gpu rtx-4090\n"
-    "  gpu-preflight estimate --model qwen3-32b --engine vllm --context 16k --gpu h100-sxm --json"
+    "  gpu-preflight estimate --gpu 2xrtx-3090 -- llama-server -m X.gguf -c 16384 -np 2 \\\n"
+    "      -ngl 60 -ncmoe 8 -ts 3,2 -ub 1024 -ctk q8_0\n"
+    "  gpu-preflight estimate --gpu 4xh100-sxm -- vllm serve ORG/REPO -tp 4 \\\n"
+    "      --max-model-len 32768 --gpu-memory-utilization 0.9\n"
+    "  gpu-preflight estimate --model qwen3-8b --engine llama.cpp --context 32k --gpu rtx-4070\n"
+    "  gpu-preflight estimate --model ./model.gguf --context 8192 --cpu --json",
 )
 @click.option(
-    "--model",
-    required=True,
-    metavar="ID|HF_ID|PATH",
-    help="Catalog id (id@QUANT for one "
-    "artifact), Hugging Face id, or a path to a GGUF file / HF directory.",
+    "--gpu",
+    metavar="DEVICES",
+    help="The devices: NAME (rtx-4090), NxNAME (2xrtx-3090), NAME:MIG (a100-80gb:1g.10gb) or "
+    "a recorded NVML scenario file (see `gpu-preflight gpus`).",
 )
-@click.option("--engine", required=True, type=click.Choice(["vllm", "llama.cpp"]))
+@click.option("--cpu", is_flag=True, help="No GPU: llama.cpp on the CPU and host RAM.")
+@click.option("--model", metavar="ID|REPO|PATH", help="Model, when no engine command names one.")
 @click.option(
-    "--context", required=True, metavar="TOKENS", help="Context per sequence (8192, 32k)."
+    "--engine", type=click.Choice(["vllm", "llama.cpp"]), help="Engine (when no command)."
 )
-@click.option(
-    "--parallel",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 1024),
-    help="Sequences (llama.cpp -np / vLLM max-num-seqs).",
-)
-@click.option(
-    "--cache-type",
-    metavar="TYPE",
-    help="KV cache type: llama.cpp f16, q8_0, q4_0, ...; vLLM auto or fp8.",
-)
-@click.option(
-    "--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True
-)
-@click.option(
-    "--gpu", metavar="NAME", help="Place it on one simulated GPU (see `gpu-preflight gpus`)."
-)
-@click.option("--cpu", is_flag=True, help="llama.cpp on the CPU only (no layers offloaded).")
-@click.option(
-    "--gpu-memory-utilization",
-    type=click.FloatRange(0.05, 1.0),
-    default=0.9,
-    show_default=True,
-    help="vLLM: the fraction of the GPU's total memory it may use.",
-)
+@click.option("--context", metavar="TOKENS", help="Context per sequence (8192, 32k).")
+@click.option("--parallel", metavar="N", help="Sequences at once (default: 1).")
+@click.option("--cache-type", metavar="TYPE", help="KV cache type: f16, q8_0, q4_0, ...; vLLM fp8.")
+@click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), help="llama.cpp.")
+@click.option("--gpu-memory-utilization", metavar="F", help="vLLM's budget fraction.")
+@host_ram_option
 @json_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def estimate(
-    model: str,
-    engine: str,
-    context: str,
-    parallel: int,
-    cache_type: str | None,
-    flash_attn: str,
     gpu: str | None,
     cpu: bool,
-    gpu_memory_utilization: float,
+    model: str | None,
+    engine: str | None,
+    context: str | None,
+    parallel: str | None,
+    cache_type: str | None,
+    flash_attn: str | None,
+    gpu_memory_utilization: str | None,
+    host_ram: float | None,
     as_json: bool,
+    command: tuple[str, ...],
 ) -> None:
-    """The memory breakdown for exactly one configuration: no selection, no fitting."""
+    """Will exactly this command fit on these devices? The per-device breakdown.
+
+    Give the engine command after `--` (llama-server ... or vllm serve ...), read with the same
+    flag table `run` uses, or describe one configuration with the options. Every value given is
+    pinned; the rest is chosen as `plan` would. Exit 0 fits, 3 does not, 2 bad input.
+    """
     from gpu_preflight.cli.estimate_cmd import run_estimate
 
     if cpu and gpu:
         _die("--cpu and --gpu exclude each other: pick one placement")
     if not cpu and not gpu:
-        _die("say where: --gpu NAME (see `gpu-preflight gpus`) or --cpu")
-    try:
-        e, title = run_estimate(
-            model,
-            engine,
-            context,
-            parallel,
-            cache_type,
-            flash_attn,
-            gpu,
-            cpu,
-            gpu_memory_utilization,
-        )
-    except PreflightError as exc:
-        _die(str(exc), exc.exit_code)
-    except ValueError as exc:
-        _die(str(exc))
+        _die("say where: --gpu DEVICES (see `gpu-preflight gpus`) or --cpu")
+    args = list(command)
+    if args and args[0] == "--":
+        args = args[1:]
+    options = {
+        "--model": model,
+        "--engine": engine,
+        "--context": context,
+        "--parallel": parallel,
+        "--cache-type": cache_type,
+        "--flash-attn": flash_attn,
+        "--gpu-memory-utilization": gpu_memory_utilization,
+    }
+    result = run_estimate(dict(os.environ), options, tuple(args), gpu, cpu, host_ram)
     if as_json:
-        _emit_json(to_dict(e))
+        _emit_json(to_dict(result))
     else:
-        _render().render_estimate(_console(), e, title)
+        _render().render_plan(_console(), result)
+    sys.exit(EXIT_OK if result.verdict == "ship" else EXIT_REFUSE)
 
 
 @main.command(
@@ -308,12 +335,7 @@ def matrix(
     """A model x GPU table: verdict, engine and the largest context that fits."""
     from gpu_preflight.cli.matrix_cmd import render_matrix, run_matrix
 
-    try:
-        rows = run_matrix(dict(os.environ), gpu_list, model_list, context, host_ram)
-    except PreflightError as exc:
-        _die(str(exc), exc.exit_code)
-    except ValueError as exc:
-        _die(str(exc))
+    rows = run_matrix(dict(os.environ), gpu_list, model_list, context, host_ram)
     if as_json:
         _emit_json([to_dict(r) for r in rows])
     else:
@@ -374,37 +396,12 @@ def run(dry_run: bool, engine_args: tuple[str, ...]) -> None:
 # shared plumbing
 
 
-_CLI_VARS = {
-    "model": ("PREFLIGHT_MODEL", "--model"),
-    "engine": ("PREFLIGHT_ENGINE", "--engine"),
-    "context": ("PREFLIGHT_CONTEXT", "--context"),
-}
+def _inputs(
+    env: Mapping[str, str], engine_argv: tuple[str, ...], options: Mapping[str, str | None]
+) -> Any:
+    from gpu_preflight import pipeline
 
-
-def _with_cli_overrides(env: dict[str, str], **values: str | None) -> dict[str, str]:
-    for key, value in values.items():
-        if value is not None:
-            var = _CLI_VARS[key][0]
-            env[var] = value
-            env[f"_CLI_{var}"] = _CLI_VARS[key][1]
-            if key == "model":
-                env.pop("VLLM_MODEL", None)  # the option wins over the image's variable
-    return env
-
-
-def _as_typed(message: str, env: Mapping[str, str]) -> str:
-    """Name the option the user typed (--context) instead of the variable it was mapped to."""
-    for var, option in _CLI_VARS.values():
-        if f"_CLI_{var}" in env:
-            message = message.replace(f"{var}=", f"{option}=")
-    return message
-
-
-def _overrides(env: Mapping[str, str], engine_argv: tuple[str, ...]) -> Overrides:
-    try:
-        return parse_overrides(env, engine_argv)
-    except OverrideError as exc:
-        _die(_as_typed(str(exc), env), exc.exit_code)
+    return pipeline.prepare(env, engine_argv, options)
 
 
 def _write_out(path: Path, doc: Any) -> None:
@@ -460,14 +457,47 @@ def _get_profile(
     return make_profile(hw)
 
 
-def _plan(env: Mapping[str, str], profile: Any, overrides: Overrides) -> Any:
-    from gpu_preflight.cli.run_cmd import plan_for
+def _plan(inputs: Any, profile: Any) -> Any:
+    from gpu_preflight import pipeline
 
+    return pipeline.plan_on(inputs, profile, ("vllm", "llama.cpp"))
+
+
+def entry() -> None:
+    """The console script: the commands, then a flush whose failure is a line, not a traceback."""
+    code = 0
     try:
-        return plan_for(env, profile, overrides, engines_available=("vllm", "llama.cpp"))
-    except PreflightError as exc:
-        _die(_as_typed(str(exc), env), exc.exit_code)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        returned = main.main(standalone_mode=False)
+        code = returned if isinstance(returned, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        code = 1
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        # stdout is full, closed or gone (plan --json > /dev/full).
+        _quiet_stdout()
+        click.echo(
+            f"gpu-preflight: error: cannot write the output: {exc.strerror or exc}", err=True
+        )
+        code = code or EXIT_INVALID
+    sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    """After a failed write to stdout, stop Python retrying the flush at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()

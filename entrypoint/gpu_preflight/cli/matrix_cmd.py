@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 from rich.table import Table
 
+from gpu_preflight import pipeline
 from gpu_preflight.gpu_catalog import load_gpu_catalog
-from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.plan.errors import InvalidInput
-from gpu_preflight.plan.overrides import parse_overrides
-from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
-from gpu_preflight.plan.tiers import load_tiers
+from gpu_preflight.plan.request import ModelRequest
 from gpu_preflight.probe.collect import simulated_hardware
 from gpu_preflight.profile import make_profile
 
@@ -44,8 +42,9 @@ def run_matrix(
         base = g.split("x", 1)[1] if g[:1].isdigit() and "x" in g else g
         if gcat.find(base.split(":")[0]) is None:
             raise InvalidInput(f"--gpus: unknown GPU {g!r}; see `gpu-preflight gpus`")
-    catalog = load_catalog()
-    tiers = load_tiers(env)
+    files = {k: env[k] for k in ("PREFLIGHT_MODELS_FILE", "PREFLIGHT_TIERS_FILE") if k in env}
+    inputs = pipeline.prepare(files, (), {"--context": context})
+    catalog, tiers = inputs.catalog, inputs.tiers
     if model_list:
         models = []
         for name in model_list.split(","):
@@ -63,14 +62,12 @@ def run_matrix(
             for entry in t.models:
                 seen.setdefault(entry.partition("@")[0], None)
         models = [m for m in (catalog.get(i) for i in seen) if m is not None]
-    extra = {"PREFLIGHT_CONTEXT": context} if context else {}
-    overrides = parse_overrides({**extra})
-    cat = Catalogue(models=catalog.models)
     cells = []
     for g in gpus:
         profile = make_profile(simulated_hardware(g, int((host_ram or 64) * GIB)), simulated=g)
         for m in models:
-            p = plan(profile, cat, tiers, overrides, ModelRequest(m, None, "matrix"))
+            one = replace(inputs, model=ModelRequest(m, None, "matrix"))
+            p = pipeline.plan_on(one, profile, ("vllm", "llama.cpp"))
             cells.append(
                 MatrixCell(
                     g,

@@ -123,6 +123,12 @@ class VllmConfig:
     # False only for the V0 engine: it profiles a whole max_model_len prompt at once.
     chunked_prefill: bool = True
     draft: VllmDraft | None = None
+    # --cpu-offload-gb: this many bytes of each rank's weights stay in host RAM (UVA, read over
+    # PCIe); vllm/model_executor/models/utils.py maybe_offload_to_cpu.
+    cpu_offload_bytes: int = 0
+    # --kv-cache-memory-bytes: the KV pool is exactly this, and gpu_memory_utilization is not
+    # used for it (vllm/v1/worker/gpu_worker.py determine_available_memory).
+    kv_cache_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -403,6 +409,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     weights = weights_per_rank(spec, art, tp)
     if cfg.draft is not None:
         weights += weights_per_rank(cfg.draft.spec, cfg.draft.artifact, tp)
+    weights = max(0, weights - cfg.cpu_offload_bytes)
     act = activation_bytes(spec.arch, cfg)
     non_torch = NON_TORCH_BYTES + (NON_TORCH_TP_BYTES if tp > 1 else 0)
     graphs = 0 if cfg.enforce_eager else CUDA_GRAPH_BYTES
@@ -410,6 +417,10 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
         graphs += DRAFT_CUDA_GRAPH_BYTES
     inside = graphs if cfg.cudagraph_in_budget else 0
     available = requested - weights - act - non_torch - inside
+    if cfg.kv_cache_memory_bytes is not None:
+        # The pool is the user's size; what vLLM then holds is the sum, not the utilization.
+        available = cfg.kv_cache_memory_bytes
+        requested = weights + act + non_torch + inside + available
     margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
     tokens, seqs = batch_limits(cfg)
     notes = (

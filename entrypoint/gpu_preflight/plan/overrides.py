@@ -1,41 +1,50 @@
-"""Parse and validate every user override (environment and engine arguments) before anything runs.
+"""Read every user value (environment, engine arguments, CLI options) through the flag table.
 
-Precedence, highest first: engine arguments given after ``--`` > explicit environment
-(``PREFLIGHT_*``, ``VLLM_*``, ``LLAMA_ARG_*``) > the tier table > built-in defaults. Each parsed
-value remembers where it came from so the plan can say so.
+Nothing here knows a flag by name except through ``plan/flags.py``. Each value keeps where it came
+from ("env:NAME", "arg:SPELLING", "option:--name"), so the plan can say so. Two places that set one
+knob must agree; if they do not, the error names both places and both values. The engine flags
+the planner reads are taken out of the user's arguments and written again by the planner, once,
+in their canonical spelling; every other argument reaches the engine untouched, in order.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
-from gpu_preflight.plan.errors import OverrideError
-
-EngineChoice = Literal["auto", "vllm", "llama.cpp"]
-Getter = Callable[[str], "str | None"]
-
-LLAMACPP_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-VLLM_CACHE_TYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
-VLLM_QUANTIZATIONS = (
-    "awq",
-    "awq_marlin",
-    "gptq",
-    "gptq_marlin",
-    "fp8",
-    "mxfp4",
-    "bitsandbytes",
-    "compressed-tensors",
-    "gguf",
-    "none",
+from gpu_preflight.plan.flags import (
+    FLAGS,
+    LLAMACPP_CACHE_TYPES,
+    MAX_CONTEXT,
+    MIN_CONTEXT,
+    VLLM_CACHE_TYPES,
+    VLLM_QUANTIZATIONS,
+    Flag,
+    FlagValueError,
+    Switch,
+    spelling_index,
 )
-MAX_CONTEXT = (
-    10_485_760  # 10 Mi tokens: past any model's trained length, catches typos like 32000000
-)
-MIN_CONTEXT = 256
+
+__all__ = [
+    "LLAMACPP_CACHE_TYPES",
+    "MAX_CONTEXT",
+    "MIN_CONTEXT",
+    "NGL_AUTO",
+    "VLLM_CACHE_TYPES",
+    "VLLM_QUANTIZATIONS",
+    "Overrides",
+    "Sourced",
+    "is_secret",
+    "parse_overrides",
+    "per_slot_context",
+]
+
+# n_gpu_layers "auto" (llama.cpp's -1): the planner fits it, and the argv carries its number.
+NGL_AUTO = -2
+LLAMA_COMMAND = ("llama-server",)
+VLLM_COMMAND = ("vllm", "serve")
 
 # Variables whose values must never reach argv, the profile, the plan or a log line.
 SECRET_PATTERN = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|CREDENTIALS?)$", re.IGNORECASE)
@@ -47,481 +56,319 @@ def is_secret(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Sourced:
-    """A value and where it came from: "env:NAME", "arg:--flag", "tier:ID", "default", "fit"."""
+    """A value and where it came from: "env:NAME", "arg:--flag", "option:--name", "fit", ..."""
 
-    value: int | float | str | bool
+    value: Any
     source: str
 
-
-@dataclass(frozen=True)
-class EngineArgs:
-    """The user's own engine arguments (after ``--``), with the flags the planner must respect."""
-
-    argv: tuple[str, ...] = ()
-    # Flag values the planner reads (normalised to the canonical long flag).
-    values: Mapping[str, str] = field(default_factory=dict)
+    @property
+    def where(self) -> str:
+        """The place in the user's words: the variable, the engine argument or the option."""
+        kind, _, name = self.source.partition(":")
+        return {"arg": f"engine argument {name}", "option": name}.get(kind, name)
 
 
 @dataclass(frozen=True)
 class Overrides:
-    model: Sourced | None = None
-    quantization: Sourced | None = None  # VLLM_QUANTIZATION or an artifact quant for llama.cpp
-    engine: Sourced | None = None  # "vllm" | "llama.cpp"; None = auto
-    context: Sourced | None = None
-    tier: Sourced | None = None
-    kv_cache_type: Sourced | None = None
-    reserve_bytes: Sourced | None = None
-    min_tok_s: Sourced | None = None
-    parallel: Sourced | None = None
-    n_gpu_layers: Sourced | None = None  # llama.cpp only, from LLAMA_ARG_N_GPU_LAYERS or -ngl
-    n_cpu_moe: Sourced | None = None
-    flash_attn: Sourced | None = None  # "on" | "off" | "auto"
-    gpu_memory_utilization: Sourced | None = None  # vLLM only, from its own argument
-    tensor_parallel: Sourced | None = None
-    port: Sourced | None = None
-    host: Sourced | None = None
-    speculative: Sourced | None = None  # "on" | "off"; None = auto (the tier decides)
-    # The user's own draft model or speculative method (a flag or LLAMA_ARG_* variable): the
-    # planner then adds none of its own and says the prediction does not include it.
-    user_draft: Sourced | None = None
-    engine_args: EngineArgs = field(default_factory=EngineArgs)
-    # LLAMA_ARG_* the user set: llama-server reads them itself, so argv must not contradict them.
-    llama_env: Mapping[str, str] = field(default_factory=dict)
+    """Every value the user set, parsed, one per knob (see plan/flags.py for the knobs)."""
+
+    values: Mapping[str, Sourced] = field(default_factory=dict)
+    # Every place that named a model (PREFLIGHT_MODEL, VLLM_MODEL, -m, -hf, `vllm serve X`...):
+    # the pipeline resolves them all and they must name one model.
+    model_refs: tuple[tuple[str, Sourced], ...] = ()  # (knob, value) with knob model|hf_repo
+    engine_implied: Sourced | None = None  # an engine's own flags or variables ask for it
+    passthrough: tuple[str, ...] = ()  # the user's engine arguments the planner does not read
+    consumed_env: tuple[str, ...] = ()  # LLAMA_ARG_* now carried on argv: unset for the engine
+    user_args: tuple[str, ...] = ()  # the engine arguments as the user gave them
+
+    def get(self, knob: str) -> Sourced | None:
+        return self.values.get(knob)
+
+    def value(self, knob: str, default: Any = None) -> Any:
+        s = self.values.get(knob)
+        return default if s is None else s.value
+
+    def __getattr__(self, knob: str) -> Sourced | None:
+        # o.context, o.parallel ...: the knob's Sourced value or None (attributes are knobs).
+        if knob.startswith("__"):
+            raise AttributeError(knob)
+        return self.values.get(knob)
+
+    @property
+    def engine(self) -> Sourced | None:
+        e = self.values.get("engine")
+        return e if e is not None else self.engine_implied
+
+    @property
+    def model(self) -> Sourced | None:
+        return self.model_refs[0][1] if self.model_refs else None
 
 
-def _int(name: str, raw: str, lo: int, hi: int, accepted: str, allow_k: bool = False) -> int:
-    text = raw.strip().lower().replace("_", "")
-    mult = 1
-    if allow_k and text.endswith("k"):
-        text, mult = text[:-1], 1024
-    if not re.fullmatch(r"[0-9]+", text):
-        raise OverrideError(name, raw, accepted, "not a whole number")
-    value = int(text) * mult
-    if not lo <= value <= hi:
-        raise OverrideError(name, raw, accepted, f"{value} is out of range")
-    return value
+@dataclass(frozen=True)
+class _Hit:
+    flag: Flag
+    source: str
+    raw: str | None  # None: a switch given on the command line
+    negated: bool = False
 
 
-def _float(name: str, raw: str, lo: float, hi: float, accepted: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise OverrideError(name, raw, accepted, "not a number") from None
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise OverrideError(name, raw, accepted, "out of range")
-    return value
-
-
-def _choice(
-    name: str, raw: str, choices: Sequence[str], aliases: Mapping[str, str] | None = None
-) -> str:
-    text = raw.strip().lower()
-    text = (aliases or {}).get(text, text)
-    if text not in choices:
-        raise OverrideError(name, raw, ", ".join(choices))
-    return text
-
-
-_ENGINE_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp"}
-_FA_ALIASES = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
-_CONTEXT_ACCEPTED = (
-    f"a whole number of tokens from {MIN_CONTEXT} to {MAX_CONTEXT}, e.g. 8192 or 32k"
-)
-
-# llama-server flags the planner reads (all spellings -> canonical), and vLLM's.
-_LLAMA_FLAGS = {
-    "-c": "--ctx-size",
-    "--ctx-size": "--ctx-size",
-    "-np": "--parallel",
-    "--parallel": "--parallel",
-    "-ngl": "--n-gpu-layers",
-    "--gpu-layers": "--n-gpu-layers",
-    "--n-gpu-layers": "--n-gpu-layers",
-    "-ctk": "--cache-type-k",
-    "--cache-type-k": "--cache-type-k",
-    "-ctv": "--cache-type-v",
-    "--cache-type-v": "--cache-type-v",
-    "-fa": "--flash-attn",
-    "--flash-attn": "--flash-attn",
-    "-m": "--model",
-    "--model": "--model",
-    "--n-cpu-moe": "--n-cpu-moe",
-    "-ncmoe": "--n-cpu-moe",
-    "-b": "--batch-size",
-    "--batch-size": "--batch-size",
-    "-ub": "--ubatch-size",
-    "--ubatch-size": "--ubatch-size",
-    "--port": "--port",
-    "--host": "--host",
-    "-ts": "--tensor-split",
-    "--tensor-split": "--tensor-split",
-    "-hf": "--hf-repo",
-    "--hf-repo": "--hf-repo",
-    "--hf-file": "--hf-file",
-    "-fit": "--fit",
-    "--fit": "--fit",
-    "-md": "--spec-draft-model",
-    "--model-draft": "--spec-draft-model",
-    "--spec-draft-model": "--spec-draft-model",
-    "-hfd": "--spec-draft-hf",
-    "-hfrd": "--spec-draft-hf",
-    "--hf-repo-draft": "--spec-draft-hf",
-    "--spec-draft-hf": "--spec-draft-hf",
-    "--spec-type": "--spec-type",
-}
-_VLLM_FLAGS = {
-    "--max-model-len": "--max-model-len",
-    "--gpu-memory-utilization": "--gpu-memory-utilization",
-    "-tp": "--tensor-parallel-size",
-    "--tensor-parallel-size": "--tensor-parallel-size",
-    "-q": "--quantization",
-    "--quantization": "--quantization",
-    "--kv-cache-dtype": "--kv-cache-dtype",
-    "--max-num-seqs": "--max-num-seqs",
-    "--max-num-batched-tokens": "--max-num-batched-tokens",
-    "--port": "--port",
-    "--host": "--host",
-    "--model": "--model",
-    "-sc": "--speculative-config",
-    "--speculative-config": "--speculative-config",
-}
-# The user's own speculative decoding, in either engine's spelling (and llama-server's variables).
-_DRAFT_FLAGS = ("--spec-draft-model", "--spec-draft-hf", "--spec-type", "--speculative-config")
-_DRAFT_ENV = ("LLAMA_ARG_SPEC_DRAFT_MODEL", "LLAMA_ARG_SPEC_TYPE", "LLAMA_ARG_SPEC_DRAFT_HF_REPO")
-_ON_OFF_ALIASES = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
-# Flags that would put a secret on the command line (visible in /proc and `docker inspect`).
-_SECRET_FLAGS = {
-    "--api-key": "LLAMA_API_KEY for llama-server, VLLM_API_KEY for vLLM",
-    "--hf-token": "HF_TOKEN",
-    "-hft": "HF_TOKEN",
-}
-_BOOL_FLAGS = {"--enforce-eager", "--no-mmap", "--mlock", "--jinja", "--no-webui", "--metrics"}
-# llama-server's flag -> the LLAMA_ARG_* variable it also reads (from common/arg.cpp).
-LLAMA_ENV_FOR_FLAG = {
-    "--ctx-size": "LLAMA_ARG_CTX_SIZE",
-    "--parallel": "LLAMA_ARG_N_PARALLEL",
-    "--n-gpu-layers": "LLAMA_ARG_N_GPU_LAYERS",
-    "--cache-type-k": "LLAMA_ARG_CACHE_TYPE_K",
-    "--cache-type-v": "LLAMA_ARG_CACHE_TYPE_V",
-    "--flash-attn": "LLAMA_ARG_FLASH_ATTN",
-    "--model": "LLAMA_ARG_MODEL",
-    "--n-cpu-moe": "LLAMA_ARG_N_CPU_MOE",
-    "--batch-size": "LLAMA_ARG_BATCH",
-    "--ubatch-size": "LLAMA_ARG_UBATCH",
-    "--port": "LLAMA_ARG_PORT",
-    "--host": "LLAMA_ARG_HOST",
-    "--tensor-split": "LLAMA_ARG_TENSOR_SPLIT",
-    "--hf-repo": "LLAMA_ARG_HF_REPO",
-    "--hf-file": "LLAMA_ARG_HF_FILE",
-    "--fit": "LLAMA_ARG_FIT",
-}
-
-
-def parse_engine_args(argv: Sequence[str]) -> EngineArgs:
-    """Pick out the flags the planner must respect from the user's engine arguments.
-
-    ``--flag value`` and ``--flag=value`` are both understood. Flags the planner does not read are
-    passed through untouched; a known flag missing its value is an error.
-    """
-    values: dict[str, str] = {}
-    known = {**_LLAMA_FLAGS, **_VLLM_FLAGS}
-    i = 0
-    args = list(argv)
-    while i < len(args):
-        arg = args[i]
-        flag, eq, inline = arg.partition("=")
-        if flag in _BOOL_FLAGS:
-            values[flag] = "true"
-        elif flag in known:
-            canonical = known[flag]
-            if eq:
-                values[canonical] = inline
-            elif i + 1 < len(args) and not _is_flag(args[i + 1]):
-                values[canonical] = args[i + 1]
-                i += 1
-            elif canonical == "--flash-attn":
-                values[canonical] = "on"  # older llama-server: a bare -fa switched it on
-            else:
-                raise OverrideError(
-                    f"engine argument {flag}", "", f"{flag} VALUE or {flag}=VALUE", "missing value"
-                )
-        i += 1
-    for arg in args:
-        flag = arg.partition("=")[0]
-        if flag in _SECRET_FLAGS:
-            raise OverrideError(
-                f"engine argument {flag}",
-                "***",
-                f"the secret in the environment instead ({_SECRET_FLAGS[flag]}), so it never "
-                "appears in argv, the plan or the logs",
-            )
-    return EngineArgs(argv=tuple(args), values=values)
+def _normalise(token: str) -> tuple[str, str | None]:
+    """ "--a_b=v" -> ("--a-b", "v"): llama.cpp and vLLM both read '_' as '-' in long flags."""
+    name, eq, inline = token.partition("=")
+    if name.startswith("--"):
+        name = name.replace("_", "-")
+    return name, (inline if eq else None)
 
 
 def _is_flag(text: str) -> bool:
     return text.startswith("-") and not re.fullmatch(r"-[0-9.]+", text)
 
 
-def parse_overrides(env: Mapping[str, str], engine_argv: Sequence[str] = ()) -> Overrides:
-    """Validate every override; raise OverrideError naming the first bad variable."""
-    args = parse_engine_args(engine_argv)
-    a = args.values
-    o: dict[str, Sourced | None] = {}
+def _split_command(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """A whole engine command (`llama-server ...`, `vllm serve ...`) -> (its engine, its args)."""
+    args = list(argv)
+    if args and args[0].rsplit("/", 1)[-1] in LLAMA_COMMAND:
+        return "llama.cpp", args[1:]
+    if len(args) >= 2 and args[0].rsplit("/", 1)[-1] == VLLM_COMMAND[0] and args[1] == "serve":
+        return "vllm", args[2:]
+    return None, args
 
-    def get(name: str) -> str | None:
-        value = env.get(name)
-        return value if value is not None and value.strip() != "" else None
 
-    # Model: PREFLIGHT_MODEL and VLLM_MODEL are the same knob; disagreeing values are an error.
-    pm, vm = get("PREFLIGHT_MODEL"), get("VLLM_MODEL")
-    if pm and vm and pm.strip() != vm.strip():
-        raise OverrideError(
-            "VLLM_MODEL",
-            vm,
-            f"the same model as PREFLIGHT_MODEL={pm!r}, or only one of the two set",
-        )
-    if "--model" in a:
-        o["model"] = Sourced(a["--model"], "arg:--model")
-    elif "--hf-repo" in a:
-        o["model"] = Sourced(a["--hf-repo"], "arg:--hf-repo")
-    elif pm:
-        o["model"] = Sourced(pm.strip(), "env:PREFLIGHT_MODEL")
-    elif vm:
-        o["model"] = Sourced(vm.strip(), "env:VLLM_MODEL")
-    elif get("LLAMA_ARG_MODEL"):
-        o["model"] = Sourced(env["LLAMA_ARG_MODEL"].strip(), "env:LLAMA_ARG_MODEL")
-
-    engine_raw = get("PREFLIGHT_ENGINE")
-    if engine_raw:
-        engine = _choice(
-            "PREFLIGHT_ENGINE", engine_raw, ("auto", "vllm", "llama.cpp"), _ENGINE_ALIASES
-        )
-        if engine != "auto":
-            o["engine"] = Sourced(engine, "env:PREFLIGHT_ENGINE")
-    elif vm and not pm:
-        # VLLM_MODEL is the vLLM image's own variable: it asks for vLLM.
-        o["engine"] = Sourced("vllm", "env:VLLM_MODEL")
-
-    quant = get("VLLM_QUANTIZATION")
-    if "--quantization" in a:
-        q = _choice("engine argument --quantization", a["--quantization"], VLLM_QUANTIZATIONS)
-        o["quantization"] = Sourced(q, "arg:--quantization")
-    elif quant:
-        o["quantization"] = Sourced(
-            _choice("VLLM_QUANTIZATION", quant, VLLM_QUANTIZATIONS), "env:VLLM_QUANTIZATION"
-        )
-
-    o["context"] = _context(env, a, get)
-    tier = get("PREFLIGHT_TIER")
-    if tier:
-        o["tier"] = Sourced(
-            tier.strip().lower(), "env:PREFLIGHT_TIER"
-        )  # checked against the table later
-
-    o["kv_cache_type"] = _cache_type(env, a, get)
-
-    reserve = get("PREFLIGHT_RESERVE_GB")
-    if reserve:
-        gib = _float(
-            "PREFLIGHT_RESERVE_GB", reserve, 0.0, 4096.0, "GiB from 0 to 4096, e.g. 2 or 3.5"
-        )
-        o["reserve_bytes"] = Sourced(int(gib * 2**30), "env:PREFLIGHT_RESERVE_GB")
-    mt = get("PREFLIGHT_MIN_TOKS")
-    if mt:
-        o["min_tok_s"] = Sourced(
-            _float("PREFLIGHT_MIN_TOKS", mt, 0.01, 100000.0, "tokens/s above 0, e.g. 1 or 5.5"),
-            "env:PREFLIGHT_MIN_TOKS",
-        )
-    o["parallel"] = _int_knob(
-        env,
-        a,
-        get,
-        "--parallel",
-        "PREFLIGHT_PARALLEL",
-        "LLAMA_ARG_N_PARALLEL",
-        1,
-        1024,
-        "a whole number of concurrent sequences from 1 to 1024",
-    )
-    if o["parallel"] is None and "--max-num-seqs" in a:
-        o["parallel"] = Sourced(
-            _int("engine argument --max-num-seqs", a["--max-num-seqs"], 1, 4096, "1 to 4096"),
-            "arg:--max-num-seqs",
-        )
-    o["n_gpu_layers"] = _ngl(env, a, get)
-    o["n_cpu_moe"] = _int_knob(
-        env, a, get, "--n-cpu-moe", None, "LLAMA_ARG_N_CPU_MOE", 0, 1024, "0 to 1024 layers"
-    )
-    fa = a.get("--flash-attn")
-    if fa is not None:
-        o["flash_attn"] = Sourced(
-            _choice("engine argument --flash-attn", fa, ("on", "off", "auto"), _FA_ALIASES),
-            "arg:--flash-attn",
-        )
-    elif get("LLAMA_ARG_FLASH_ATTN"):
-        o["flash_attn"] = Sourced(
-            _choice(
-                "LLAMA_ARG_FLASH_ATTN",
-                env["LLAMA_ARG_FLASH_ATTN"],
-                ("on", "off", "auto"),
-                _FA_ALIASES,
-            ),
-            "env:LLAMA_ARG_FLASH_ATTN",
-        )
-    if "--gpu-memory-utilization" in a:
-        o["gpu_memory_utilization"] = Sourced(
-            _float(
-                "engine argument --gpu-memory-utilization",
-                a["--gpu-memory-utilization"],
-                0.05,
-                1.0,
-                "a fraction of total GPU memory from 0.05 to 1.0",
-            ),
-            "arg:--gpu-memory-utilization",
-        )
-    if "--tensor-parallel-size" in a:
-        o["tensor_parallel"] = Sourced(
-            _int(
-                "engine argument --tensor-parallel-size",
-                a["--tensor-parallel-size"],
-                1,
-                64,
-                "1 to 64",
-            ),
-            "arg:--tensor-parallel-size",
-        )
-    o["port"] = _int_knob(
-        env, a, get, "--port", "PREFLIGHT_PORT", "LLAMA_ARG_PORT", 1, 65535, "1 to 65535"
-    )
-    host = a.get("--host") or get("PREFLIGHT_HOST") or get("LLAMA_ARG_HOST")
-    if host:
-        src = (
-            "arg:--host"
-            if "--host" in a
-            else ("env:PREFLIGHT_HOST" if get("PREFLIGHT_HOST") else "env:LLAMA_ARG_HOST")
-        )
-        if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]+", host.strip()):
-            raise OverrideError(
-                src.split(":", 1)[1], host, "an IP address or host name, e.g. 0.0.0.0"
+def _scan_args(argv: Sequence[str]) -> tuple[str | None, list[_Hit], list[str]]:
+    """(engine named by the command, the table's flags found, everything else verbatim)."""
+    command, args = _split_command(argv)
+    index = spelling_index()
+    hits: list[_Hit] = []
+    rest: list[str] = []
+    i = 0
+    if args and not _is_flag(args[0]) and command != "llama.cpp":
+        # `vllm serve MODEL ...`: the positional model (vLLM's model_tag).
+        rows = [f for f in index["--model"] if f.owner == "vllm"]
+        hits.append(_Hit(rows[0], "arg:MODEL (positional)", args[0]))
+        i = 1
+    while i < len(args):
+        token = args[i]
+        name, inline = _normalise(token)
+        rows = (index.get(name) or []) if _is_flag(token) else []
+        if not rows:
+            rest.append(token)
+            i += 1
+            continue
+        if command is not None:
+            rows = [f for f in rows if f.owner == command] or rows
+        negated = name in rows[0].negations
+        if isinstance(rows[0].parser, Switch):
+            if inline is not None:
+                raise FlagValueError(
+                    f"engine argument {name}", inline, f"{name} alone, without a value"
+                )
+            hits += [_Hit(f, f"arg:{name}", None, negated) for f in rows]
+            i += 1
+            continue
+        if rows[0].role == "secret":
+            raise FlagValueError(
+                f"engine argument {name}",
+                "***",
+                f"the secret in the environment instead ({rows[0].replacement}), so it never "
+                "appears in argv, the plan or the logs",
             )
-        o["host"] = Sourced(host.strip(), src)
-
-    spec_raw = get("PREFLIGHT_SPECULATIVE")
-    if spec_raw:
-        spec = _choice("PREFLIGHT_SPECULATIVE", spec_raw, ("auto", "on", "off"), _ON_OFF_ALIASES)
-        if spec != "auto":
-            o["speculative"] = Sourced(spec, "env:PREFLIGHT_SPECULATIVE")
-    for flag in _DRAFT_FLAGS:
-        if flag in a:
-            o["user_draft"] = Sourced(a[flag], f"arg:{flag}")
-            break
-    else:
-        for name in _DRAFT_ENV:
-            if get(name):
-                o["user_draft"] = Sourced(env[name].strip(), f"env:{name}")
-                break
-
-    llama_env = {k: v for k, v in env.items() if k.startswith("LLAMA_ARG_") and v.strip() != ""}
-    return Overrides(**o, engine_args=args, llama_env=llama_env)  # type: ignore[arg-type]
+        if inline is None:
+            if i + 1 >= len(args) or (_is_flag(args[i + 1]) and name != "--flash-attn"):
+                if name in ("--flash-attn", "-fa"):
+                    inline = "on"  # older llama-server: a bare -fa switched it on
+                else:
+                    raise FlagValueError(
+                        f"engine argument {name}",
+                        "",
+                        f"{name} VALUE or {name}=VALUE ({rows[0].parser.accepted})",
+                        "missing value",
+                    )
+            else:
+                inline = args[i + 1]
+                i += 1
+        hits += [_Hit(f, f"arg:{name}", inline) for f in rows]
+        i += 1
+    return command, hits, rest
 
 
-def _context(env: Mapping[str, str], a: Mapping[str, str], get: Getter) -> Sourced | None:
-    getter = get
-    for flag in ("--ctx-size", "--max-model-len"):
-        if flag in a:
-            return Sourced(
-                _int(
-                    f"engine argument {flag}",
-                    a[flag],
-                    MIN_CONTEXT,
-                    MAX_CONTEXT,
-                    _CONTEXT_ACCEPTED,
-                    True,
-                ),
-                f"arg:{flag}",
-            )
-    found: list[tuple[str, int]] = []
-    for name in ("PREFLIGHT_CONTEXT", "VLLM_MAX_MODEL_LEN", "LLAMA_ARG_CTX_SIZE"):
-        raw = getter(name)
-        if raw:
-            found.append((name, _int(name, raw, MIN_CONTEXT, MAX_CONTEXT, _CONTEXT_ACCEPTED, True)))
-    if len({v for _, v in found}) > 1:
-        names = ", ".join(f"{n}={v}" for n, v in found)
-        raise OverrideError(found[1][0], str(found[1][1]), f"one context for all of them ({names})")
-    if found:
-        return Sourced(found[0][1], f"env:{found[0][0]}")
-    return None
+def _env_hits(env: Mapping[str, str]) -> list[_Hit]:
+    out = []
+    for f in FLAGS:
+        if f.env and f.env in env and env[f.env].strip() != "":
+            out.append(_Hit(f, f"env:{f.env}", env[f.env]))
+    return out
 
 
-def _cache_type(env: Mapping[str, str], a: Mapping[str, str], get: Getter) -> Sourced | None:
-    accepted = LLAMACPP_CACHE_TYPES + tuple(t for t in VLLM_CACHE_TYPES if t != "auto")
-    k, v = a.get("--cache-type-k"), a.get("--cache-type-v")
-    if k is not None or v is not None:
-        if k is not None and v is not None and k.lower() != v.lower():
-            # Mixed K/V types are legal in llama.cpp; the plan keeps them as given.
-            kk = _choice("engine argument --cache-type-k", k, LLAMACPP_CACHE_TYPES)
-            vv = _choice("engine argument --cache-type-v", v, LLAMACPP_CACHE_TYPES)
-            return Sourced(f"{kk}/{vv}", "arg:--cache-type-k")
-        value = k if k is not None else v
-        assert value is not None
-        flag = "--cache-type-k" if k is not None else "--cache-type-v"
-        return Sourced(
-            _choice(f"engine argument {flag}", value, LLAMACPP_CACHE_TYPES), f"arg:{flag}"
+def _option_hits(options: Mapping[str, str | None]) -> list[_Hit]:
+    out = []
+    for f in FLAGS:
+        if f.option and options.get(f.option) is not None:
+            value = options[f.option]
+            assert value is not None
+            out.append(_Hit(f, f"option:{f.option}", value))
+    return out
+
+
+def _where(h: _Hit) -> str:
+    kind, _, name = h.source.partition(":")
+    return {"arg": f"engine argument {name}", "option": name}.get(kind, name)
+
+
+def _parse(h: _Hit) -> Any:
+    if h.flag.role == "removed":
+        raise FlagValueError(
+            _where(h),
+            h.raw or h.flag.canonical,
+            f"{h.flag.replacement} (this llama-server no longer has {h.flag.canonical})",
         )
-    if "--kv-cache-dtype" in a:
-        return Sourced(
-            _choice("engine argument --kv-cache-dtype", a["--kv-cache-dtype"], VLLM_CACHE_TYPES),
-            "arg:--kv-cache-dtype",
-        )
-    raw = get("PREFLIGHT_KV_CACHE_TYPE")
-    if raw:
-        return Sourced(
-            _choice("PREFLIGHT_KV_CACHE_TYPE", raw, accepted), "env:PREFLIGHT_KV_CACHE_TYPE"
-        )
-    lk, lv = get("LLAMA_ARG_CACHE_TYPE_K"), get("LLAMA_ARG_CACHE_TYPE_V")
-    if lk or lv:
-        kk = _choice("LLAMA_ARG_CACHE_TYPE_K", lk, LLAMACPP_CACHE_TYPES) if lk else "f16"
-        vv = _choice("LLAMA_ARG_CACHE_TYPE_V", lv, LLAMACPP_CACHE_TYPES) if lv else "f16"
-        src = "env:LLAMA_ARG_CACHE_TYPE_K" if lk else "env:LLAMA_ARG_CACHE_TYPE_V"
-        return Sourced(kk if kk == vv else f"{kk}/{vv}", src)
-    return None
+    if isinstance(h.flag.parser, Switch) and h.raw is None:
+        return not h.negated
+    assert h.raw is not None
+    return h.flag.parser.parse(_where(h), h.raw)
 
 
-def _int_knob(
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip().lower() == b.strip().lower()
+    return bool(a == b)
+
+
+def _conflict(knob: str, a: Sourced, b: Sourced, hint: str = "") -> FlagValueError:
+    return FlagValueError(
+        b.where,
+        str(b.value),
+        f"the same value as {a.where}={a.value!r}, or only one of the two set{hint}",
+        f"it disagrees with {a.where}",
+    )
+
+
+def per_slot_context(ctx_total: int, parallel: int, kv_unified: bool) -> int:
+    """The context llama-server gives each slot for -c ctx_total (llama-context.cpp, the
+    llama_context constructor: n_ctx padded to 256, n_ctx_seq = pad(n_ctx / n_seq, 256), or all of
+    n_ctx with a unified KV)."""
+    pad = -(-ctx_total // 256) * 256
+    if kv_unified:
+        return pad
+    return -(-(pad // parallel) // 256) * 256
+
+
+def parse_overrides(
     env: Mapping[str, str],
-    a: Mapping[str, str],
-    get: Getter,
-    flag: str,
-    preflight_var: str | None,
-    llama_var: str | None,
-    lo: int,
-    hi: int,
-    accepted: str,
-) -> Sourced | None:
-    if flag in a:
-        return Sourced(_int(f"engine argument {flag}", a[flag], lo, hi, accepted), f"arg:{flag}")
-    for name in (preflight_var, llama_var):
-        if name and get(name):
-            return Sourced(_int(name, env[name], lo, hi, accepted), f"env:{name}")
-    return None
+    engine_argv: Sequence[str] = (),
+    options: Mapping[str, str | None] | None = None,
+) -> Overrides:
+    """Parse and cross-check every user value; raise FlagValueError naming the first bad one."""
+    command, arg_hits, rest = _scan_args(engine_argv)
+    hits = _option_hits(options or {}) + arg_hits + _env_hits(env)
+    # Engine flags that exist for both engines (--host, --port, --model) count once per source.
+    values: dict[str, Sourced] = {}
+    refs: list[tuple[str, Sourced]] = []
+    owners: dict[str, Sourced] = {}
+    consumed: list[str] = []
+    seen_sources: set[tuple[str, str]] = set()
+    for h in hits:
+        if (h.flag.knob, h.source) in seen_sources:
+            continue  # the same spelling matched a row of each engine
+        seen_sources.add((h.flag.knob, h.source))
+        value = _parse(h)
+        s = Sourced(value, h.source)
+        if h.flag.owner != "preflight" and not (h.source.startswith("arg:") and _shared(h.flag)):
+            owners.setdefault(h.flag.owner, s)
+        if h.flag.env and h.source == f"env:{h.flag.env}" and h.flag.env.startswith("LLAMA_ARG_"):
+            consumed.append(h.flag.env)
+        if h.flag.knob in ("model", "hf_repo"):
+            refs.append((h.flag.knob, s))
+            continue
+        prev = values.get(h.flag.knob)
+        if prev is None:
+            values[h.flag.knob] = s
+        elif not _same(prev.value, value):
+            raise _conflict(h.flag.knob, prev, s)
+    if command is not None:
+        owners.setdefault(command, Sourced(command, f"arg:{' '.join(_command_of(command))}"))
 
+    implied: Sourced | None = None
+    if "vllm" in owners and "llama.cpp" in owners:
+        a, b = owners["llama.cpp"], owners["vllm"]
+        raise FlagValueError(
+            b.where,
+            str(b.value),
+            f"settings of one engine: {a.where} is llama-server's, {b.where} is vLLM's",
+            "two engines' settings at once",
+        )
+    for eng, s in owners.items():
+        implied = Sourced(eng, s.source)
+    vm = next((s for k, s in refs if s.source == "env:VLLM_MODEL"), None)
+    if (
+        implied is None
+        and vm is not None
+        and not any(s.source == "env:PREFLIGHT_MODEL" for _, s in refs)
+    ):
+        implied = Sourced("vllm", "env:VLLM_MODEL")  # the vLLM image's own variable asks for vLLM
+    engine = values.get("engine")
+    if engine is not None and engine.value == "auto":
+        del values["engine"]
+        engine = None
+    if engine is not None and implied is not None and engine.value != implied.value:
+        raise FlagValueError(
+            engine.where,
+            str(engine.value),
+            f"{implied.value}, which {implied.where} is a setting of, or drop that setting",
+            "it disagrees with the engine's own settings",
+        )
 
-def _ngl(env: Mapping[str, str], a: Mapping[str, str], get: Getter) -> Sourced | None:
-    accepted = "a number of layers from 0 to 10000, or 'all' / 'auto'"
-    raw, src = None, None
-    if "--n-gpu-layers" in a:
-        raw, src = a["--n-gpu-layers"], "arg:--n-gpu-layers"
-    elif get("LLAMA_ARG_N_GPU_LAYERS"):
-        raw, src = env["LLAMA_ARG_N_GPU_LAYERS"], "env:LLAMA_ARG_N_GPU_LAYERS"
-    if raw is None or src is None:
-        return None
-    name = src.split(":", 1)[1]
-    text = raw.strip().lower()
-    if text in ("all", "-1", "999"):
-        return Sourced(-1, src)
-    if text == "auto":
-        return None  # llama.cpp's own fitting: the planner decides, which is what auto asks for
-    return Sourced(
-        _int(name if src.startswith("env") else f"engine argument {name}", raw, 0, 10000, accepted),
-        src,
+    _check_contexts(values)
+    o = Overrides(
+        values=values,
+        model_refs=tuple(refs),
+        engine_implied=implied,
+        passthrough=tuple(rest),
+        consumed_env=tuple(dict.fromkeys(consumed)),
+        user_args=tuple(engine_argv),
     )
+    return o
+
+
+def _command_of(engine: str) -> tuple[str, ...]:
+    return LLAMA_COMMAND if engine == "llama.cpp" else VLLM_COMMAND
+
+
+def _shared(flag: Flag) -> bool:
+    """A spelling both engines take (--host, --port, --model): it implies neither."""
+    return (
+        sum(1 for f in FLAGS if f.knob == flag.knob and set(f.spellings) & set(flag.spellings)) > 1
+    )
+
+
+def _check_contexts(values: dict[str, Sourced]) -> None:
+    """Per-sequence context and llama-server's total (-c) must mean the same context."""
+    ctx, total, par = values.get("context"), values.get("ctx_total"), values.get("parallel")
+    if ctx is None or total is None or total.value == 0:
+        return
+    unified = bool(values["kv_unified"].value) if "kv_unified" in values else False
+    if par is not None and par.value == -1:
+        unified = True
+    if par is None and not unified:
+        # -c and a per-sequence context together say how many slots: -c / context.
+        p, r = divmod(int(total.value), int(ctx.value))
+        if r == 0 and p >= 1 and per_slot_context(total.value, p, False) == ctx.value:
+            values["parallel"] = Sourced(p, f"{total.source} / {ctx.source}")
+            return
+        raise FlagValueError(
+            total.where,
+            str(total.value),
+            f"a multiple of {ctx.where}={ctx.value} (llama-server's -c is the total over the "
+            "slots), or only one of the two set",
+            f"it disagrees with {ctx.where}",
+        )
+    slots = 4 if par is None or par.value == -1 else int(par.value)
+    got = per_slot_context(int(total.value), slots, unified)
+    if got != ctx.value:
+        where_p = f" and {par.where}={par.value}" if par is not None else ""
+        raise FlagValueError(
+            total.where,
+            str(total.value),
+            f"{ctx.value * (1 if unified else slots)} for {ctx.where}={ctx.value}{where_p} "
+            "(llama-server's -c is the total over the slots), or only one of the two set",
+            f"it gives {got} tokens per slot, not {ctx.value}",
+        )

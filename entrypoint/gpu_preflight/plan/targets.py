@@ -31,6 +31,10 @@ class GpuTarget:
     compute_capability: tuple[int, int] | None
     mig: bool
     reserved_bytes: int | None = None  # NVML v2 "reserved": driver memory outside free and used
+    # The engine's device number (llama.cpp's CUDA<n>, cuDeviceGet's ordinal): the position in
+    # the CUDA_VISIBLE_DEVICES order, which differs from the NVML index when it reorders or a
+    # GPU is lost (probe/visible.py).
+    cuda_ordinal: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,24 @@ def _cc(text: str | None) -> tuple[int, int] | None:
     return (int(major), int(minor or 0))
 
 
-def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
+def _leaves(
+    dev: GpuDevice, reserve: int, position: int | None
+) -> tuple[list[GpuTarget], list[str]]:
+    """The device's plannable leaves. ``position``: the ordinal to assume for a profile written
+    before ordinals were recorded (None: use the recorded ones)."""
     notes: list[str] = []
     name = dev.name or f"GPU {dev.index}"
     if dev.mig_enabled and dev.mig_devices:
         out = []
         for mig in dev.mig_devices:
+            ordinal = mig.cuda_ordinal if position is None else position
+            if ordinal is None:
+                notes.append(
+                    f"MIG device {mig.mig_index} on GPU {dev.index}: not visible to CUDA in this "
+                    "process (a CUDA process sees one MIG device; name its MIG- UUID in "
+                    "CUDA_VISIBLE_DEVICES to use it), not planned on"
+                )
+                continue
             if mig.total_bytes is None or mig.free_bytes is None:
                 notes.append(
                     f"MIG device {mig.mig_index} on GPU {dev.index}: memory unknown, skipped"
@@ -88,6 +104,7 @@ def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
                     bandwidth_gb_s=bw,
                     compute_capability=_cc(dev.compute_capability),
                     mig=True,
+                    cuda_ordinal=ordinal,
                 )
             )
         return out, notes
@@ -99,6 +116,12 @@ def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
         return [], notes
     if dev.total_bytes is None or dev.free_bytes is None:
         notes.append(f"GPU {dev.index} ({name}): memory size unknown, not planned on")
+        return [], notes
+    ordinal = dev.cuda_ordinal if position is None else position
+    if ordinal is None:
+        notes.append(
+            f"GPU {dev.index} ({name}): not visible to CUDA in this process, not planned on"
+        )
         return [], notes
     margin = gpu_margin(dev.total_bytes)
     target = GpuTarget(
@@ -113,6 +136,7 @@ def _leaves(dev: GpuDevice, reserve: int) -> tuple[list[GpuTarget], list[str]]:
         compute_capability=_cc(dev.compute_capability),
         mig=False,
         reserved_bytes=dev.reserved_bytes,
+        cuda_ordinal=ordinal,
     )
     return [target], notes
 
@@ -121,8 +145,16 @@ def build_targets(profile: Profile, reserve_bytes: int) -> Targets:
     hw = profile.hardware
     gpus: list[GpuTarget] = []
     notes: list[str] = []
-    for dev in hw.gpus.devices:
-        leaves, why = _leaves(dev, reserve_bytes)
+    # A profile from before ordinals were recorded has none anywhere: its devices are in the
+    # order the engine numbers them (the behaviour of that version).
+    legacy = bool(hw.gpus.devices) and all(
+        d.cuda_ordinal is None and all(m.cuda_ordinal is None for m in d.mig_devices)
+        for d in hw.gpus.devices
+    )
+    if legacy:
+        notes.append("the profile records no CUDA ordinals: devices taken in their listed order")
+    for pos, dev in enumerate(hw.gpus.devices):
+        leaves, why = _leaves(dev, reserve_bytes, pos if legacy else None)
         gpus += leaves
         notes += why
     for err in hw.gpus.errors:

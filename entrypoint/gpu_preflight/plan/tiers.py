@@ -9,11 +9,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gpu_preflight.boundedio import FileInputError, NumberRule, read_json, shorten
 from gpu_preflight.plan.errors import TierTableError
 from gpu_preflight.schemas import SchemaError, validate
-from gpu_preflight.serde import from_dict
+from gpu_preflight.serde import DecodeError, from_dict
 
 GIB = 2**30
+MAX_TIERS = 256  # the built-in table has 8
+# Bounds the schema leaves open: a tier beyond them cannot describe a real machine, and planning
+# with it would print absurd numbers. (Context: the longest real context, Llama 4 Scout's, is 10M.)
+TIER_RULES = {
+    "min_vram_gib": NumberRule(0, 65536, integer=False, unit="GiB"),
+    "target_context": NumberRule(256, 2**27, unit="tokens"),
+    "min_context": NumberRule(256, 2**27, unit="tokens"),
+}
 
 
 @dataclass(frozen=True)
@@ -55,14 +64,27 @@ class TierTable:
 
 def parse_tiers(doc: Any, origin: str, trusted: bool = False) -> TierTable:
     # The built-in table is validated by the test suite; a user's file is validated here.
+    listed = doc.get("tiers") if isinstance(doc, dict) else None
+    if isinstance(listed, list) and len(listed) > MAX_TIERS:  # before the (slow) schema check
+        raise TierTableError(f"{origin}: {len(listed)} tiers. Accepted: at most {MAX_TIERS} tiers.")
     if not trusted:
         try:
             validate("tiers", doc, origin)
         except SchemaError as exc:
             raise TierTableError(str(exc)) from exc
-    tiers = tuple(sorted((from_dict(Tier, t) for t in doc["tiers"]), key=lambda t: t.min_vram_gib))
+    try:
+        tiers = tuple(
+            sorted((from_dict(Tier, t) for t in doc["tiers"]), key=lambda t: t.min_vram_gib)
+        )
+    except DecodeError as exc:
+        raise TierTableError(f"{origin}: {exc}") from exc
     seen: set[str] = set()
     for t in tiers:
+        for key, rule in TIER_RULES.items():
+            try:
+                rule.check(getattr(t, key), origin, f"tier {t.id!r} {key}")
+            except FileInputError as exc:
+                raise TierTableError(str(exc)) from exc
         if t.id in seen:
             raise TierTableError(f"{origin}: tier id {t.id!r} appears twice")
         seen.add(t.id)
@@ -82,21 +104,25 @@ def builtin_tiers_text() -> str:
     return (resources.files("gpu_preflight") / "data" / "tiers.json").read_text(encoding="utf-8")
 
 
+TIERS_ACCEPTED = (
+    "a readable JSON file matching schemas/tiers.schema.json (what `gpu-preflight tiers --json` "
+    "prints is one)"
+)
+
+
 def load_tiers(env: Mapping[str, str]) -> TierTable:
-    """The built-in table, or the file PREFLIGHT_TIERS_FILE names (I/O: called by the CLI only)."""
+    """The built-in table, or the file PREFLIGHT_TIERS_FILE names (I/O: called by the CLI only).
+
+    The file is read with bounds (``boundedio``): a FIFO, a device or a directory is refused before
+    it is opened, and it may be at most ``LIMITS["tiers"]`` bytes.
+    """
     path = env.get("PREFLIGHT_TIERS_FILE", "").strip()
     if not path:
         return parse_tiers(json.loads(builtin_tiers_text()), "built-in tier table", trusted=True)
-    origin = f"PREFLIGHT_TIERS_FILE={path}"
+    origin = f"PREFLIGHT_TIERS_FILE={shorten(path)}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TierTableError(
-            f"{origin}: cannot read it ({exc.strerror or exc}). Accepted: a readable JSON file "
-            "matching schemas/tiers.schema.json (see `gpu-preflight tiers --json`)."
-        ) from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TierTableError(f"{origin}: not valid JSON ({exc})") from exc
+        doc = read_json(Path(path), "tiers", origin)
+    except FileInputError as exc:
+        hint = "" if exc.accepted else f" Accepted: {TIERS_ACCEPTED}."
+        raise TierTableError(f"{exc}{hint}") from exc
     return parse_tiers(doc, origin)

@@ -92,4 +92,6 @@ class Plan:
     warnings: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()  # why refused, with numbers
     draft: DraftChoice | None = None  # speculative decoding
+    # Variables removed from the engine's environment: the user's LLAMA_ARG_* now carried on argv.
+    env_unset: tuple[str, ...] = ()
     alternatives: tuple[Alternative, ...] = field(default=())

@@ -6,13 +6,14 @@ caller decides whether they run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpu_preflight.probe.gpu import probe_gpus
 from gpu_preflight.probe.memory import probe_host_memory
-from gpu_preflight.probe.pcie import probe_pcie
+from gpu_preflight.probe.pcie import cuda_ordinal_of, probe_pcie
 from gpu_preflight.probe.pinned import probe_pinned
 from gpu_preflight.probe.platform import probe_platform
 from gpu_preflight.probe.simulate import simulate
@@ -57,12 +58,22 @@ def collect_hardware(env: Mapping[str, str], opts: ProbeOptions) -> Hardware:
     gpus: GpuReport = probe_gpus(env)
     platform: PlatformInfo = probe_platform(env=env)
     memory: HostMemory = probe_host_memory(measure_bandwidth=opts.measure_cpu_bandwidth)
-    if gpus.devices:
+    ordinals = [o for o in map(cuda_ordinal_of, gpus.devices) if o is not None]
+    if ordinals:
         cap = opts.pinned_cap_bytes
         if memory.effective_available_bytes is not None:
             cap = min(cap, memory.effective_available_bytes // 2)
-        pinned = probe_pinned(cap_bytes=cap, chunk_bytes=PINNED_CHUNK)
-        pcie = probe_pcie([d.index for d in gpus.devices])
+        # The CUDA probes run in this process: its own CUDA_VISIBLE_DEVICES decides what
+        # cuDeviceGet(n) opens. The ordinals were computed from `env`; they hold only if both agree.
+        mismatch = env.get("CUDA_VISIBLE_DEVICES") != os.environ.get("CUDA_VISIBLE_DEVICES")
+        pinned = probe_pinned(cap_bytes=cap, chunk_bytes=PINNED_CHUNK, cuda_ordinal=min(ordinals))
+        pcie = probe_pcie(gpus.devices)
+        if mismatch:
+            why = (
+                "CUDA_VISIBLE_DEVICES given to the probe differs from this process's: "
+                "PCIe figures may belong to other GPUs"
+            )
+            pcie = replace(pcie, notes=(*pcie.notes, why))
     else:
         why = "no GPU visible, so no CUDA device to page-lock memory for"
         pinned = _no_pinned(opts.pinned_cap_bytes, why)

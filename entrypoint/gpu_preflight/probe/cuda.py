@@ -65,8 +65,12 @@ def _driver_module() -> Any | str:
 
 
 @contextmanager
-def open_cuda(device_index: int = 0) -> Iterator[CudaDevice | str]:
-    """A CUDA context on one device for the block (the primary context, released after)."""
+def open_cuda(ordinal: int = 0) -> Iterator[CudaDevice | str]:
+    """A CUDA context on one device for the block (the primary context, released after).
+
+    ``ordinal`` is a CUDA ordinal, as cuDeviceGet takes it: the position among the devices this
+    process's CUDA_VISIBLE_DEVICES leaves (``GpuDevice.cuda_ordinal``), not an NVML index.
+    """
     drv = _driver_module()
     if isinstance(drv, str):
         yield drv
@@ -76,13 +80,13 @@ def open_cuda(device_index: int = 0) -> Iterator[CudaDevice | str]:
         if err != drv.CUresult.CUDA_SUCCESS:
             yield f"cuInit failed ({err}): no usable CUDA driver"
             return
-        err, dev = drv.cuDeviceGet(device_index)
+        err, dev = drv.cuDeviceGet(ordinal)
         if err != drv.CUresult.CUDA_SUCCESS:
-            yield f"cuDeviceGet({device_index}) failed ({err})"
+            yield f"cuDeviceGet({ordinal}) failed ({err}): no CUDA device {ordinal} in this process"
             return
         err, ctx = drv.cuDevicePrimaryCtxRetain(dev)
         if err != drv.CUresult.CUDA_SUCCESS:
-            yield f"cannot create a CUDA context on device {device_index} ({err})"
+            yield f"cannot create a CUDA context on CUDA device {ordinal} ({err})"
             return
     except (OSError, RuntimeError) as exc:  # libcuda.so missing or broken
         yield f"the CUDA driver library could not be loaded ({exc})"

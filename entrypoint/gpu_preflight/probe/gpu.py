@@ -25,7 +25,14 @@ from gpu_preflight.probe.nvml import (
 )
 from gpu_preflight.probe.smi import probe_with_smi
 from gpu_preflight.probe.types import GpuDevice, GpuError, GpuReport, MigDevice, Source
-from gpu_preflight.probe.visible import DeviceKey, apply, selections
+from gpu_preflight.probe.visible import (
+    DeviceKey,
+    Numbered,
+    apply,
+    cuda_index_order,
+    cuda_numbering,
+    selections,
+)
 
 Runner = Callable[[list[str], float], CommandResult]
 _LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_Uninitialized")
@@ -174,32 +181,172 @@ def _read_device(s: NvmlSession, i: int, catalog: GpuCatalog) -> GpuDevice | Gpu
     )
 
 
+Slot = GpuDevice | GpuError
+
+
+def _key(position: int, slot: Slot) -> DeviceKey:
+    if isinstance(slot, GpuError):
+        return DeviceKey(position, slot.uuid, ())
+    return DeviceKey(
+        position,
+        slot.uuid,
+        tuple(m.uuid or "" for m in slot.mig_devices),
+        mig_enabled=bool(slot.mig_enabled),
+    )
+
+
+def _select(
+    env: Mapping[str, str], slots: list[Slot]
+) -> tuple[list[tuple[Slot, str | None]], list[str]]:
+    """Apply the visible-devices variables in turn to the NVML list (lost GPUs included)."""
+    notes: list[str] = []
+    kept: list[tuple[Slot, str | None]] = [(s, None) for s in slots]
+    for sel in selections(env):  # raises VisibleDevicesError on a malformed value
+        current = [s for s, _ in kept]
+        keys = [_key(p, s) for p, s in enumerate(current)]
+        picks = apply(sel, keys)
+        kept = [(current[p.position], p.mig_uuid) for p in picks]
+        if len(kept) != len(current) or sel.kind != "all":
+            notes.append(
+                f"{sel.variable}={sel.raw!r}: {len(kept)} of {len(current)} GPU(s) selected"
+            )
+        order = cuda_index_order(keys)
+        if (
+            sel.variable == "CUDA_VISIBLE_DEVICES"
+            and any(e.isdigit() for e in sel.entries)
+            and [k.position for k in order] != list(range(len(keys)))
+        ):
+            shown = ", ".join(f"{i} = GPU {current[k.position].index}" for i, k in enumerate(order))
+            notes.append(
+                "CUDA counts MIG-enabled GPUs after the others when it reads an index in "
+                f"CUDA_VISIBLE_DEVICES: {shown}"
+            )
+    return kept, notes
+
+
+def _number(
+    kept: list[tuple[Slot, str | None]],
+) -> tuple[list[GpuDevice], list[GpuError], list[Numbered]]:
+    """Give every kept device the CUDA ordinal the engine process will see it under."""
+    numbered = cuda_numbering([(_key(i, s), m) for i, (s, m) in enumerate(kept)])
+    devices: list[GpuDevice] = []
+    errors: list[GpuError] = []
+    for n in numbered:
+        slot, named_mig = kept[n.position]
+        if isinstance(slot, GpuError):
+            errors.append(dataclasses.replace(slot, cuda_ordinal=n.ordinal))
+            continue
+        migs = slot.mig_devices
+        if named_mig is not None:  # the selection named one MIG device: only it is visible
+            migs = tuple(m for m in migs if m.uuid == named_mig)
+        # The leaf CUDA shows is the first one with that UUID ("" stands for an unreadable one).
+        leaf = next((j for j, m in enumerate(migs) if (m.uuid or "") == n.mig_uuid), None)
+        migs = tuple(
+            dataclasses.replace(m, cuda_ordinal=n.ordinal if j == leaf else None)
+            for j, m in enumerate(migs)
+        )
+        # With MIG on, the GPU itself is not a CUDA device: its visible leaf carries the ordinal.
+        whole = None if n.mig_uuid is not None or slot.mig_enabled else n.ordinal
+        devices.append(dataclasses.replace(slot, mig_devices=migs, cuda_ordinal=whole))
+    return devices, errors, numbered
+
+
+def _mapping_note(kept: list[tuple[Slot, str | None]], numbered: list[Numbered]) -> list[str]:
+    shown = ", ".join(
+        f"GPU {kept[n.position][0].index}"
+        + (f" MIG {n.mig_uuid or '(UUID unknown)'}" if n.mig_uuid is not None else "")
+        + f" = CUDA{n.ordinal}"
+        + (" (answered an error)" if isinstance(kept[n.position][0], GpuError) else "")
+        for n in numbered
+        if n.ordinal is not None
+    )
+    return [f"CUDA numbering in this process: {shown}"] if shown else []
+
+
+def _mig_note(
+    kept: list[tuple[Slot, str | None]], numbered: list[Numbered], devices: list[GpuDevice]
+) -> list[str]:
+    leaf = next((n for n in numbered if n.mig_uuid is not None), None)
+    if leaf is None:
+        return []
+    parent = kept[leaf.position][0].index
+    hidden = [f"GPU {kept[n.position][0].index}" for n in numbered if n is not leaf]
+    others = [
+        m for d in devices if d.index == parent for m in d.mig_devices if m.cuda_ordinal is None
+    ]
+    if not hidden and not others:
+        return []
+    return [
+        "CUDA enumerates one MIG device per process and then no other GPU: only "
+        f"{leaf.mig_uuid} (on GPU {parent}) is CUDA0"
+        + (f"; {', '.join(hidden)} not visible to CUDA" if hidden else "")
+        + (
+            f"; the other {len(others)} MIG device(s) on GPU {parent} are used only by naming "
+            "their MIG- UUID in CUDA_VISIBLE_DEVICES"
+            if others
+            else ""
+        )
+    ]
+
+
+def _error_notes(listed: bool, devices: list[GpuDevice], errors: list[GpuError]) -> list[str]:
+    """A GPU that answered an error but holds a CUDA number: say so, and how to avoid it."""
+    usable = [d.uuid for d in devices if d.cuda_ordinal is not None and d.uuid]
+    hint = (
+        f"; to use only working GPUs, list them by UUID (CUDA_VISIBLE_DEVICES={','.join(usable)}):"
+        " a UUID names the same GPU whether or not CUDA still counts the failed one"
+        if usable
+        else ""
+    )
+    notes = []
+    for e in errors:
+        if e.cuda_ordinal is None:
+            continue
+        after = [
+            d for d in devices if d.cuda_ordinal is not None and d.cuda_ordinal > e.cuda_ordinal
+        ]
+        if listed:
+            notes.append(
+                f"GPU {e.index} is selected by CUDA_VISIBLE_DEVICES but answered an error: it "
+                f"takes CUDA{e.cuda_ordinal} and no engine can use it" + hint
+            )
+        elif after:
+            notes.append(
+                f"GPU {e.index} answered an error but keeps its place in CUDA's numbering "
+                f"(CUDA{e.cuda_ordinal}): the GPUs after it are numbered from "
+                f"CUDA{e.cuda_ordinal + 1}" + hint
+            )
+    return notes
+
+
+def _order_note(env: Mapping[str, str], devices: list[GpuDevice]) -> list[str]:
+    visible = {d.name for d in devices if d.cuda_ordinal is not None}
+    if len(visible) < 2 or env.get("CUDA_DEVICE_ORDER", "").strip().upper() == "PCI_BUS_ID":
+        return []
+    return [
+        "CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA may number these different GPUs fastest "
+        "first, not in nvidia-smi's bus order that the CUDA ordinals here assume; set "
+        "CUDA_DEVICE_ORDER=PCI_BUS_ID (or select GPUs by UUID)"
+    ]
+
+
 def _filter(
     env: Mapping[str, str], devices: list[GpuDevice], errors: list[GpuError]
 ) -> tuple[list[GpuDevice], list[GpuError], list[str]]:
-    notes: list[str] = []
-    sels = selections(env)  # raises VisibleDevicesError on a malformed value
-    for sel in sels:
-        keys = [
-            DeviceKey(p, d.uuid, tuple(m.uuid or "" for m in d.mig_devices))
-            for p, d in enumerate(devices)
-        ]
-        picks = apply(sel, keys)
-        kept: list[GpuDevice] = []
-        for pick in picks:
-            d = devices[pick.position]
-            if pick.mig_uuid is not None:
-                d = dataclasses.replace(
-                    d, mig_devices=tuple(m for m in d.mig_devices if m.uuid == pick.mig_uuid)
-                )
-            kept.append(d)
-        if len(kept) != len(devices) or sel.kind != "all":
-            notes.append(
-                f"{sel.variable}={sel.raw!r}: {len(kept)} of {len(devices)} GPU(s) visible"
-            )
-        if sel.kind == "none" or not kept:
-            errors = []
-        devices = kept
+    """The GPUs this process's CUDA will see, in its order, each with its CUDA ordinal.
+
+    Selection runs over every GPU NVML counts, in NVML index order, the ones that answered an
+    error included, so an index means nvidia-smi's GPU of that number (probe/visible.py)."""
+    slots: list[Slot] = sorted([*devices, *errors], key=lambda s: s.index)
+    kept, notes = _select(env, slots)
+    devices, errors, numbered = _number(kept)
+    sels = selections(env)
+    if any(sel.kind != "all" for sel in sels):
+        notes += _mapping_note(kept, numbered)
+    notes += _mig_note(kept, numbered, devices)
+    listed = any(sel.variable == "CUDA_VISIBLE_DEVICES" and sel.kind == "list" for sel in sels)
+    notes += _error_notes(listed, devices, errors)
+    notes += _order_note(env, devices)
     return devices, errors, notes
 
 
@@ -238,12 +385,11 @@ def probe_gpus(
         notes = [e for e in s.errors if e.startswith(("driver", "CUDA", "device count"))]
     devices, errors, vis_notes = _filter(env, devices, errors)
     notes += vis_notes
-    if not devices and not errors:
-        notes.append(
-            "NVML is working but reports no visible GPU"
-            if not vis_notes
-            else "no GPU left after the visible-devices selection"
-        )
+    if not devices:
+        if not vis_notes and not errors:
+            notes.append("NVML is working but reports no visible GPU")
+        elif any(sel.kind != "all" for sel in selections(env)):
+            notes.append("no usable GPU left after the visible-devices selection")
     return GpuReport(
         devices=tuple(devices),
         errors=tuple(errors),

@@ -3,7 +3,9 @@
 llama.cpp stages host-resident weights through pinned buffers when it offloads; on WSL2 the
 pinnable amount can be far below free RAM. The probe allocates ``chunk_bytes`` at a time up to
 ``cap_bytes``, records the ceiling and the time taken, and frees everything (also on error).
-Without CUDA: ceiling None and the reason.
+Without CUDA: ceiling None and the reason. Page-locked memory is host memory, so any visible
+device's context will do; the caller passes a CUDA ordinal (0 = the first device this process's
+CUDA_VISIBLE_DEVICES leaves), never an NVML index.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ Opener = Callable[[int], AbstractContextManager[CudaDevice | str]]
 
 
 def probe_pinned(
-    cap_bytes: int, chunk_bytes: int = 256 * 2**20, opener: Opener | None = None
+    cap_bytes: int,
+    chunk_bytes: int = 256 * 2**20,
+    opener: Opener | None = None,
+    cuda_ordinal: int = 0,
 ) -> PinnedMemory:
     opener = opener or open_cuda
-    with opener(0) as cuda:
+    with opener(cuda_ordinal) as cuda:
         if isinstance(cuda, str):
             return PinnedMemory(None, cap_bytes, None, chunk_bytes, None, None, (cuda,))
         held: list[int] = []

@@ -46,11 +46,20 @@ class MigDevice:
     used_bytes: int | None
     memory_source: Source | None
     notes: tuple[str, ...] = ()
+    # What cuDeviceGet and llama.cpp's CUDA<n> call this leaf in a process with this
+    # CUDA_VISIBLE_DEVICES; None when CUDA would not enumerate it (one MIG device per process).
+    cuda_ordinal: int | None = None
 
 
 @dataclass(frozen=True)
 class GpuDevice:
-    """One physical GPU as NVML (or nvidia-smi) reports it."""
+    """One physical GPU as NVML (or nvidia-smi) reports it.
+
+    ``index`` is NVML's index (nvidia-smi's numbering, PCI bus order); ``cuda_ordinal`` is the
+    number CUDA gives it in a process with the same ``CUDA_VISIBLE_DEVICES`` (cuDeviceGet's
+    argument, llama.cpp's ``CUDA<n>``). They differ as soon as the selection skips or reorders
+    GPUs. See probe/visible.py for how one is mapped to the other.
+    """
 
     index: int
     uuid: str | None
@@ -72,6 +81,9 @@ class GpuDevice:
     memory_bandwidth_gb_s: float | None = None
     memory_bandwidth_source: Source | None = None
     notes: tuple[str, ...] = ()
+    # None: CUDA would not enumerate this GPU here (MIG enabled: its MIG leaf carries the
+    # ordinal instead; or hidden because a MIG device is visible), or not probed (simulated file).
+    cuda_ordinal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,9 @@ class GpuError:
     index: int
     error: str
     uuid: str | None = None
+    # The CUDA number this GPU takes in CUDA_VISIBLE_DEVICES's order when it is selected: it
+    # keeps its place, so the GPUs after it are numbered after it (see probe/visible.py).
+    cuda_ordinal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,11 +159,12 @@ class PinnedMemory:
 
 @dataclass(frozen=True)
 class PcieBandwidth:
-    index: int
+    index: int  # NVML index, as GpuDevice.index
     host_to_device_gb_s: float | None
     device_to_host_gb_s: float | None
     bytes_per_copy: int
     notes: tuple[str, ...] = ()
+    cuda_ordinal: int | None = None  # the CUDA device the copies ran on (cuDeviceGet)
 
 
 @dataclass(frozen=True)

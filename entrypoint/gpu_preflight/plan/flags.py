@@ -1,0 +1,898 @@
+"""The one table of every setting gpu-preflight reads, sets or passes through (pure data).
+
+Each row is one way a user (or the planner) says one thing: an engine flag with all its
+spellings, the environment variable the engine itself reads (``LLAMA_ARG_*``), or our own
+``PREFLIGHT_*`` / ``VLLM_*`` variable, and the ``gpu-preflight`` command-line option that means the
+same. Rows that set the same *knob* are spellings of one value: ``overrides.py`` reads every row,
+and two rows of one knob that disagree are an error naming both. Adding a flag is adding a row.
+
+Roles:
+
+- ``modelled``: an input of the memory model. The prediction uses the value and the argv carries
+  it exactly once, in the row's canonical (first) spelling.
+- ``planner``: a value the planner chooses (context, slots, layers, ...) unless the user pins it;
+  a pinned value is used as given, and carried exactly once.
+- ``passthrough``: no effect on memory; the user's spelling goes to the engine untouched.
+- ``secret``: never accepted on a command line (it would show in ``ps`` and ``docker inspect``).
+- ``removed``: a spelling this llama-server release no longer accepts; refused with the new one.
+
+Sources of the llama-server rows: ``common/arg.cpp`` of the llama.cpp vendored in
+llama-cpp-python 0.3.36 (the image's version): spellings, ``set_env`` names and value parsers.
+vLLM rows: ``vllm/engine/arg_utils.py`` and ``vllm/config/*.py`` of vLLM 0.32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gpu_preflight.errors import InvalidInput
+
+Role = Literal["modelled", "planner", "passthrough", "secret", "removed"]
+Owner = Literal["llama.cpp", "vllm", "preflight"]
+
+MAX_DIGITS = 12  # no count, size or token number we take needs more; bounds int() on hostile text
+MAX_TEXT = 1024  # model ids, repos, hosts; a path gets PATH_MAX
+PATH_MAX = 4096
+MIN_CONTEXT = 256
+MAX_CONTEXT = 10_485_760  # 10 Mi tokens: past any model's trained length, catches 32000000 typos
+
+
+class FlagValueError(InvalidInput):
+    """A value given for one row is not acceptable: names where it came from and what is."""
+
+    def __init__(self, where: str, value: str, accepted: str, why: str | None = None) -> None:
+        self.variable = where
+        self.value = value
+        self.accepted = accepted
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        detail = f": {why}" if why else ""
+        super().__init__(f"{where}={shown!r} is not valid{detail}. Accepted: {accepted}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers: each knows its accepted values, and the accepted text comes from the same place.
+
+
+@dataclass(frozen=True)
+class Int:
+    lo: int
+    hi: int
+    allow_k: bool = False  # "32k" = 32768 (our token counts)
+    words: Mapping[str, int] = field(default_factory=dict)  # "all" -> -1 ...
+    unit: str = ""
+
+    @property
+    def accepted(self) -> str:
+        words = "".join(f", or {w!r}" for w in self.words)
+        k = ", e.g. 8192 or 32k" if self.allow_k else ""
+        unit = f" {self.unit}" if self.unit else ""
+        return f"a whole number{unit} from {self.lo} to {self.hi}{k}{words}"
+
+    def parse(self, where: str, raw: str) -> int:
+        text = raw.strip().lower().replace("_", "")
+        if text in self.words:
+            return self.words[text]
+        mult = 1
+        if self.allow_k and text.endswith("k"):
+            text, mult = text[:-1], 1024
+        neg = text.startswith("-")
+        digits = text[1:] if neg else text
+        if not re.fullmatch(r"[0-9]+", digits):
+            raise FlagValueError(where, raw, self.accepted, "not a whole number")
+        if len(digits.lstrip("0")) > MAX_DIGITS:
+            raise FlagValueError(where, raw, self.accepted, "out of range")
+        value = int(digits) * mult * (-1 if neg else 1)
+        if not self.lo <= value <= self.hi:
+            raise FlagValueError(where, raw, self.accepted, f"{value} is out of range")
+        return value
+
+
+@dataclass(frozen=True)
+class Float:
+    lo: float
+    hi: float
+    unit: str = ""
+    lo_open: bool = False
+
+    @property
+    def accepted(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        low = f"above {self.lo:g}" if self.lo_open else f"from {self.lo:g}"
+        return f"a number{unit} {low} to {self.hi:g}"
+
+    def parse(self, where: str, raw: str) -> float:
+        text = raw.strip()
+        if len(text) > 32 or not re.fullmatch(
+            r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", text
+        ):
+            raise FlagValueError(where, raw, self.accepted, "not a number")
+        value = float(text)
+        low_ok = value > self.lo if self.lo_open else value >= self.lo
+        if not math.isfinite(value) or not low_ok or value > self.hi:
+            raise FlagValueError(where, raw, self.accepted, "out of range")
+        return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple[str, ...]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> str:
+        return ", ".join(self.choices)
+
+    def parse(self, where: str, raw: str) -> str:
+        text = raw.strip().lower()
+        text = self.aliases.get(text, text)
+        if text not in self.choices:
+            raise FlagValueError(where, raw, self.accepted)
+        return text
+
+
+@dataclass(frozen=True)
+class Text:
+    pattern: str
+    what: str
+    max_len: int = MAX_TEXT
+    lower: bool = False  # ids compared case-insensitively (tier ids)
+
+    @property
+    def accepted(self) -> str:
+        return f"{self.what}, at most {self.max_len} characters"
+
+    def parse(self, where: str, raw: str) -> str:
+        text = raw.strip()
+        if len(text) > self.max_len:
+            raise FlagValueError(where, raw, self.accepted, f"{len(text)} characters long")
+        if "\x00" in text or not re.fullmatch(self.pattern, text):
+            raise FlagValueError(where, raw, self.accepted)
+        return text.lower() if self.lower else text
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A flag without a value (``--enforce-eager``), or an env variable read as a boolean."""
+
+    @property
+    def accepted(self) -> str:
+        return "1/true/yes/on or 0/false/no/off"
+
+    def parse(self, where: str, raw: str) -> bool:
+        text = raw.strip().lower()
+        if text in ("1", "true", "yes", "on", "enabled"):
+            return True
+        if text in ("0", "false", "no", "off", "disabled"):
+            return False
+        raise FlagValueError(where, raw, self.accepted)
+
+
+@dataclass(frozen=True)
+class Split:
+    """llama.cpp ``--tensor-split 3,2``: proportions per device (common/arg.cpp splits on , or /)."""
+
+    max_devices: int = 16  # llama_max_devices()
+
+    @property
+    def accepted(self) -> str:
+        return (
+            f"up to {self.max_devices} non-negative proportions separated by commas, "
+            "at least one above 0, e.g. 3,2"
+        )
+
+    def parse(self, where: str, raw: str) -> tuple[float, ...]:
+        parts = [p.strip() for p in re.split(r"[,/]", raw.strip())]
+        if not 1 <= len(parts) <= self.max_devices:
+            raise FlagValueError(where, raw, self.accepted, f"{len(parts)} entries")
+        num = Float(0.0, 1e6)
+        values = tuple(num.parse(where, p) for p in parts)
+        if not any(v > 0 for v in values):
+            raise FlagValueError(where, raw, self.accepted, "every proportion is 0")
+        return values
+
+
+@dataclass(frozen=True)
+class JsonObject:
+    """vLLM ``--speculative-config '{...}'``: a JSON object (vLLM parses it with json.loads)."""
+
+    max_len: int = 4096
+
+    @property
+    def accepted(self) -> str:
+        return 'a JSON object, e.g. \'{"method":"ngram","num_speculative_tokens":3}\''
+
+    def parse(self, where: str, raw: str) -> Mapping[str, Any]:
+        if len(raw) > self.max_len:
+            raise FlagValueError(where, raw, self.accepted, f"{len(raw)} characters long")
+        try:
+            doc = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise FlagValueError(where, raw, self.accepted, "not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise FlagValueError(where, raw, self.accepted, "not a JSON object")
+        return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+Parser = Int | Float | Choice | Text | Switch | Split | JsonObject
+
+# Accepted texts shared by several rows.
+LLAMACPP_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+VLLM_CACHE_TYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+VLLM_QUANTIZATIONS = (
+    "awq",
+    "awq_marlin",
+    "gptq",
+    "gptq_marlin",
+    "fp8",
+    "mxfp4",
+    "bitsandbytes",
+    "compressed-tensors",
+    "gguf",
+    "none",
+)
+_ON_OFF = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
+CONTEXT = Int(MIN_CONTEXT, MAX_CONTEXT, allow_k=True, unit="of tokens")
+# A model reference: catalog id, id@QUANT, HF repo (org/name[:QUANT][@rev]), or a path.
+MODEL_REF = Text(r"[^\s]+", "a catalog id, org/repo, org/repo:QUANT or a path", PATH_MAX)
+PATH = Text(r"[^\n\r]+", "a file path", PATH_MAX)
+REPO = Text(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+(:[A-Za-z0-9._-]+)?",
+    "a Hugging Face repo, org/name or org/name:QUANT",
+)
+HOST = Text(
+    r"(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)",
+    "an IP address or host name, e.g. 0.0.0.0",
+    253,
+)
+NAME = Text(r"[^\s,]+", "a name without spaces or commas", 256)
+PORT = Int(1, 65535)
+SLOTS = Int(1, 1024, words={"-1": -1, "auto": -1}, unit="of sequences")
+
+
+@dataclass(frozen=True)
+class Flag:
+    knob: str  # what it sets; rows with one knob are spellings of one value
+    owner: Owner  # the engine that reads it, or gpu-preflight itself
+    spellings: tuple[str, ...]  # command-line spellings, canonical first; () for env-only rows
+    env: str | None  # the environment variable that sets it ("LLAMA_ARG_..." is read by the engine)
+    parser: Parser
+    role: Role
+    help: str
+    negations: tuple[str, ...] = ()  # spellings that set a Switch to False (--no-repack)
+    option: str | None = None  # the gpu-preflight CLI option with the same meaning (plan --model)
+    replacement: str | None = None  # for role "removed": what to use instead
+
+    @property
+    def takes_value(self) -> bool:
+        return not isinstance(self.parser, Switch) or not self.spellings
+
+    @property
+    def canonical(self) -> str:
+        return self.spellings[0] if self.spellings else (self.env or self.knob)
+
+
+L: Owner = "llama.cpp"
+V: Owner = "vllm"
+P: Owner = "preflight"
+
+FLAGS: tuple[Flag, ...] = (
+    # --- gpu-preflight's own variables --------------------------------------------------------
+    Flag(
+        "model",
+        P,
+        (),
+        "PREFLIGHT_MODEL",
+        MODEL_REF,
+        "planner",
+        "the model to serve",
+        option="--model",
+    ),
+    Flag(
+        "model",
+        P,
+        (),
+        "VLLM_MODEL",
+        MODEL_REF,
+        "planner",
+        "the model (the vLLM image's variable); asks for vLLM",
+    ),
+    Flag(
+        "engine",
+        P,
+        (),
+        "PREFLIGHT_ENGINE",
+        Choice(
+            ("auto", "vllm", "llama.cpp"),
+            {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp"},
+        ),
+        "planner",
+        "the engine",
+        option="--engine",
+    ),
+    Flag(
+        "context",
+        P,
+        (),
+        "PREFLIGHT_CONTEXT",
+        CONTEXT,
+        "planner",
+        "context per sequence",
+        option="--context",
+    ),
+    Flag(
+        "context",
+        P,
+        (),
+        "VLLM_MAX_MODEL_LEN",
+        CONTEXT,
+        "planner",
+        "context per sequence (vLLM's name)",
+    ),
+    Flag(
+        "parallel",
+        P,
+        (),
+        "PREFLIGHT_PARALLEL",
+        SLOTS,
+        "planner",
+        "sequences served at once",
+        option="--parallel",
+    ),
+    Flag(
+        "quantization",
+        P,
+        (),
+        "VLLM_QUANTIZATION",
+        Choice(VLLM_QUANTIZATIONS),
+        "modelled",
+        "the weight quantization (picks that artifact)",
+    ),
+    Flag(
+        "kv_cache_type",
+        P,
+        (),
+        "PREFLIGHT_KV_CACHE_TYPE",
+        Choice(LLAMACPP_CACHE_TYPES + VLLM_CACHE_TYPES[1:]),
+        "modelled",
+        "the KV cache type, K and V",
+        option="--cache-type",
+    ),
+    Flag(
+        "tier",
+        P,
+        (),
+        "PREFLIGHT_TIER",
+        Text(r"[A-Za-z0-9._-]+", "a tier id from `gpu-preflight tiers`", 64, lower=True),
+        "planner",
+        "the tier",
+    ),
+    Flag(
+        "reserve_gib",
+        P,
+        (),
+        "PREFLIGHT_RESERVE_GB",
+        Float(0.0, 4096.0, "of GiB"),
+        "modelled",
+        "GiB kept free on every GPU for a co-resident service",
+    ),
+    Flag(
+        "min_tok_s",
+        P,
+        (),
+        "PREFLIGHT_MIN_TOKS",
+        Float(0.0, 100000.0, "of tokens/s", lo_open=True),
+        "planner",
+        "the slowest acceptable decode speed",
+    ),
+    Flag(
+        "speculative",
+        P,
+        (),
+        "PREFLIGHT_SPECULATIVE",
+        Choice(("auto", "on", "off"), _ON_OFF),
+        "planner",
+        "speculative decoding with the catalog's draft",
+    ),
+    Flag("host", P, (), "PREFLIGHT_HOST", HOST, "planner", "the address the engine listens on"),
+    Flag("port", P, (), "PREFLIGHT_PORT", PORT, "planner", "the port the engine listens on"),
+    # --- llama-server --------------------------------------------------------------------------
+    Flag("model", L, ("--model", "-m"), "LLAMA_ARG_MODEL", PATH, "planner", "model file"),
+    Flag(
+        "hf_repo",
+        L,
+        ("--hf-repo", "-hf", "-hfr"),
+        "LLAMA_ARG_HF_REPO",
+        REPO,
+        "planner",
+        "GGUF repo on the Hub, org/name[:QUANT]",
+    ),
+    Flag(
+        "hf_file",
+        L,
+        ("--hf-file", "-hff"),
+        "LLAMA_ARG_HF_FILE",
+        PATH,
+        "planner",
+        "GGUF file inside --hf-repo",
+    ),
+    Flag(
+        "ctx_total",
+        L,
+        ("--ctx-size", "-c"),
+        "LLAMA_ARG_CTX_SIZE",
+        Int(0, MAX_CONTEXT * 1024, allow_k=True, unit="of tokens"),
+        "planner",
+        "KV cells of all slots together (0: the model's trained length)",
+    ),
+    Flag(
+        "parallel",
+        L,
+        ("--parallel", "-np"),
+        "LLAMA_ARG_N_PARALLEL",
+        SLOTS,
+        "planner",
+        "server slots (-1: auto = 4, unified KV)",
+    ),
+    Flag(
+        "batch",
+        L,
+        ("--batch-size", "-b"),
+        "LLAMA_ARG_BATCH",
+        Int(1, 1_048_576),
+        "modelled",
+        "logical batch",
+    ),
+    Flag(
+        "ubatch",
+        L,
+        ("--ubatch-size", "-ub"),
+        "LLAMA_ARG_UBATCH",
+        Int(1, 1_048_576),
+        "modelled",
+        "physical batch: sizes the compute buffer",
+    ),
+    Flag(
+        "n_gpu_layers",
+        L,
+        ("--n-gpu-layers", "-ngl", "--gpu-layers"),
+        "LLAMA_ARG_N_GPU_LAYERS",
+        Int(0, 100_000, words={"all": -1, "auto": -2, "-1": -2, "-2": -1}),
+        "planner",
+        "layers in VRAM ('auto': the planner fits it)",
+    ),
+    Flag(
+        "n_cpu_moe",
+        L,
+        ("--n-cpu-moe", "-ncmoe"),
+        "LLAMA_ARG_N_CPU_MOE",
+        Int(0, 100_000),
+        "planner",
+        "layers whose experts stay in host RAM",
+    ),
+    Flag(
+        "cpu_moe",
+        L,
+        ("--cpu-moe", "-cmoe"),
+        "LLAMA_ARG_CPU_MOE",
+        Switch(),
+        "planner",
+        "every layer's experts in host RAM",
+    ),
+    Flag(
+        "tensor_split",
+        L,
+        ("--tensor-split", "-ts"),
+        "LLAMA_ARG_TENSOR_SPLIT",
+        Split(),
+        "planner",
+        "share of layers per GPU",
+    ),
+    Flag(
+        "split_mode",
+        L,
+        ("--split-mode", "-sm"),
+        "LLAMA_ARG_SPLIT_MODE",
+        Choice(("layer", "none")),
+        "modelled",
+        "how layers spread over GPUs (row and tensor are not modelled)",
+    ),
+    Flag(
+        "main_gpu",
+        L,
+        ("--main-gpu", "-mg"),
+        "LLAMA_ARG_MAIN_GPU",
+        Int(0, 15),
+        "modelled",
+        "the GPU used with --split-mode none",
+    ),
+    Flag(
+        "flash_attn",
+        L,
+        ("--flash-attn", "-fa"),
+        "LLAMA_ARG_FLASH_ATTN",
+        Choice(("on", "off", "auto"), _ON_OFF),
+        "modelled",
+        "flash attention",
+        option="--flash-attn",
+    ),
+    Flag(
+        "cache_type_k",
+        L,
+        ("--cache-type-k", "-ctk"),
+        "LLAMA_ARG_CACHE_TYPE_K",
+        Choice(LLAMACPP_CACHE_TYPES),
+        "modelled",
+        "K cache type",
+    ),
+    Flag(
+        "cache_type_v",
+        L,
+        ("--cache-type-v", "-ctv"),
+        "LLAMA_ARG_CACHE_TYPE_V",
+        Choice(LLAMACPP_CACHE_TYPES),
+        "modelled",
+        "V cache type",
+    ),
+    Flag(
+        "kv_unified",
+        L,
+        ("--kv-unified", "-kvu"),
+        "LLAMA_ARG_KV_UNIFIED",
+        Switch(),
+        "modelled",
+        "one KV buffer shared by the slots",
+        negations=("--no-kv-unified", "-no-kvu"),
+    ),
+    Flag(
+        "fit",
+        L,
+        ("--fit", "-fit"),
+        "LLAMA_ARG_FIT",
+        Choice(("on", "off"), _ON_OFF),
+        "planner",
+        "llama.cpp's own fitting (the plan is the fit: off)",
+    ),
+    Flag(
+        "fit_target",
+        L,
+        ("--fit-target", "-fitt"),
+        "LLAMA_ARG_FIT_TARGET",
+        Text(r"[0-9,]+", "MiB per device, e.g. 1024,512", 256),
+        "passthrough",
+        "margin llama.cpp's fit keeps (only with --fit on)",
+    ),
+    Flag(
+        "fit_ctx",
+        L,
+        ("--fit-ctx", "-fitc"),
+        "LLAMA_ARG_FIT_CTX",
+        Int(0, MAX_CONTEXT),
+        "passthrough",
+        "smallest context llama.cpp's fit may choose (only with --fit on)",
+    ),
+    Flag(
+        "repack",
+        L,
+        ("--repack",),
+        "LLAMA_ARG_REPACK",
+        Switch(),
+        "modelled",
+        "CPU weight repacking",
+        negations=("--no-repack", "-nr"),
+    ),
+    Flag(
+        "load_mode",
+        L,
+        ("--load-mode", "-lm"),
+        "LLAMA_ARG_LOAD_MODE",
+        Choice(("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")),
+        "passthrough",
+        "how the file is loaded; host weights are counted resident in every mode",
+    ),
+    Flag("mlock", L, ("--mlock",), None, Switch(), "removed", "", replacement="--load-mode mlock"),
+    Flag(
+        "no_mmap", L, ("--no-mmap",), None, Switch(), "removed", "", replacement="--load-mode none"
+    ),
+    Flag(
+        "draft_model",
+        L,
+        ("--spec-draft-model", "-md", "--model-draft"),
+        "LLAMA_ARG_SPEC_DRAFT_MODEL",
+        PATH,
+        "modelled",
+        "draft model file",
+    ),
+    Flag(
+        "draft_hf",
+        L,
+        ("--spec-draft-hf", "-hfd", "-hfrd", "--hf-repo-draft"),
+        "LLAMA_ARG_SPEC_DRAFT_HF_REPO",
+        REPO,
+        "modelled",
+        "draft GGUF repo",
+    ),
+    Flag(
+        "spec_type",
+        L,
+        ("--spec-type",),
+        "LLAMA_ARG_SPEC_TYPE",
+        Text(r"[a-z0-9,_-]+", "a speculative type list, e.g. draft-simple or ngram-cache", 256),
+        "modelled",
+        "speculative decoding method",
+    ),
+    Flag(
+        "mmproj",
+        L,
+        ("--mmproj", "-mm"),
+        "LLAMA_ARG_MMPROJ",
+        PATH,
+        "modelled",
+        "multimodal projector file",
+    ),
+    Flag(
+        "mmproj_url",
+        L,
+        ("--mmproj-url", "-mmu"),
+        "LLAMA_ARG_MMPROJ_URL",
+        Text(r"\S+", "a URL", PATH_MAX),
+        "modelled",
+        "multimodal projector URL",
+    ),
+    Flag(
+        "mmproj_auto",
+        L,
+        ("--mmproj-auto",),
+        "LLAMA_ARG_MMPROJ_AUTO",
+        Switch(),
+        "modelled",
+        "download the repo's projector with -hf",
+        negations=("--no-mmproj", "--no-mmproj-auto"),
+    ),
+    Flag("lora", L, ("--lora",), None, PATH, "modelled", "LoRA adapter file"),
+    Flag(
+        "lora_scaled",
+        L,
+        ("--lora-scaled",),
+        None,
+        Text(r"[^\n]+", "FILE:SCALE,...", PATH_MAX),
+        "modelled",
+        "LoRA adapters with scales",
+    ),
+    Flag(
+        "override_tensor",
+        L,
+        ("--override-tensor", "-ot"),
+        "LLAMA_ARG_OVERRIDE_TENSOR",
+        Text(r"[^\n]+", "PATTERN=BUFFER,...", PATH_MAX),
+        "modelled",
+        "tensor placement overrides (not modelled: refused)",
+    ),
+    Flag("host", L, ("--host",), "LLAMA_ARG_HOST", HOST, "planner", "listen address"),
+    Flag("port", L, ("--port",), "LLAMA_ARG_PORT", PORT, "planner", "listen port"),
+    Flag(
+        "alias",
+        L,
+        ("--alias", "-a"),
+        "LLAMA_ARG_ALIAS",
+        NAME,
+        "planner",
+        "the model name the API reports",
+    ),
+    Flag(
+        "api_key",
+        L,
+        ("--api-key",),
+        None,
+        Text(r".*", "a key", 4096),
+        "secret",
+        "",
+        replacement="LLAMA_API_KEY",
+    ),
+    Flag(
+        "hf_token",
+        L,
+        ("--hf-token", "-hft"),
+        None,
+        Text(r".*", "a token", 4096),
+        "secret",
+        "",
+        replacement="HF_TOKEN",
+    ),
+    # --- vLLM ----------------------------------------------------------------------------------
+    Flag(
+        "model", V, ("--model",), None, MODEL_REF, "planner", "the model (also `vllm serve MODEL`)"
+    ),
+    Flag("context", V, ("--max-model-len",), None, CONTEXT, "planner", "context per sequence"),
+    Flag(
+        "gpu_memory_utilization",
+        V,
+        ("--gpu-memory-utilization",),
+        None,
+        Float(0.05, 1.0, "(fraction of total GPU memory)"),
+        "planner",
+        "vLLM's memory budget",
+        option="--gpu-memory-utilization",
+    ),
+    Flag(
+        "tensor_parallel",
+        V,
+        ("--tensor-parallel-size", "-tp"),
+        None,
+        Int(1, 64),
+        "planner",
+        "tensor parallel GPUs",
+    ),
+    Flag(
+        "pipeline_parallel",
+        V,
+        ("--pipeline-parallel-size", "-pp"),
+        None,
+        Int(1, 1),
+        "modelled",
+        "pipeline parallel stages (only 1 is modelled yet)",
+    ),
+    Flag("parallel", V, ("--max-num-seqs",), None, Int(1, 4096), "planner", "sequences at once"),
+    Flag(
+        "max_num_batched_tokens",
+        V,
+        ("--max-num-batched-tokens",),
+        None,
+        Int(1, 1_048_576),
+        "modelled",
+        "tokens per scheduler step: sizes the profiling peak",
+    ),
+    Flag(
+        "kv_cache_type",
+        V,
+        ("--kv-cache-dtype",),
+        None,
+        Choice(VLLM_CACHE_TYPES),
+        "modelled",
+        "KV cache dtype",
+    ),
+    Flag(
+        "quantization",
+        V,
+        ("--quantization", "-q"),
+        None,
+        Choice(VLLM_QUANTIZATIONS),
+        "modelled",
+        "weight quantization",
+    ),
+    Flag(
+        "dtype",
+        V,
+        ("--dtype",),
+        None,
+        Choice(("auto", "bfloat16", "float16", "half"), {"bf16": "bfloat16", "fp16": "float16"}),
+        "modelled",
+        "activation dtype (16-bit only: float32 is not modelled)",
+    ),
+    Flag(
+        "enforce_eager",
+        V,
+        ("--enforce-eager",),
+        None,
+        Switch(),
+        "modelled",
+        "no CUDA graphs",
+        negations=("--no-enforce-eager",),
+    ),
+    Flag(
+        "cpu_offload_gb",
+        V,
+        ("--cpu-offload-gb",),
+        None,
+        Float(0.0, 4096.0, "of GiB per GPU"),
+        "modelled",
+        "weights kept in host RAM",
+    ),
+    Flag(
+        "kv_cache_memory_bytes",
+        V,
+        ("--kv-cache-memory-bytes",),
+        None,
+        Int(1, 2**50, unit="of bytes"),
+        "modelled",
+        "the KV pool's size, instead of the budget's rest",
+    ),
+    Flag(
+        "speculative_config",
+        V,
+        ("--speculative-config", "-sc"),
+        None,
+        JsonObject(),
+        "modelled",
+        "speculative decoding",
+    ),
+    Flag(
+        "block_size",
+        V,
+        ("--block-size",),
+        None,
+        Choice(("1", "8", "16", "32", "64", "128")),
+        "modelled",
+        "KV page size in tokens",
+    ),
+    Flag("host", V, ("--host",), None, HOST, "planner", "listen address"),
+    Flag("port", V, ("--port",), None, PORT, "planner", "listen port"),
+    Flag(
+        "alias",
+        V,
+        ("--served-model-name",),
+        None,
+        NAME,
+        "planner",
+        "the model name the API reports",
+    ),
+    Flag(
+        "api_key",
+        V,
+        ("--api-key",),
+        None,
+        Text(r".*", "a key", 4096),
+        "secret",
+        "",
+        replacement="VLLM_API_KEY",
+    ),
+)
+
+
+def spelling_index() -> dict[str, list[Flag]]:
+    """Every command-line spelling (negations included) -> the rows it can mean (one per engine)."""
+    out: dict[str, list[Flag]] = {}
+    for f in FLAGS:
+        for s in f.spellings + f.negations:
+            out.setdefault(s, []).append(f)
+    return out
+
+
+def env_rows() -> tuple[Flag, ...]:
+    return tuple(f for f in FLAGS if f.env)
+
+
+def rows_for(knob: str, owner: Owner | None = None) -> tuple[Flag, ...]:
+    return tuple(f for f in FLAGS if f.knob == knob and (owner is None or f.owner == owner))
+
+
+def canonical(knob: str, owner: Owner) -> str:
+    """The spelling the planner writes for a knob on an engine's command line."""
+    for f in FLAGS:
+        if f.knob == knob and f.owner == owner and f.spellings:
+            return f.spellings[0]
+    raise KeyError(f"no {owner} flag for {knob}")
+
+
+def engine_flags(owner: Owner) -> frozenset[str]:
+    """Every spelling the engine takes from the table (for stripping and checks)."""
+    return frozenset(s for f in FLAGS if f.owner == owner for s in f.spellings + f.negations)
+
+
+def markdown_table() -> str:
+    """The docs table (docs/flags.md is this text; a test keeps them equal)."""
+    lines = [
+        "| knob | engine | spellings | environment | accepted | role |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in FLAGS:
+        spell = ", ".join(f"`{s}`" for s in f.spellings + f.negations) or "-"
+        if f.option:
+            spell += (
+                f" (gpu-preflight `{f.option}`)" if f.spellings else f"gpu-preflight `{f.option}`"
+            )
+        env = f"`{f.env}`" if f.env else "-"
+        role = f.role if f.role != "removed" else f"removed: use `{f.replacement}`"
+        if f.role == "secret":
+            role = f"secret: use `{f.replacement}`"
+        accepted = f.parser.accepted.replace("|", "\\|")
+        lines.append(f"| {f.knob} | {f.owner} | {spell} | {env} | {accepted} | {role} |")
+    return "\n".join(lines) + "\n"

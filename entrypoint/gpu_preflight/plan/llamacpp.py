@@ -1,0 +1,538 @@
+"""llama-server: its one settings record, the fit that chooses it, and the argv written from it.
+
+Every value the argv carries comes from ``LlamaServerSettings``, and the prediction was made with
+exactly those settings: the user's pinned values (``-ub``, ``-ts``, ``-c`` ...) are inputs of the
+memory model, never dropped or re-spelled twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from gpu_preflight.memory.llamacpp import (
+    LlamaCppConfig,
+    draft_config,
+    estimate_llamacpp,
+    with_draft,
+)
+from gpu_preflight.memory.types import DeviceMemory, Estimate
+from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.plan.common import (
+    Draft,
+    Fit,
+    FitResult,
+    Miss,
+    Mode,
+    Wants,
+    context_range,
+    gib,
+    label,
+    largest_context,
+    moe_read_fraction,
+)
+from gpu_preflight.plan.flags import canonical
+from gpu_preflight.plan.forecast import forecast_decode
+from gpu_preflight.plan.overrides import Overrides, per_slot_context
+from gpu_preflight.plan.targets import GpuTarget, HostTarget
+from gpu_preflight.plan.types import ModelChoice
+
+DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
+DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
+_UNQUANTIZED_V = ("f16", "f32", "bf16")
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    """A speculative-decoding draft model: where the engine loads it from and how much it drafts."""
+
+    repo: str  # HF repo (vLLM: the model; llama.cpp: the GGUF repo)
+    file: str | None  # GGUF file inside the repo (llama.cpp)
+    path: str | None  # local file or directory
+    tokens: int  # tokens drafted per step
+    tensor_parallel_size: int = 1  # vLLM: must equal the target's
+
+
+@dataclass(frozen=True)
+class LlamaServerSettings:
+    n_ctx_total: int  # llama-server -c: the whole KV, shared by the parallel slots
+    parallel: int
+    n_gpu_layers: int  # -1: all
+    n_cpu_moe: int
+    flash_attn: str  # on | off | auto
+    cache_type_k: str
+    cache_type_v: str
+    n_batch: int
+    n_ubatch: int
+    tensor_split: tuple[float, ...]  # empty: one GPU or none
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    draft: DraftSettings | None = None
+    split_mode: str | None = None  # only when the user set it
+    main_gpu: int | None = None
+    kv_unified: bool | None = None
+    repack: bool | None = None
+    load_mode: str | None = None
+    fit: str = "off"  # llama-server's own --fit would re-size the plan; the plan is the fit
+    alias: str | None = None  # None: the model's id
+    no_mmproj: bool = False  # -hf downloads and loads a repo's projector unless told not to
+    spec_type: str | None = None  # the user's own --spec-type
+    extra: tuple[tuple[str, str], ...] = ()  # the user's modelled file flags (--mmproj F, --lora F)
+
+
+def _cpu(e: Estimate) -> int:
+    d = e.device("CPU")
+    return d.total_bytes if d else 0
+
+
+def _proportional_split(gpus: tuple[GpuTarget, ...]) -> tuple[float, ...]:
+    if len(gpus) < 2:
+        return ()
+    total = sum(g.usable_bytes for g in gpus) or 1
+    # Proportional to what each card has free: an even split would overflow the smaller card.
+    return tuple(round(g.usable_bytes / total, 3) for g in gpus)
+
+
+def _bytes_per_token(spec: ModelSpec, art: Artifact, e: Estimate, context: int) -> tuple[int, int]:
+    """Bytes a decoded token reads on the GPUs and in host RAM: active weights + the KV it attends."""
+    arch = spec.arch
+    active = 1.0
+    if arch.is_moe and arch.n_experts and arch.n_experts_per_token:
+        active = arch.n_experts_per_token / arch.n_experts
+    gpu_w = sum(d.weights_bytes for d in e.devices if d.device != "CPU")
+    cpu_w = sum(d.weights_bytes for d in e.devices if d.device == "CPU")
+    if active < 1.0:
+        # Routed experts dominate MoE weights; a token reads only its experts' share of them.
+        gpu_w = int(gpu_w * moe_read_fraction(art, active))
+        cpu_w = int(cpu_w * moe_read_fraction(art, active))
+    # Token embeddings are a row lookup, and norms are noise: neither is read whole per token.
+    emb = (art.layout.token_embd_bytes + art.layout.other_bytes) if art.layout else 0
+    cpu_w = max(0, cpu_w - emb)
+    kv = e.kv_bytes_per_token * context
+    gpu_kv = sum(d.kv_cache_bytes for d in e.devices if d.device != "CPU")
+    cpu_kv = sum(d.kv_cache_bytes for d in e.devices if d.device == "CPU")
+    total_kv = gpu_kv + cpu_kv or 1
+    return gpu_w + kv * gpu_kv // total_kv, cpu_w + kv * cpu_kv // total_kv
+
+
+def _with_extra(e: Estimate, extra: int, device: str) -> Estimate:
+    """The user's projector / LoRA files: their bytes as weights on the main device."""
+    if extra <= 0:
+        return e
+    devs = []
+    for d in e.devices:
+        grown = d.weights_bytes + extra, d.total_bytes + extra
+        devs.append(
+            replace(d, weights_bytes=grown[0], total_bytes=grown[1]) if d.device == device else d
+        )
+    if not any(d.device == device for d in e.devices):
+        devs.append(DeviceMemory(device, extra, 0, 0, 0, extra))
+    return replace(e, devices=tuple(devs))
+
+
+@dataclass(frozen=True)
+class LlamaFit:
+    """One llama.cpp fit: a model artifact, the devices, and what the caller wants."""
+
+    spec: ModelSpec
+    art: Artifact
+    gpus: tuple[GpuTarget, ...]
+    host: HostTarget
+    w: Wants
+    draft: Draft | None
+    ck: str
+    cv: str
+    split: tuple[float, ...]
+    unified: bool
+
+    @property
+    def name(self) -> str:
+        base = label(self.spec, self.art, "llama.cpp")
+        if self.draft is not None:
+            base += f" + draft {self.draft.spec.id} {self.draft.artifact.quant}"
+        return base
+
+    def total_cells(self, ctx: int) -> int:
+        """-c for a per-sequence context (or the user's -c, exactly as given)."""
+        if self.w.ctx_total is not None:
+            return self.w.ctx_total
+        return ctx if self.unified else ctx * self.w.parallel
+
+    def config(self, ctx: int, ngl: int, ncmoe: int, flash: bool) -> LlamaCppConfig:
+        total = self.total_cells(ctx)
+        # llama-context.cpp (llama_context ctor): n_batch = min(n_ctx, n_batch) for causal
+        # models, n_ubatch = min(n_batch, n_ubatch).
+        n_batch = min(total, self.w.n_batch)
+        return LlamaCppConfig(
+            context=total,
+            parallel=self.w.parallel,
+            cache_type_k=self.ck,
+            cache_type_v=self.cv,
+            flash_attn=flash,
+            n_batch=n_batch,
+            n_ubatch=min(n_batch, self.w.n_ubatch),
+            n_gpu_layers=ngl if self.gpus else 0,
+            n_cpu_moe=ncmoe,
+            tensor_split=self.split,
+            kv_unified=self.unified,
+            repack=self.w.repack if self.w.repack is not None else True,
+            mmap=self.w.load_mode not in ("none", "mlock", "dio"),
+        )
+
+    def estimate(self, ctx: int, ngl: int, ncmoe: int, flash: bool) -> Estimate:
+        cfg = self.config(ctx, ngl, ncmoe, flash)
+        e = estimate_llamacpp(self.spec, self.art, cfg, gpu_count=len(self.gpus))
+        e = _with_extra(e, self.w.extra_gpu_bytes, "CUDA0" if self.gpus and ngl != 0 else "CPU")
+        if self.draft is None:
+            return e
+        # The draft's KV uses the target's cache types (passed as --spec-draft-type-k/-v).
+        d = estimate_llamacpp(
+            self.draft.spec,
+            self.draft.artifact,
+            draft_config(cfg, self.ck, self.cv),
+            gpu_count=len(self.gpus),
+        )
+        return with_draft(e, d, f"{self.draft.spec.id} {self.draft.artifact.quant}")
+
+    def worst(self, ctx: int, ngl: int, ncmoe: int) -> Estimate:
+        # "auto" flash attention is decided by llama.cpp at load time: plan for the bigger case.
+        if self.w.flash_attn == "auto":
+            a, b = self.estimate(ctx, ngl, ncmoe, True), self.estimate(ctx, ngl, ncmoe, False)
+            return a if a.gpu_total_bytes + _cpu(a) >= b.gpu_total_bytes + _cpu(b) else b
+        return self.estimate(ctx, ngl, ncmoe, self.w.flash_attn != "off")
+
+    def budgets(self) -> dict[str, int]:
+        out = {f"CUDA{i}": g.usable_bytes for i, g in enumerate(self.gpus)}
+        if self.host.usable_bytes is not None:
+            out["CPU"] = self.host.usable_bytes
+        return out
+
+    def over(self, e: Estimate) -> list[str]:
+        """Devices whose prediction exceeds their budget, in words (empty: fits)."""
+        b = self.budgets()
+        out = []
+        for d in e.devices:
+            limit = b.get(d.device)
+            if limit is None or d.total_bytes <= limit:
+                continue
+            where = self.gpus[int(d.device[4:])].label if d.device != "CPU" else "host RAM"
+            out.append(f"{gib(d.total_bytes)} on {where}, {gib(limit)} usable")
+        return out
+
+    def fits(self, ctx: int, ngl: int, ncmoe: int) -> bool:
+        return not self.over(self.worst(ctx, ngl, ncmoe))
+
+    def settings(self, ctx: int, ngl: int, ncmoe: int) -> LlamaServerSettings:
+        w = self.w
+        return LlamaServerSettings(
+            n_ctx_total=self.total_cells(ctx),
+            parallel=w.parallel,
+            n_gpu_layers=ngl if self.gpus else 0,
+            n_cpu_moe=ncmoe,
+            flash_attn=w.flash_attn,
+            cache_type_k=self.ck,
+            cache_type_v=self.cv,
+            n_batch=w.n_batch,
+            n_ubatch=w.n_ubatch,
+            tensor_split=self.split if w.tensor_split is None else w.tensor_split,
+            split_mode=w.split_mode,
+            main_gpu=w.main_gpu,
+            kv_unified=w.kv_unified,
+            repack=w.repack,
+            load_mode=w.load_mode,
+            fit=w.fit or "off",
+        )
+
+    def settle(self, ctx: int, ngl: int, ncmoe: int, mode: Mode) -> Fit:
+        e = self.worst(ctx, ngl, ncmoe)
+        gpu_bpt, cpu_bpt = _bytes_per_token(self.spec, self.art, e, ctx)
+        gbw = min((g.bandwidth_gb_s or 0.0) for g in self.gpus) if self.gpus else None
+        fc = forecast_decode(gpu_bpt, cpu_bpt, gbw or None, self.host.bandwidth_gb_s)
+        return Fit(
+            spec=self.spec,
+            artifact=self.art,
+            engine="llama.cpp",
+            mode=mode,
+            context=ctx,
+            parallel=self.w.parallel,
+            estimate=e,
+            gpus=self.gpus,
+            budgets=self.budgets(),
+            forecast=fc,
+            settings=self.settings(ctx, ngl, ncmoe),
+            draft=self.draft,
+        )
+
+    def speed_miss(self, fit: Fit) -> Miss | None:
+        w = self.w
+        if w.min_tok_s <= 0:
+            return None  # no floor (estimate): memory alone decides
+        if fit.forecast is None:
+            return Miss(
+                self.spec,
+                self.art,
+                "llama.cpp",
+                f"{self.name}: {fit.mode} decode speed cannot be forecast (a memory bandwidth is "
+                f"unknown), so the floor of {w.min_tok_s:g} tok/s (PREFLIGHT_MIN_TOKS) cannot be "
+                "confirmed",
+            )
+        if fit.forecast.low_tok_s < w.min_tok_s:
+            return Miss(
+                self.spec,
+                self.art,
+                "llama.cpp",
+                f"{self.name}: forecast {fit.forecast.low_tok_s:.1f}-{fit.forecast.high_tok_s:.1f} "
+                f"tok/s ({fit.mode}, {fit.context} tokens) is under the floor of {w.min_tok_s:g} "
+                "tok/s (PREFLIGHT_MIN_TOKS)",
+                fit.forecast,
+                fit,
+            )
+        return None
+
+    def miss(self, why: str) -> Miss:
+        return Miss(self.spec, self.art, "llama.cpp", f"{self.name}: {why}")
+
+    def needs(self, ctx: int, ngl: int, ncmoe: int) -> str:
+        return "needs " + "; ".join(self.over(self.worst(ctx, ngl, ncmoe))) + f" at {ctx} tokens"
+
+
+def _cache_types(w: Wants) -> tuple[str, str] | str:
+    k, v = w.cache_type_k or "f16", w.cache_type_v or "f16"
+    for t in (k, v):
+        if t.startswith("fp8") or t == "auto":
+            return f"cache type {t} is a vLLM KV type; llama.cpp takes f16, q8_0, q4_0, ..."
+    return (k, v)
+
+
+def make_llama_fit(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    host: HostTarget,
+    w: Wants,
+    draft: Draft | None = None,
+) -> LlamaFit | Miss:
+    """The fit record for these devices, or why the user's settings rule llama.cpp out."""
+    types = _cache_types(w)
+    if isinstance(types, str):
+        return Miss(spec, art, "llama.cpp", f"{label(spec, art, 'llama.cpp')}: {types}")
+    ck, cv = types
+    # llama.cpp numbers its CUDA devices by ordinal: --tensor-split, --main-gpu and CUDA0..
+    # follow that order (ggml-cuda.cu ggml_backend_cuda_reg_get_device).
+    gpus = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
+    if w.split_mode == "none" and gpus:
+        main = w.main_gpu or 0
+        if main >= len(gpus):
+            return Miss(
+                spec,
+                art,
+                "llama.cpp",
+                f"{label(spec, art, 'llama.cpp')}: --main-gpu {main} with --split-mode none, "
+                f"but {len(gpus)} GPU(s) are planned on",
+            )
+        gpus = (gpus[main],)
+    split = _proportional_split(gpus)
+    if w.tensor_split is not None and len(gpus) > 1:
+        if len(w.tensor_split) > len(gpus):
+            return Miss(
+                spec,
+                art,
+                "llama.cpp",
+                f"{label(spec, art, 'llama.cpp')}: --tensor-split has {len(w.tensor_split)} "
+                f"entries for {len(gpus)} GPU(s)",
+            )
+        padded = list(w.tensor_split) + [0.0] * (len(gpus) - len(w.tensor_split))
+        total = sum(padded)
+        split = tuple(x / total for x in padded)
+    unified = bool(w.kv_unified)
+    fit = LlamaFit(spec, art, gpus, host, w, draft, ck, cv, split, unified)
+    if w.flash_attn == "off" and cv not in _UNQUANTIZED_V:
+        return fit.miss(f"a quantized V cache ({cv}) needs flash attention, which is set off")
+    return fit
+
+
+def fit_llamacpp(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    host: HostTarget,
+    w: Wants,
+    allow_offload: bool,
+    draft: Draft | None = None,
+) -> FitResult:
+    made = make_llama_fit(spec, art, gpus, host, w, draft)
+    if isinstance(made, Miss):
+        return made
+    f = made
+    gpus = f.gpus
+    lo, hi = context_range(spec, w)
+    if w.ctx_total is not None:
+        lo = hi = per_slot_context(w.ctx_total, w.parallel, f.unified)
+    n_layers = spec.arch.n_layers
+
+    if not gpus:
+        if host.usable_bytes is None:
+            return f.miss("host RAM unknown, cannot plan a CPU run")
+        ctx = largest_context(lo, hi, lambda c: f.fits(c, 0, 0))
+        if ctx is None:
+            return f.miss(f.needs(lo, 0, 0))
+        fit = f.settle(ctx, 0, 0, "cpu")
+        return f.speed_miss(fit) or fit
+
+    # Full offload first (or the user's own layer pins, checked as given).
+    pinned = w.n_gpu_layers is not None or w.n_cpu_moe is not None
+    ngl0 = w.n_gpu_layers if w.n_gpu_layers is not None else -1
+    ncmoe0 = w.n_cpu_moe or 0
+    ctx = largest_context(lo, hi, lambda c: f.fits(c, ngl0, ncmoe0))
+    if ctx is not None:
+        full = ngl0 < 0 or ngl0 > n_layers
+        fit = f.settle(ctx, ngl0, ncmoe0, "gpu" if full and ncmoe0 == 0 else "offload")
+        if fit.mode == "gpu":
+            return fit
+        return f.speed_miss(fit) or fit
+    first_miss = f.needs(lo, ngl0, ncmoe0)
+    if pinned or not allow_offload:
+        return f.miss(first_miss)
+    why_not = _offload_blocked(host)
+    if why_not:
+        return f.miss(f"{first_miss}; offload to host RAM not planned: {why_not}")
+
+    # Offload: routed experts to the CPU first (they are read least per token), then whole layers.
+    best: Fit | None = None
+    for c in sorted({hi, lo}, reverse=True):
+        placement = _offload_placement(spec, n_layers, f, c)
+        if placement is None:
+            continue
+        ngl, nc = placement
+        fit = f.settle(c, ngl, nc, "offload")
+        pin_issue = _pinned_issue(fit, host)
+        if pin_issue:
+            return f.miss(pin_issue)
+        if f.speed_miss(fit) is None:
+            return fit
+        best = best or fit
+    if best is not None:
+        miss = f.speed_miss(best)
+        assert miss is not None
+        return miss
+    all_cpu = f.worst(lo, 0, n_layers if spec.arch.is_moe else 0).device("CPU")
+    need = all_cpu.total_bytes if all_cpu else 0
+    return f.miss(
+        f"{first_miss}; offloading to host RAM needs up to {gib(need)} "
+        f"there, {gib(host.usable_bytes or 0)} usable"
+    )
+
+
+def _offload_blocked(host: HostTarget) -> str | None:
+    if host.usable_bytes is None:
+        return "host RAM is unknown"
+    if host.wsl2 and host.pinned_ceiling_bytes is None:
+        return (
+            "on WSL2 the pinned-memory ceiling was not confirmed by the probe (CUDA driver API "
+            "unavailable), and WSL2 cannot oversubscribe GPU memory"
+        )
+    return None
+
+
+def _pinned_issue(fit: Fit, host: HostTarget) -> str | None:
+    cpu = fit.estimate.device("CPU")
+    if cpu is None or host.pinned_ceiling_bytes is None:
+        return None
+    # llama.cpp copies host-resident weights through pinned staging buffers; on a machine whose
+    # page-lockable memory is smaller than what we park in host RAM, transfers fall back or fail.
+    if cpu.weights_bytes > host.pinned_ceiling_bytes and host.wsl2:
+        return (
+            f"offload puts {gib(cpu.weights_bytes)} of weights in host RAM but only "
+            f"{gib(host.pinned_ceiling_bytes)} could be pinned on this WSL2 machine"
+        )
+    return None
+
+
+def _offload_placement(
+    spec: ModelSpec, n_layers: int, f: LlamaFit, ctx: int
+) -> tuple[int, int] | None:
+    """(n_gpu_layers, n_cpu_moe) keeping the most on the GPU; None if nothing fits."""
+    if spec.arch.is_moe and f.fits(ctx, -1, n_layers):
+        a, b = 0, n_layers  # not fits(-1, a) (full failed), fits(-1, b)
+        while b - a > 1:
+            mid = (a + b) // 2
+            if f.fits(ctx, -1, mid):
+                b = mid
+            else:
+                a = mid
+        return -1, b
+    ncmoe = n_layers if spec.arch.is_moe else 0
+    if not f.fits(ctx, 0, ncmoe):
+        return None
+    a, b = 0, n_layers + 1  # fits(a), not fits(b) (b = all layers + output)
+    while b - a > 1:
+        mid = (a + b) // 2
+        if f.fits(ctx, mid, ncmoe):
+            a = mid
+        else:
+            b = mid
+    return a, ncmoe
+
+
+# ---------------------------------------------------------------------------------------------
+# argv
+
+
+def _flag(knob: str) -> str:
+    return canonical(knob, "llama.cpp")
+
+
+def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) -> tuple[str, ...]:
+    """The command: every planned value once, canonically spelled; the user's other args last."""
+    argv: list[str] = ["llama-server"]
+    if model.path:
+        argv += [_flag("model"), model.path]
+    else:
+        argv += [_flag("hf_repo"), model.repo]
+        if model.file:
+            argv += [_flag("hf_file"), model.file]
+    argv += [_flag("fit"), s.fit]
+    argv += [_flag("ctx_total"), str(s.n_ctx_total)]
+    argv += [_flag("parallel"), str(s.parallel)]
+    argv += [_flag("n_gpu_layers"), "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)]
+    if s.n_cpu_moe:
+        argv += [_flag("n_cpu_moe"), str(s.n_cpu_moe)]
+    argv += [_flag("flash_attn"), s.flash_attn]
+    argv += [_flag("cache_type_k"), s.cache_type_k, _flag("cache_type_v"), s.cache_type_v]
+    argv += [_flag("batch"), str(s.n_batch), _flag("ubatch"), str(s.n_ubatch)]
+    if s.tensor_split:
+        argv += [_flag("tensor_split"), ",".join(f"{x:g}" for x in s.tensor_split)]
+    if s.split_mode is not None:
+        argv += [_flag("split_mode"), s.split_mode]
+    if s.main_gpu is not None:
+        argv += [_flag("main_gpu"), str(s.main_gpu)]
+    if s.kv_unified is not None:
+        argv.append(_flag("kv_unified") if s.kv_unified else "--no-kv-unified")
+    if s.repack is not None:
+        argv.append(_flag("repack") if s.repack else "--no-repack")
+    if s.load_mode is not None:
+        argv += [_flag("load_mode"), s.load_mode]
+    for flag, value in s.extra:
+        argv += [flag, value]
+    if s.no_mmproj:
+        argv.append("--no-mmproj")
+    if s.spec_type is not None:
+        argv += [_flag("spec_type"), s.spec_type]
+    if s.draft is not None:
+        d = s.draft
+        # Without --spec-type, llama-server (2026) loads the draft but never drafts with it.
+        if s.spec_type is None:
+            argv += [_flag("spec_type"), "draft-simple"]
+        if d.path:
+            argv += [_flag("draft_model"), d.path]
+        else:
+            argv += [_flag("draft_hf"), d.repo]
+            if d.file:
+                # With --spec-draft-hf, --spec-draft-model names the file inside the repo.
+                argv += [_flag("draft_model"), d.file]
+        argv += ["--spec-draft-ngl", "all" if s.n_gpu_layers != 0 else "0"]
+        argv += ["--spec-draft-type-k", s.cache_type_k, "--spec-draft-type-v", s.cache_type_v]
+        argv += ["--spec-draft-n-max", str(d.tokens)]
+    argv += [_flag("host"), s.host, _flag("port"), str(s.port)]
+    argv += [_flag("alias"), s.alias or model.id]
+    argv += list(o.passthrough)
+    return tuple(argv)

@@ -1,0 +1,216 @@
+"""A plan that refuses: why, with numbers, and the nearest configurations that would ship."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.plan.common import Fit, Miss, Wants, gib
+from gpu_preflight.plan.llamacpp import LlamaServerSettings, fit_llamacpp
+from gpu_preflight.plan.overrides import Overrides
+from gpu_preflight.plan.request import Catalogue, ModelRequest, artifacts, tier_candidates
+from gpu_preflight.plan.ship import PLAN_SCHEMA_VERSION, model_choice
+from gpu_preflight.plan.targets import GpuTarget, Targets
+from gpu_preflight.plan.tiers import Tier, TierTable
+from gpu_preflight.plan.types import Alternative, Plan
+from gpu_preflight.plan.vllm import fit_vllm
+from gpu_preflight.probe.types import Profile
+
+MAX_ALTERNATIVES = 4
+MAX_REASONS = 8
+
+
+def _ngl(fit: Fit) -> int:
+    return fit.settings.n_gpu_layers if isinstance(fit.settings, LlamaServerSettings) else 0
+
+
+def _ncmoe(fit: Fit) -> int:
+    return fit.settings.n_cpu_moe if isinstance(fit.settings, LlamaServerSettings) else 0
+
+
+def refusal(
+    profile: Profile,
+    targets: Targets,
+    tier: Tier,
+    o: Overrides,
+    w: Wants,
+    catalog: Catalogue,
+    tiers: TierTable,
+    model: ModelRequest | None,
+    reasons: list[str],
+    gpus: tuple[GpuTarget, ...],
+    misses: Sequence[Miss] = (),
+) -> Plan:
+    has_gpu = bool(gpus)
+    alts = _alternatives(targets, tier, o, w, catalog, tiers, model, has_gpu, gpus, misses)
+    head = []
+    if gpus:
+        head.append(
+            "usable GPU memory: "
+            + "; ".join(
+                f"{gib(g.usable_bytes)} on {g.label} (free {gib(g.free_bytes)})" for g in gpus
+            )
+        )
+    elif targets.host.usable_bytes is not None:
+        head.append(f"no usable GPU; {gib(targets.host.usable_bytes)} of host RAM usable")
+    return Plan(
+        schema_version=PLAN_SCHEMA_VERSION,
+        verdict="refuse",
+        engine=None,
+        model=model_choice(model.spec, model.artifact or model.spec.artifacts[0])
+        if model and model.spec.artifacts
+        else None,
+        context=None,
+        parallel=None,
+        argv=(),
+        env={},
+        predicted=None,
+        tier=tier.id,
+        tier_label=tier.label,
+        targets=tuple(g.label for g in gpus) or ("CPU (host RAM)",),
+        sources={"model": model.source} if model else {},
+        warnings=tuple(targets.notes),
+        reasons=tuple(reasons[:MAX_REASONS]) + tuple(head),
+        alternatives=tuple(alts),
+    )
+
+
+def _alt_from_fit(kind: str, fit: Fit, description: str) -> Alternative:
+    gpu_total = sum(d.total_bytes for d in fit.estimate.devices if d.device != "CPU")
+    total = gpu_total or sum(d.total_bytes for d in fit.estimate.devices)
+    budget = (
+        sum(v for k, v in fit.budgets.items() if k != "CPU")
+        if gpu_total
+        else fit.budgets.get("CPU", 0)
+    )
+    return Alternative(
+        kind=kind,  # type: ignore[arg-type]
+        description=description,
+        model=fit.spec.id,
+        quant=fit.artifact.quant,
+        engine=fit.engine,
+        context=fit.context,
+        total_bytes=total,
+        budget_bytes=budget,
+        decode_tok_s=round(fit.forecast.low_tok_s, 1) if fit.forecast else None,
+    )
+
+
+def _alternatives(
+    targets: Targets,
+    tier: Tier,
+    o: Overrides,
+    w: Wants,
+    catalog: Catalogue,
+    tiers: TierTable,
+    model: ModelRequest | None,
+    has_gpu: bool,
+    gpus: tuple[GpuTarget, ...],
+    misses: Sequence[Miss],
+) -> list[Alternative]:
+    out: list[Alternative] = []
+    engines = ["vllm", "llama.cpp"] if has_gpu else ["llama.cpp"]
+    loose = replace(
+        w,
+        fixed_context=False,
+        min_context=min(w.min_context, 2048),
+        target_context=w.target_context,
+    )
+
+    def first_fit(
+        spec: ModelSpec, arts: Iterable[Artifact], ww: Wants, offload: bool
+    ) -> Fit | None:
+        for art in arts:
+            r = (
+                fit_vllm(spec, art, gpus, ww)
+                if art.engine == "vllm"
+                else fit_llamacpp(spec, art, gpus, targets.host, ww, offload)
+            )
+            if isinstance(r, Fit):
+                return r
+        return None
+
+    if model is not None:
+        spec = model.spec
+        # A shorter context of the same artifact (when the user pinned one that does not fit).
+        if w.fixed_context:
+            arts = [a for e in engines for a in artifacts(spec, e, model.quant)]
+            f = first_fit(spec, arts, replace(loose, target_context=w.target_context), False)
+            if f:
+                out.append(
+                    _alt_from_fit(
+                        "shorter-context",
+                        f,
+                        f"{spec.id} {f.artifact.quant} at "
+                        f"{f.context} tokens instead of {w.target_context}",
+                    )
+                )
+        # A smaller quant of the same model.
+        smaller = sorted(
+            (a for a in spec.artifacts if a.engine in engines), key=lambda a: a.weight_bytes
+        )
+        f = first_fit(spec, smaller, loose, False)
+        if f and not any(a.model == spec.id and a.quant == f.artifact.quant for a in out):
+            out.append(
+                _alt_from_fit(
+                    "smaller-quant",
+                    f,
+                    f"{spec.id} as {f.artifact.quant} "
+                    f"({gib(f.artifact.weight_bytes)} of weights) with {f.engine}",
+                )
+            )
+    # llama.cpp offload that failed only the speed floor: say how slow it would be.
+    near = next((m.near for m in misses if m.near is not None), None)
+    if near is not None:
+        fc = near.forecast
+        out.append(
+            _alt_from_fit(
+                "offload",
+                near,
+                f"{near.spec.id} {near.artifact.quant} with "
+                f"llama.cpp offload (--n-gpu-layers {_ngl(near)}, --n-cpu-moe "
+                f"{_ncmoe(near)}) at {fc.low_tok_s:.1f}-{fc.high_tok_s:.1f} tok/s"
+                if fc
+                else f"{near.spec.id} with llama.cpp offload",
+            )
+        )
+    elif has_gpu and model is not None:
+        f = first_fit(
+            model.spec,
+            artifacts(model.spec, "llama.cpp", None),
+            replace(loose, min_tok_s=0.0),
+            True,
+        )
+        if f and f.mode == "offload":
+            fc = f.forecast
+            speed = f" at {fc.low_tok_s:.1f}-{fc.high_tok_s:.1f} tok/s" if fc else ""
+            out.append(
+                _alt_from_fit(
+                    "offload",
+                    f,
+                    f"{f.spec.id} {f.artifact.quant} with llama.cpp offload to host RAM{speed}",
+                )
+            )
+    # Other models: the biggest that fit wholly on the devices, from every tier's list.
+    seen = {model.spec.id} if model else set()
+    ordered: list[tuple[ModelSpec, str | None]] = []
+    for t in sorted(tiers.tiers, key=lambda t: -t.min_vram_gib):
+        for spec, quant in tier_candidates(t, catalog):
+            if spec.id not in seen:
+                seen.add(spec.id)
+                ordered.append((spec, quant))
+    for spec, quant in ordered:
+        if len(out) >= MAX_ALTERNATIVES:
+            break
+        arts = [a for e in engines for a in artifacts(spec, e, quant)]
+        f = first_fit(spec, arts, loose, not has_gpu)
+        if f:
+            out.append(
+                _alt_from_fit(
+                    "other-model",
+                    f,
+                    f"{spec.name} ({f.artifact.quant}, {f.engine}) at {f.context} tokens",
+                )
+            )
+    return out[:MAX_ALTERNATIVES]

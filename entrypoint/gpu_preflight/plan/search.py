@@ -1,0 +1,217 @@
+"""plan(): profile + catalog + tier table + overrides -> a Plan that ships, or one that refuses. Pure.
+
+Selection, in order:
+1. Devices: every GPU leaf (a MIG slice is its own device; a process can use one, so the largest is
+   planned on). Usable = free - reserve (PREFLIGHT_RESERVE_GB) - margin.
+2. Tier: the largest whose minimum the usable VRAM meets (or PREFLIGHT_TIER); CPU tier without GPU.
+3. Candidates: the tier's model list (or the user's model). Pass 1 walks them, each with the tier's
+   engines in order, wholly in VRAM; the first that fits at the tier's minimum context wins, with the
+   largest context up to the target. Pass 2 allows llama.cpp offload (MoE experts first, then layers)
+   when host RAM allows and the decode forecast meets PREFLIGHT_MIN_TOKS. Then the lower tiers.
+4. A user's model, artifact, engine or context is never swapped for another: if it cannot fit, the
+   plan refuses and lists what would fit instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.plan.common import Fit, FitResult, Miss, Wants, gib
+from gpu_preflight.plan.draft import with_draft
+from gpu_preflight.plan.errors import OverrideError
+from gpu_preflight.plan.llamacpp import fit_llamacpp
+from gpu_preflight.plan.overrides import Overrides
+from gpu_preflight.plan.refusal import refusal
+from gpu_preflight.plan.request import (
+    Catalogue,
+    ModelRequest,
+    artifacts,
+    tier_candidates,
+    wants_for,
+)
+from gpu_preflight.plan.ship import ship
+from gpu_preflight.plan.targets import GpuTarget, Targets, build_targets
+from gpu_preflight.plan.tiers import Tier, TierTable
+from gpu_preflight.plan.types import Plan
+from gpu_preflight.plan.vllm import fit_vllm
+from gpu_preflight.probe.types import Profile
+
+
+def planning_gpus(targets: Targets) -> tuple[GpuTarget, ...]:
+    if not targets.gpus:
+        return ()
+    if any(g.mig for g in targets.gpus):
+        return targets.gpus[:1]  # one MIG device per process: the largest leaf
+    return targets.gpus
+
+
+def fit_one(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    targets: Targets,
+    w: Wants,
+    allow_offload: bool,
+    request: ModelRequest | None = None,
+) -> FitResult:
+    """One artifact on these devices: the fit, or why not. The one code path every command uses."""
+    draft = request.draft if request is not None else None
+    if art.engine == "vllm":
+        return fit_vllm(spec, art, gpus, w, draft=draft)
+    return fit_llamacpp(spec, art, gpus, targets.host, w, allow_offload, draft=draft)
+
+
+def _try(
+    spec: ModelSpec,
+    quant: str | None,
+    engines: Sequence[str],
+    gpus: tuple[GpuTarget, ...],
+    targets: Targets,
+    w: Wants,
+    allow_offload: bool,
+    request: ModelRequest | None = None,
+) -> tuple[Fit | None, list[Miss]]:
+    misses: list[Miss] = []
+    pinned = request.artifact if request is not None else None
+    for engine in engines:
+        arts = [pinned] if pinned is not None and pinned.engine == engine else []
+        if pinned is None:
+            arts = artifacts(spec, engine, quant)
+        if not arts:
+            if pinned is not None:
+                what = f"{pinned.repo}{'/' + pinned.file if pinned.file else ''}"
+                why = f"{what} is a {pinned.engine} artifact, not {engine}"
+            else:
+                what = f" with quant {quant}" if quant else ""
+                why = f"no {engine} artifact{what} in the catalog"
+            misses.append(Miss(spec, None, engine, f"{spec.id}: {why}"))
+            continue
+        for art in arts:
+            if engine == "vllm" and allow_offload:
+                continue  # vLLM does not offload: pass 1 already tried it
+            res = fit_one(spec, art, gpus, targets, w, allow_offload, request)
+            if isinstance(res, Fit):
+                return res, misses
+            misses.append(res)
+    return None, misses
+
+
+def _engines(
+    tier: Tier, o: Overrides, has_gpu: bool, available: frozenset[str], request: ModelRequest | None
+) -> list[str]:
+    if o.engine:
+        return [str(o.engine.value)]
+    if request is not None and request.artifact is not None:
+        return [request.artifact.engine]  # a named repo or file has one engine
+    order = [e for e in tier.engines if has_gpu or e == "llama.cpp"]
+    if not has_gpu and "llama.cpp" not in order:
+        order.append("llama.cpp")
+    present = [e for e in order if e in available]
+    return present or order
+
+
+def _why_no_gpu(profile: Profile, targets: Targets) -> str:
+    notes = list(profile.hardware.gpus.notes) + list(targets.notes)
+    return notes[0] if notes else "no GPU was found"
+
+
+def dedupe(items: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for i in items:
+        seen.setdefault(i, None)
+    return list(seen)
+
+
+def plan(
+    profile: Profile,
+    catalog: Catalogue,
+    tiers: TierTable,
+    overrides: Overrides,
+    model: ModelRequest | None = None,
+    engines_available: Iterable[str] = ("vllm", "llama.cpp"),
+) -> Plan:
+    available = frozenset(engines_available)
+    reserve_gib = overrides.value("reserve_gib")
+    reserve = int(float(reserve_gib) * 2**30) if reserve_gib is not None else 0
+    targets = build_targets(profile, reserve)
+    gpus = planning_gpus(targets)
+    has_gpu = bool(gpus)
+    usable = sum(g.usable_bytes for g in gpus)
+
+    if overrides.tier:
+        tier = tiers.get(str(overrides.tier.value).lower())
+        if tier is None:
+            raise OverrideError(
+                "PREFLIGHT_TIER", str(overrides.tier.value), ", ".join(t.id for t in tiers.tiers)
+            )
+        tier_src = overrides.tier.source
+    else:
+        tier = tiers.for_vram(usable, has_gpu)
+        tier_src = f"usable VRAM {gib(usable)}" if has_gpu else "no usable GPU"
+    w = wants_for(tier, overrides, has_gpu, model)
+    engines = _engines(tier, overrides, has_gpu, available, model)
+
+    def refuse(t: Tier, reasons: list[str], misses: Sequence[Miss] = ()) -> Plan:
+        return refusal(
+            profile, targets, t, overrides, w, catalog, tiers, model, reasons, gpus, misses
+        )
+
+    if engines == ["vllm"] and not has_gpu:
+        return refuse(
+            tier, [f"vLLM needs a GPU and none is usable here ({_why_no_gpu(profile, targets)})"]
+        )
+
+    misses: list[Miss] = []
+    fit: Fit | None = None
+    if model is not None:
+        for allow_offload in (False, True):
+            fit, m = _try(model.spec, model.quant, engines, gpus, targets, w, allow_offload, model)
+            misses += m
+            if fit or not has_gpu:
+                break
+    else:
+        lower = [
+            t
+            for t in tiers.tiers
+            if (t.min_vram_gib > 0) == has_gpu and t.min_vram_gib < tier.min_vram_gib
+        ]
+        for t in [tier, *sorted(lower, key=lambda t: -t.min_vram_gib)]:
+            tw = w if t is tier else wants_for(t, overrides, has_gpu)
+            te = engines if t is tier else _engines(t, overrides, has_gpu, available, None)
+            for allow_offload in (False, True) if has_gpu else (False,):
+                for spec, quant in tier_candidates(t, catalog):
+                    fit, m = _try(spec, quant, te, gpus, targets, tw, allow_offload)
+                    misses += m
+                    if fit:
+                        break
+                if fit:
+                    break
+            if fit:
+                if t is not tier:
+                    fit = replace(
+                        fit,
+                        warnings=(
+                            *fit.warnings,
+                            f"nothing in tier {tier.id} fitted; planned from the lower tier {t.id}",
+                        ),
+                    )
+                    tier = t
+                break
+
+    if fit is not None and (model is None or model.draft is None):
+        fit, why_not = with_draft(fit, tier, overrides, catalog, targets, w)
+        spec_on = overrides.speculative is not None and overrides.speculative.value == "on"
+        if why_not and spec_on:
+            # The user asked for speculative decoding: serving without it would be a quiet change.
+            return refuse(
+                tier, [f"speculative decoding was asked for (PREFLIGHT_SPECULATIVE=on): {why_not}"]
+            )
+        if why_not:
+            # Asked by the tier, not the user: the plan says why, but it is not a problem.
+            fit = replace(fit, notes=(*fit.notes, f"speculative decoding: {why_not}"))
+
+    if fit is None:
+        return refuse(tier, dedupe([m.reason for m in misses]), misses)
+    return ship(profile, targets, tier, tier_src, overrides, fit, model)

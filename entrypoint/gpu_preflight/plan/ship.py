@@ -1,0 +1,228 @@
+"""A fit that ships: the plan document, its argv written from the fit's settings, its sources."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gpu_preflight.memory.types import Estimate
+from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.plan.common import Fit, gib
+from gpu_preflight.plan.llamacpp import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DraftSettings,
+    LlamaServerSettings,
+    llama_server_argv,
+)
+from gpu_preflight.plan.overrides import Overrides
+from gpu_preflight.plan.request import DEFAULT_MIN_TOK_S, ModelRequest
+from gpu_preflight.plan.targets import GpuTarget, Targets
+from gpu_preflight.plan.tiers import Tier
+from gpu_preflight.plan.types import DraftChoice, ModelChoice, Plan, PlannedDevice, Prediction
+from gpu_preflight.plan.vllm import VllmSettings, vllm_argv
+from gpu_preflight.probe.types import Profile
+
+PLAN_SCHEMA_VERSION = 1
+
+
+def model_choice(spec: ModelSpec, art: Artifact) -> ModelChoice:
+    return ModelChoice(
+        id=spec.id,
+        name=spec.name,
+        hf_id=spec.hf_id,
+        repo=art.repo,
+        file=art.file,
+        path=art.path,
+        quant=art.quant,
+        weight_bytes=art.weight_bytes,
+        from_file=art.path is not None,
+    )
+
+
+def _draft_choice(fit: Fit) -> DraftChoice | None:
+    if fit.draft is None:
+        return None
+    c = model_choice(fit.draft.spec, fit.draft.artifact)
+    return DraftChoice(
+        id=c.id,
+        repo=c.repo,
+        file=c.file,
+        path=c.path,
+        quant=c.quant,
+        weight_bytes=c.weight_bytes,
+        tokens=fit.draft.tokens,
+    )
+
+
+def prediction(fit: Fit, gpus: tuple[GpuTarget, ...]) -> Prediction:
+    e: Estimate = fit.estimate
+    devices = []
+    for d in e.devices:
+        if d.device == "CPU":
+            desc = "host RAM"
+        else:
+            i = int(d.device[4:])
+            desc = fit.gpus[i].label if i < len(fit.gpus) else d.device
+        devices.append(
+            PlannedDevice(
+                device=d.device,
+                description=desc,
+                weights_bytes=d.weights_bytes,
+                kv_cache_bytes=d.kv_cache_bytes,
+                compute_bytes=d.compute_bytes,
+                overhead_bytes=d.overhead_bytes,
+                total_bytes=d.total_bytes,
+                budget_bytes=fit.budgets.get(d.device, d.budget_bytes or 0),
+            )
+        )
+    margin = max((g.margin_bytes for g in fit.gpus), default=0)
+    notes = list(e.notes) + list(fit.notes)
+    notes.append(
+        f"margin: {gib(margin)} kept free on every GPU beyond the prediction "
+        "(2% of the card, at least 512 MiB), because under-predicting means an OOM at start-up"
+    )
+    return Prediction(
+        devices=tuple(devices),
+        margin_bytes=margin + e.margin_bytes,
+        kv_bytes_per_token=e.kv_bytes_per_token,
+        kv_capacity_tokens=e.kv_capacity_tokens,
+        max_concurrency=e.max_concurrency,
+        decode_tok_s_low=round(fit.forecast.low_tok_s, 1) if fit.forecast else None,
+        decode_tok_s_high=round(fit.forecast.high_tok_s, 1) if fit.forecast else None,
+        notes=tuple(notes),
+    )
+
+
+def _sources(
+    tier: Tier, tier_src: str, o: Overrides, fit: Fit, model: ModelRequest | None
+) -> dict[str, str]:
+    def src(knob: str, default: str) -> str:
+        s = o.get(knob)
+        return s.source if s is not None else default
+
+    out = {
+        "model": model.source if model else f"tier:{tier.id}",
+        "engine": o.engine.source if o.engine else f"tier:{tier.id}",
+        "context": src("context", "")
+        or src("ctx_total", f"fit (tier {tier.id} target {tier.target_context})"),
+        "parallel": src("parallel", f"tier:{tier.id}"),
+        "tier": tier_src if not o.tier else o.tier.source,
+        "kv_cache_type": src("cache_type_k", src("kv_cache_type", "default")),
+        "reserve": src("reserve_gib", "default (0)"),
+        "min_tok_s": src("min_tok_s", f"default ({DEFAULT_MIN_TOK_S:g})"),
+        "host": src("host", "default"),
+        "port": src("port", "default"),
+    }
+    if fit.draft is not None:
+        out["draft"] = fit.draft.user or (
+            (o.speculative.source if o.speculative else f"tier:{tier.id} (speculative)")
+            + f", catalog pairing {fit.spec.id} -> {fit.draft.spec.id}"
+        )
+    s = fit.settings
+    if isinstance(s, LlamaServerSettings):
+        out["flash_attn"] = src("flash_attn", "default")
+        out["n_gpu_layers"] = src("n_gpu_layers", f"fit ({fit.mode})")
+        if s.n_cpu_moe:
+            out["n_cpu_moe"] = src("n_cpu_moe", src("cpu_moe", "fit (offload)"))
+        for knob in ("batch", "ubatch", "tensor_split", "ctx_total"):
+            if o.get(knob) is not None:
+                out[knob] = src(knob, "")
+    else:
+        out["gpu_memory_utilization"] = src("gpu_memory_utilization", "fit (free memory)")
+    return out
+
+
+def ship(
+    profile: Profile,
+    targets: Targets,
+    tier: Tier,
+    tier_src: str,
+    o: Overrides,
+    fit: Fit,
+    model: ModelRequest | None,
+) -> Plan:
+    choice = model_choice(fit.spec, fit.artifact)
+    host = str(o.value("host", DEFAULT_HOST))
+    port = int(o.value("port", DEFAULT_PORT))
+    alias = o.value("alias")
+    draft = (
+        DraftSettings(
+            repo=fit.draft.artifact.repo,
+            file=fit.draft.artifact.file,
+            path=fit.draft.artifact.path,
+            tokens=fit.draft.tokens,
+            tensor_parallel_size=fit.settings.tensor_parallel_size
+            if isinstance(fit.settings, VllmSettings)
+            else 1,
+        )
+        if fit.draft
+        else None
+    )
+    s = fit.settings
+    if isinstance(s, LlamaServerSettings):
+        user_mm = any(o.get(k) is not None for k in ("mmproj", "mmproj_url", "mmproj_auto"))
+        extra = tuple(
+            (flag, str(o.value(knob)))
+            for knob, flag in (
+                ("mmproj", "--mmproj"),
+                ("lora", "--lora"),
+                ("lora_scaled", "--lora-scaled"),
+            )
+            if o.get(knob) is not None
+        )
+        s = replace(
+            s,
+            host=host,
+            port=port,
+            alias=alias,
+            draft=draft,
+            # -hf loads the repo's projector by default (--mmproj-auto): not planned unless asked.
+            no_mmproj=choice.path is None and not user_mm,
+            spec_type=o.value("spec_type"),
+            extra=extra,
+        )
+        argv = llama_server_argv(choice, s, o)
+    else:
+        s = replace(
+            s,
+            host=host,
+            port=port,
+            served_model_name=alias,
+            draft=draft if o.get("speculative_config") is None else None,
+            speculative_config=o.value("speculative_config"),
+        )
+        argv = vllm_argv(choice, s, o)
+    warnings = list(targets.notes) + list(fit.warnings)
+    if fit.forecast is None and fit.mode != "gpu":
+        warnings.append("decode speed could not be forecast (a memory bandwidth is unknown)")
+    if fit.mode == "offload" and isinstance(s, LlamaServerSettings):
+        cpu = fit.estimate.device("CPU")
+        warnings.append(
+            f"offload: {gib(cpu.weights_bytes if cpu else 0)} of weights run from host RAM "
+            f"(--n-gpu-layers {s.n_gpu_layers}, --n-cpu-moe {s.n_cpu_moe}); decode is bound by "
+            "host memory bandwidth"
+        )
+    gpu_count = len(profile.hardware.gpus.devices)
+    if fit.gpus and gpu_count > len({g.index for g in fit.gpus}) and fit.engine == "vllm":
+        warnings.append(
+            f"{gpu_count - len(fit.gpus)} GPU(s) not used by this server: run one container per GPU "
+            "(see compose/mixed-gpus.yaml) to use them"
+        )
+    return Plan(
+        schema_version=PLAN_SCHEMA_VERSION,
+        verdict="ship",
+        engine=fit.engine,
+        model=choice,
+        draft=_draft_choice(fit),
+        context=fit.context,
+        parallel=fit.parallel,
+        argv=argv,
+        env={},
+        env_unset=tuple(o.consumed_env) if fit.engine == "llama.cpp" else (),
+        predicted=prediction(fit, fit.gpus),
+        tier=tier.id,
+        tier_label=tier.label,
+        targets=tuple(g.label for g in fit.gpus) or ("CPU (host RAM)",),
+        sources=_sources(tier, tier_src, o, fit, model),
+        warnings=tuple(dict.fromkeys(warnings)),
+    )

@@ -1,0 +1,298 @@
+"""vLLM: its one settings record, the fit that chooses it, and the argv written from it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gpu_preflight.memory.types import Estimate
+from gpu_preflight.memory.vllm import (
+    VllmConfig,
+    VllmConfigError,
+    VllmDraft,
+    choose_gpu_memory_utilization,
+    estimate_vllm,
+    max_model_len_that_fits,
+)
+from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.plan.common import (
+    CONTEXT_STEP,
+    GIB,
+    Draft,
+    Fit,
+    FitResult,
+    Miss,
+    Wants,
+    context_range,
+    gib,
+    label,
+    moe_read_fraction,
+    round_ctx,
+)
+from gpu_preflight.plan.flags import canonical
+from gpu_preflight.plan.forecast import DecodeForecast, forecast_decode
+from gpu_preflight.plan.llamacpp import DEFAULT_HOST, DEFAULT_PORT, DraftSettings
+from gpu_preflight.plan.overrides import Overrides
+from gpu_preflight.plan.targets import MIN_COMPUTE_CAPABILITY_VLLM, GpuTarget
+from gpu_preflight.plan.types import ModelChoice
+
+# The image's vLLM (>= 0.21) counts the CUDA graph pool inside --gpu-memory-utilization.
+VLLM_CUDAGRAPH_IN_BUDGET = True
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vllm/config/cache.py CacheConfig.gpu_memory_utilization
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    max_model_len: int
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    max_num_seqs: int
+    kv_cache_dtype: str  # auto | fp8 ...
+    quantization: str | None  # only when the user asked for one; vLLM reads it from the config
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    enforce_eager: bool | None = None  # None: not set (vLLM's default, graphs on)
+    draft: DraftSettings | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
+    dtype: str | None = None
+    cpu_offload_gb: float | None = None
+    kv_cache_memory_bytes: int | None = None
+    speculative_config: Mapping[str, Any] | None = None  # the user's own, as given
+    served_model_name: str | None = None  # None: the model's id
+
+
+def tp_sizes(spec: ModelSpec, n: int) -> list[int]:
+    """Tensor-parallel sizes vLLM accepts for this model on n identical GPUs, largest first."""
+    heads, kv = spec.arch.n_heads, spec.arch.n_kv_heads
+    out = []
+    tp = 1
+    while tp <= n:
+        if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
+            out.append(tp)
+        tp *= 2
+    return sorted(out, reverse=True)
+
+
+def identical_group(gpus: tuple[GpuTarget, ...]) -> tuple[GpuTarget, ...]:
+    """The largest set of identical, non-MIG GPUs (by aggregate usable memory)."""
+    groups: dict[tuple[str, int], list[GpuTarget]] = {}
+    for g in gpus:
+        if g.mig:
+            continue
+        groups.setdefault((g.name, g.total_bytes), []).append(g)
+    if not groups:
+        return gpus[:1]
+    best = max(groups.values(), key=lambda gs: (sum(g.usable_bytes for g in gs), len(gs)))
+    return tuple(best)
+
+
+def vllm_config(
+    spec: ModelSpec, ref: GpuTarget, w: Wants, gmu: float, tp: int, ctx: int, draft: Draft | None
+) -> VllmConfig:
+    """The memory model's view of exactly the settings the argv will carry."""
+    return VllmConfig(
+        max_model_len=ctx,
+        gpu_total_bytes=ref.total_bytes,
+        gpu_memory_utilization=gmu,
+        tensor_parallel_size=tp,
+        max_num_seqs=w.parallel,
+        max_num_batched_tokens=w.max_num_batched_tokens,
+        kv_cache_dtype=w.cache_type_k or "auto",
+        enforce_eager=bool(w.enforce_eager),
+        block_size=w.block_size or 16,
+        gpu_name=ref.name,
+        gpu_reserved_bytes=ref.reserved_bytes,
+        cudagraph_in_budget=VLLM_CUDAGRAPH_IN_BUDGET,
+        draft=VllmDraft(draft.spec, draft.artifact, draft.tokens) if draft else None,
+        cpu_offload_bytes=int((w.cpu_offload_gb or 0) * GIB),
+        kv_cache_memory_bytes=w.kv_cache_memory_bytes,
+    )
+
+
+def fit_vllm(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    w: Wants,
+    draft: Draft | None = None,
+) -> FitResult:
+    name = label(spec, art, "vllm")
+    if draft is not None:
+        name += f" + draft {draft.spec.id} {draft.artifact.quant}"
+
+    def miss(why: str) -> Miss:
+        return Miss(spec, art, "vllm", f"{name}: {why}")
+
+    if not gpus:
+        return miss("vLLM needs a GPU and none is usable here")
+    cc = gpus[0].compute_capability
+    if cc is not None and cc < MIN_COMPUTE_CAPABILITY_VLLM:
+        return miss(f"vLLM needs compute capability 7.0+, {gpus[0].name} has {cc[0]}.{cc[1]}")
+    kv_dtype = w.cache_type_k or "auto"
+    if kv_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2") or w.cache_type not in (
+        None,
+        kv_dtype,
+    ):
+        return miss(f"cache type {w.cache_type} is a llama.cpp KV type; vLLM takes auto or fp8")
+    group = gpus[:1] if gpus[0].mig else identical_group(gpus)
+    sizes = [w.tensor_parallel] if w.tensor_parallel else tp_sizes(spec, len(group))
+    if draft is not None:
+        # vLLM runs the draft at the target's tensor parallel size: its heads must split too.
+        sizes = [tp for tp in sizes if tp in tp_sizes(draft.spec, tp)]
+    if not sizes or sizes[0] > len(group):
+        n = w.tensor_parallel or 1
+        return miss(
+            f"tensor parallel size {n} needs {n} identical GPUs whose count divides the "
+            f"attention heads, {len(group)} here"
+        )
+    tp = sizes[0]
+    used = group[:tp]
+    ref = min(used, key=lambda g: g.usable_bytes)
+    reserve = w.reserve_bytes + ref.margin_bytes
+    gmu = w.gpu_memory_utilization or choose_gpu_memory_utilization(
+        ref.total_bytes,
+        ref.free_bytes,
+        reserve,
+        tensor_parallel_size=tp,
+        enforce_eager=bool(w.enforce_eager),
+        cudagraph_in_budget=VLLM_CUDAGRAPH_IN_BUDGET,
+    )
+    lo, hi = context_range(spec, w)
+    if draft is not None:
+        hi = min(hi, draft.spec.arch.max_position_embeddings)
+    if gmu <= 0:
+        return miss(
+            f"no memory left for vLLM on {ref.label} ({gib(ref.free_bytes)} free, "
+            f"{gib(reserve)} reserved and kept as margin)"
+        )
+    cfg = vllm_config(spec, ref, w, gmu, tp, hi, draft)
+    try:
+        e = estimate_vllm(spec, art, cfg)
+        budget = sum(d.total_bytes - d.overhead_bytes for d in e.devices[:1])
+        if w.kv_cache_memory_bytes is None:
+            budget = int(gmu * ref.total_bytes)
+        if budget > ref.free_bytes - w.reserve_bytes:
+            what = (
+                f"--gpu-memory-utilization {gmu:.2f} asks for"
+                if w.kv_cache_memory_bytes is None
+                else f"--kv-cache-memory-bytes {w.kv_cache_memory_bytes} makes vLLM hold"
+            )
+            return miss(
+                f"{what} {gib(budget)} but {gib(ref.free_bytes - w.reserve_bytes)} is free on "
+                f"{ref.label}"
+            )
+        # The KV pool, less the margin vLLM's own figures are kept under, must hold `parallel`
+        # whole sequences of the context ("room for the configured concurrency").
+        best = max_model_len_that_fits(spec, art, cfg, parallel=w.parallel, limit=hi)
+    except VllmConfigError as err:
+        return miss(str(err))
+    ctx = (best if w.fixed_context else round_ctx(best)) if best >= CONTEXT_STEP else 0
+    if ctx < lo or (w.fixed_context and ctx < hi):
+        dev = e.devices[0]
+        return miss(
+            f"the KV pool left after {gib(dev.weights_bytes)} of weights and "
+            f"{gib(dev.compute_bytes + dev.overhead_bytes)} of activations/overhead holds "
+            f"{e.kv_capacity_tokens or 0} tokens on {ref.label} (budget {gib(budget)}, "
+            f"{gib(e.margin_bytes)} of it kept as margin); {w.parallel} x {lo} tokens needed"
+        )
+    if w.fixed_context:
+        ctx = hi
+    e = estimate_vllm(spec, art, replace(cfg, max_model_len=ctx))
+    warns: list[str] = []
+    if tp < len(group):
+        warns.append(
+            f"tensor parallel {tp} uses {tp} of {len(group)} identical GPUs "
+            f"(attention heads {spec.arch.n_heads} must divide evenly)"
+        )
+    settings = VllmSettings(
+        max_model_len=ctx,
+        gpu_memory_utilization=gmu,
+        tensor_parallel_size=tp,
+        max_num_seqs=w.parallel,
+        kv_cache_dtype=kv_dtype,
+        quantization=w.quantization,
+        enforce_eager=w.enforce_eager,
+        max_num_batched_tokens=w.max_num_batched_tokens,
+        block_size=w.block_size,
+        dtype=w.dtype,
+        cpu_offload_gb=w.cpu_offload_gb,
+        kv_cache_memory_bytes=w.kv_cache_memory_bytes,
+    )
+    return Fit(
+        spec=spec,
+        artifact=art,
+        engine="vllm",
+        mode="gpu",
+        context=ctx,
+        parallel=w.parallel,
+        estimate=e,
+        gpus=used,
+        budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(used)},
+        forecast=_forecast(spec, art, e, ctx, used),
+        settings=settings,
+        warnings=tuple(warns),
+        draft=draft,
+    )
+
+
+def _forecast(
+    spec: ModelSpec, art: Artifact, e: Estimate, ctx: int, gpus: tuple[GpuTarget, ...]
+) -> DecodeForecast | None:
+    weights = sum(d.weights_bytes for d in e.devices)
+    if spec.arch.is_moe and spec.arch.n_experts and spec.arch.n_experts_per_token:
+        weights = int(
+            weights * moe_read_fraction(art, spec.arch.n_experts_per_token / spec.arch.n_experts)
+        )
+    per_gpu = (weights + e.kv_bytes_per_token * ctx) // max(1, len(gpus))
+    bw = min((g.bandwidth_gb_s or 0.0) for g in gpus)
+    return forecast_decode(per_gpu, 0, bw or None, None)
+
+
+def _flag(knob: str) -> str:
+    return canonical(knob, "vllm")
+
+
+def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, ...]:
+    """`vllm serve MODEL` with every planned value once, canonically spelled; the rest last."""
+    argv: list[str] = ["vllm", "serve", model.path or model.repo]
+    argv += [_flag("context"), str(s.max_model_len)]
+    argv += [_flag("gpu_memory_utilization"), f"{s.gpu_memory_utilization:g}"]
+    if s.tensor_parallel_size > 1 or o.get("tensor_parallel") is not None:
+        argv += [_flag("tensor_parallel"), str(s.tensor_parallel_size)]
+    argv += [_flag("parallel"), str(s.max_num_seqs)]
+    if s.kv_cache_dtype != "auto" or o.get("kv_cache_type") is not None:
+        argv += [_flag("kv_cache_type"), s.kv_cache_dtype]
+    if s.quantization:
+        argv += [_flag("quantization"), s.quantization]
+    if s.dtype is not None:
+        argv += [_flag("dtype"), s.dtype]
+    if s.max_num_batched_tokens is not None:
+        argv += [_flag("max_num_batched_tokens"), str(s.max_num_batched_tokens)]
+    if s.block_size is not None:
+        argv += [_flag("block_size"), str(s.block_size)]
+    if s.cpu_offload_gb is not None:
+        argv += [_flag("cpu_offload_gb"), f"{s.cpu_offload_gb:g}"]
+    if s.kv_cache_memory_bytes is not None:
+        argv += [_flag("kv_cache_memory_bytes"), str(s.kv_cache_memory_bytes)]
+    if s.enforce_eager is not None:
+        argv.append(_flag("enforce_eager") if s.enforce_eager else "--no-enforce-eager")
+    if s.speculative_config is not None:
+        argv += [
+            _flag("speculative_config"),
+            json.dumps(s.speculative_config, separators=(",", ":")),
+        ]
+    elif s.draft is not None:
+        spec = {
+            "method": "draft_model",
+            "model": s.draft.path or s.draft.repo,
+            "num_speculative_tokens": s.draft.tokens,
+            "draft_tensor_parallel_size": s.draft.tensor_parallel_size,
+        }
+        argv += [_flag("speculative_config"), json.dumps(spec, separators=(",", ":"))]
+    argv += [_flag("host"), s.host, _flag("port"), str(s.port)]
+    argv += [_flag("alias"), s.served_model_name or model.id]
+    argv += list(o.passthrough)
+    return tuple(argv)
