@@ -36,12 +36,15 @@ RUN python3 -m venv /opt/gpu-preflight \
  && (useradd --system --uid 10001 --create-home --home-dir /home/preflight preflight || true) \
  && mkdir -p /var/lib/gpu-preflight /models /bench /home/preflight/.cache/huggingface \
  && chown -R 10001:10001 /var/lib/gpu-preflight /models /bench /home/preflight
+# CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA then numbers GPUs in NVML's (bus) order, so the plan's
+# CUDA0, CUDA1 are the engine's on mixed cards too (probe/visible.py).
 ENV PATH=/opt/llama.cpp:/opt/gpu-preflight/bin:$PATH \
     LD_LIBRARY_PATH=/opt/llama.cpp \
     HF_HOME=/home/preflight/.cache/huggingface \
     PREFLIGHT_PROFILE_DIR=/var/lib/gpu-preflight \
     PREFLIGHT_BENCH_DIR=/bench \
     NVIDIA_VISIBLE_DEVICES=all \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 LABEL org.opencontainers.image.title="gpu-preflight" \
       org.opencontainers.image.description="Probes the GPU machine, plans the LLM it can serve, then becomes llama-server or vLLM - or refuses before an OOM" \
@@ -75,10 +78,13 @@ RUN python3 -m venv /opt/gpu-preflight \
  && (useradd --system --uid 10001 --create-home --home-dir /home/preflight preflight || true) \
  && mkdir -p /var/lib/gpu-preflight /models /bench /home/preflight/.cache/huggingface \
  && chown -R 10001:10001 /var/lib/gpu-preflight /models /bench /home/preflight
+# CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA then numbers GPUs in NVML's (bus) order, so the plan's
+# CUDA0, CUDA1 are the engine's on mixed cards too (probe/visible.py).
 ENV HF_HOME=/home/preflight/.cache/huggingface \
     PREFLIGHT_PROFILE_DIR=/var/lib/gpu-preflight \
     PREFLIGHT_BENCH_DIR=/bench \
     NVIDIA_VISIBLE_DEVICES=all \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 LABEL org.opencontainers.image.title="gpu-preflight (vLLM)" \
       org.opencontainers.image.licenses="Apache-2.0" \

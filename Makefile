@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 IMAGE ?= gpu-preflight
 TARGET ?= both
 
-.PHONY: help install system-deps llama-cpp vllm test unit e2e lint run image bench clean
+.PHONY: help install system-deps llama-cpp vllm test unit e2e lint run image bench docs clean
 
 help:
 	@echo "make run         set up and run the preflight here (probe + plan + dry run, no engine start)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint        ruff + mypy + hadolint"
 	@echo "make image       docker build the image (TARGET=both|vllm|llamacpp)"
 	@echo "make bench       run the benchmarks and rewrite bench/results/"
+	@echo "make docs        rewrite docs/flags.md from the flag table"
 
 $(BIN)/gpu-preflight: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
@@ -59,6 +60,9 @@ image:
 
 bench: install llama-cpp
 	$(BIN)/python bench/run_all.py
+
+docs: install
+	$(BIN)/python -m gpu_preflight.plan.flags docs/flags.md
 
 clean:
 	rm -rf $(VENV) .preflight .mypy_cache .ruff_cache

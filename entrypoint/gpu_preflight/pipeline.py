@@ -247,8 +247,9 @@ def resolve_draft(o: Overrides, catalog: Catalog) -> Draft | None:
             model, "vllm", catalog, cfg, int(tokens) if isinstance(tokens, int) else DRAFT_TOKENS
         )
     hf, md = o.get("draft_hf"), o.get("draft_model")
+    n_max = o.value("draft_n_max", DRAFT_TOKENS)
     if hf is not None:
-        d = _draft_from_repo(str(hf.value), "llama.cpp", catalog, hf)
+        d = _draft_from_repo(str(hf.value), "llama.cpp", catalog, hf, int(n_max))
         if md is not None and d.artifact.file != Path(str(md.value)).name:
             raise FlagValueError(
                 md.where, str(md.value), f"{d.artifact.file}, the file of {hf.value}"
@@ -256,7 +257,7 @@ def resolve_draft(o: Overrides, catalog: Catalog) -> Draft | None:
         return d
     if md is not None:
         spec = resolve_model(str(md.value), catalog, md.where)
-        return Draft(spec, spec.artifacts[0], user=md.source)
+        return Draft(spec, spec.artifacts[0], tokens=int(n_max), user=md.source)
     st = o.get("spec_type")
     if st is not None and all(t in _NO_MEMORY_SPEC_TYPES for t in str(st.value).split(",")):
         return None

@@ -9,27 +9,11 @@ the CPU platform this machine offers rejects GPU-only quantizations for reasons 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
-from tests.plan.conftest import CATALOG, run_plan
-
-from gpu_preflight.models.types import ModelSpec
+from tests.plan.conftest import run_plan
+from tests.support.vllm_run import VENV_PY, check_argvs
 
 pytestmark = pytest.mark.vllm
-VENV_PY = (
-    Path(os.environ.get("GPU_PREFLIGHT_CACHE", "/var/cache/gpu-preflight"))
-    / "vllm-0.32.0/bin/python"
-)
-SCRIPT = Path(__file__).resolve().parents[1] / "support" / "vllm_check.py"
-_HF = {
-    "llama": ("LlamaForCausalLM", "llama"),
-    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
-}
 
 # (name, simulated hardware, env, engine args, whether vLLM builds the whole engine config)
 CASES = [
@@ -81,44 +65,6 @@ CASES = [
 ]
 
 
-def _config_json(spec: ModelSpec) -> dict[str, object]:
-    a = spec.arch
-    cls, model_type = _HF[a.architecture]
-    return {
-        "architectures": [cls],
-        "model_type": model_type,
-        "hidden_size": a.hidden_size,
-        "intermediate_size": a.intermediate_size,
-        "num_hidden_layers": a.n_layers,
-        "num_attention_heads": a.n_heads,
-        "num_key_value_heads": a.n_kv_heads,
-        "head_dim": a.head_dim,
-        "vocab_size": a.vocab_size,
-        "max_position_embeddings": a.max_position_embeddings,
-        "tie_word_embeddings": a.tied_embeddings,
-        "torch_dtype": "bfloat16",
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "hidden_act": "silu",
-    }
-
-
-def _hub(root: Path, repos: set[str]) -> None:
-    """An offline HF cache holding config.json for each repo (the layout huggingface_hub reads)."""
-    by_repo = {a.repo: m for m in CATALOG.models for a in m.artifacts if a.engine == "vllm"}
-    rev = "0" * 40
-    for repo in repos:
-        spec = by_repo[repo]
-        if spec.arch.architecture not in _HF:
-            continue
-        d = root / ("models--" + repo.replace("/", "--"))
-        (d / "refs").mkdir(parents=True, exist_ok=True)
-        (d / "refs" / "main").write_text(rev)
-        snap = d / "snapshots" / rev
-        snap.mkdir(parents=True, exist_ok=True)
-        (snap / "config.json").write_text(json.dumps(_config_json(spec)))
-
-
 @pytest.fixture(scope="module")
 def vllm_results(tmp_path_factory):
     if not VENV_PY.exists():
@@ -141,25 +87,7 @@ def vllm_results(tmp_path_factory):
     ctx = good.index("--max-model-len") + 1
     too_long = [*good[:ctx], "1000000", *good[ctx + 1 :]]
     cases.append({"argv": too_long, "engine_config": True})
-    _hub(tmp / "hub", repos)
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    env = {
-        **os.environ,
-        "HF_HUB_CACHE": str(tmp / "hub"),
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_TARGET_DEVICE": "cpu",
-        "VLLM_LOGGING_LEVEL": "ERROR",
-    }
-    r = subprocess.run(
-        [str(VENV_PY), str(SCRIPT), str(tmp / "cases.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-    results = [json.loads(x[7:]) for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-    assert len(results) == len(cases), r.stderr[-3000:]
+    results = check_argvs(cases, repos, tmp)
     return plans, results
 
 

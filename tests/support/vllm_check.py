@@ -40,6 +40,17 @@ def _check(args: object) -> None:
         max_num_seqs=ea.max_num_seqs,
         speculative_config=ea.speculative_config,
         served_model_name=ea.served_model_name,
+        pipeline_parallel_size=ea.pipeline_parallel_size,
+        kv_cache_dtype=ea.kv_cache_dtype,
+        quantization=ea.quantization,
+        enforce_eager=ea.enforce_eager,
+        max_num_batched_tokens=ea.max_num_batched_tokens,
+        block_size=ea.block_size,
+        dtype=ea.dtype,
+        cpu_offload_gb=ea.cpu_offload_gb,
+        kv_cache_memory_bytes=ea.kv_cache_memory_bytes,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
     )
     if state.get("want_engine_config"):
         cfg = ea.create_engine_config()

@@ -26,11 +26,13 @@ _FILE_VARIABLES = ("PREFLIGHT_MODELS_FILE", "PREFLIGHT_TIERS_FILE")
 _ANY_GPU = "rtx-4090"  # a card to build a host from, whose GPUs are then removed (--cpu)
 
 
-def device_profile(gpu: str | None, cpu: bool, host_ram_gib: float | None) -> object:
+def device_profile(
+    gpu: str | None, cpu: bool, host_ram_gib: float | None, host_bandwidth_gb_s: float | None = None
+) -> object:
     """The simulated machine: a device set (NxNAME, NAME, NAME:MIG, scenario file) or no GPU."""
     ram = int((host_ram_gib or DEFAULT_HOST_RAM_GIB) * GIB)
     try:
-        hw = simulated_hardware(gpu or _ANY_GPU, ram)
+        hw = simulated_hardware(gpu or _ANY_GPU, ram, host_bandwidth_gb_s)
     except (SimulateError, ValueError) as exc:
         raise InvalidInput(f"--gpu {gpu!r}: {exc}") from None
     if cpu:

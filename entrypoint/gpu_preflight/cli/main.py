@@ -450,10 +450,8 @@ def _get_profile(
     try:
         opts = probe_options(env, bench, bench_dir, cache_dir)
         hw = collect_hardware(env, opts)
-    except InvalidInput as exc:
+    except InvalidInput as exc:  # malformed NVIDIA_VISIBLE_DEVICES and other bad environment
         _die(str(exc), exc.exit_code)
-    except ValueError as exc:  # malformed NVIDIA_VISIBLE_DEVICES and other bad environment
-        _die(str(exc))
     return make_profile(hw)
 
 

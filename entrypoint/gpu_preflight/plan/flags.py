@@ -15,6 +15,7 @@ Roles:
 - ``passthrough``: no effect on memory; the user's spelling goes to the engine untouched.
 - ``secret``: never accepted on a command line (it would show in ``ps`` and ``docker inspect``).
 - ``removed``: a spelling this llama-server release no longer accepts; refused with the new one.
+- ``setting``: gpu-preflight's own setting (files, probes, dry run); not the engine's.
 
 Sources of the llama-server rows: ``common/arg.cpp`` of the llama.cpp vendored in
 llama-cpp-python 0.3.36 (the image's version): spellings, ``set_env`` names and value parsers.
@@ -32,7 +33,7 @@ from typing import Any, Literal
 
 from gpu_preflight.errors import InvalidInput
 
-Role = Literal["modelled", "planner", "passthrough", "secret", "removed"]
+Role = Literal["modelled", "planner", "passthrough", "secret", "removed", "setting"]
 Owner = Literal["llama.cpp", "vllm", "preflight"]
 
 MAX_DIGITS = 12  # no count, size or token number we take needs more; bounds int() on hostile text
@@ -404,6 +405,63 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("host", P, (), "PREFLIGHT_HOST", HOST, "planner", "the address the engine listens on"),
     Flag("port", P, (), "PREFLIGHT_PORT", PORT, "planner", "the port the engine listens on"),
+    Flag(
+        "dry_run",
+        P,
+        (),
+        "PREFLIGHT_DRY_RUN",
+        Switch(),
+        "setting",
+        "plan and print the argv, do not start the engine",
+    ),
+    Flag(
+        "bench",
+        P,
+        (),
+        "PREFLIGHT_BENCH",
+        Choice(("auto", "on", "off", "force")),
+        "setting",
+        "the fio storage pass (auto: when /bench exists)",
+    ),
+    Flag(
+        "bench_dir", P, (), "PREFLIGHT_BENCH_DIR", PATH, "setting", "where fio runs (a local disk)"
+    ),
+    Flag(
+        "pinned_cap_gib",
+        P,
+        (),
+        "PREFLIGHT_PINNED_CAP_GB",
+        Float(0.0, 4096.0, "of GiB"),
+        "setting",
+        "how much the pinned-memory probe may lock",
+    ),
+    Flag(
+        "profile_dir",
+        P,
+        (),
+        "PREFLIGHT_PROFILE_DIR",
+        PATH,
+        "setting",
+        "where profile.json and plan.json are written",
+    ),
+    Flag(
+        "models_file",
+        P,
+        (),
+        "PREFLIGHT_MODELS_FILE",
+        PATH,
+        "setting",
+        "your own model catalog (schemas/models.schema.json)",
+    ),
+    Flag(
+        "tiers_file",
+        P,
+        (),
+        "PREFLIGHT_TIERS_FILE",
+        PATH,
+        "setting",
+        "your own tier table (schemas/tiers.schema.json)",
+    ),
     # --- llama-server --------------------------------------------------------------------------
     Flag("model", L, ("--model", "-m"), "LLAMA_ARG_MODEL", PATH, "planner", "model file"),
     Flag(
@@ -628,6 +686,42 @@ FLAGS: tuple[Flag, ...] = (
         Text(r"[a-z0-9,_-]+", "a speculative type list, e.g. draft-simple or ngram-cache", 256),
         "modelled",
         "speculative decoding method",
+    ),
+    Flag(
+        "draft_ngl",
+        L,
+        ("--spec-draft-ngl", "-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft"),
+        None,
+        Int(0, 100_000, words={"all": -1, "auto": -2}),
+        "planner",
+        "draft layers in VRAM (the planner: all of them when the target is on the GPU)",
+    ),
+    Flag(
+        "draft_type_k",
+        L,
+        ("--spec-draft-type-k", "-ctkd", "--cache-type-k-draft"),
+        None,
+        Choice(LLAMACPP_CACHE_TYPES),
+        "planner",
+        "draft K cache type (the planner: the target's)",
+    ),
+    Flag(
+        "draft_type_v",
+        L,
+        ("--spec-draft-type-v", "-ctvd", "--cache-type-v-draft"),
+        None,
+        Choice(LLAMACPP_CACHE_TYPES),
+        "planner",
+        "draft V cache type (the planner: the target's)",
+    ),
+    Flag(
+        "draft_n_max",
+        L,
+        ("--spec-draft-n-max",),
+        None,
+        Int(1, 64),
+        "planner",
+        "tokens drafted per step",
     ),
     Flag(
         "mmproj",
@@ -896,3 +990,12 @@ def markdown_table() -> str:
         accepted = f.parser.accepted.replace("|", "\\|")
         lines.append(f"| {f.knob} | {f.owner} | {spell} | {env} | {accepted} | {role} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - `make docs`: rewrite docs/flags.md's table
+    import sys
+    from pathlib import Path
+
+    doc = Path(sys.argv[1])
+    text = doc.read_text()
+    doc.write_text(text[: text.index("| knob | engine |")] + markdown_table())

@@ -529,9 +529,11 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
             if d.file:
                 # With --spec-draft-hf, --spec-draft-model names the file inside the repo.
                 argv += [_flag("draft_model"), d.file]
-        argv += ["--spec-draft-ngl", "all" if s.n_gpu_layers != 0 else "0"]
-        argv += ["--spec-draft-type-k", s.cache_type_k, "--spec-draft-type-v", s.cache_type_v]
-        argv += ["--spec-draft-n-max", str(d.tokens)]
+        ngl = o.value("draft_ngl", -1 if s.n_gpu_layers != 0 else 0)
+        argv += [_flag("draft_ngl"), "all" if ngl < 0 else str(ngl)]
+        argv += [_flag("draft_type_k"), str(o.value("draft_type_k", s.cache_type_k))]
+        argv += [_flag("draft_type_v"), str(o.value("draft_type_v", s.cache_type_v))]
+        argv += [_flag("draft_n_max"), str(d.tokens)]
     argv += [_flag("host"), s.host, _flag("port"), str(s.port)]
     argv += [_flag("alias"), s.alias or model.id]
     argv += list(o.passthrough)

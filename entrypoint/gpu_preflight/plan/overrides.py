@@ -318,6 +318,7 @@ def parse_overrides(
         )
 
     _check_contexts(values)
+    _check_cache_types(values)
     o = Overrides(
         values=values,
         model_refs=tuple(refs),
@@ -338,6 +339,17 @@ def _shared(flag: Flag) -> bool:
     return (
         sum(1 for f in FLAGS if f.knob == flag.knob and set(f.spellings) & set(flag.spellings)) > 1
     )
+
+
+def _check_cache_types(values: dict[str, Sourced]) -> None:
+    """PREFLIGHT_KV_CACHE_TYPE sets K and V: a K or V type given elsewhere must be the same."""
+    both = values.get("kv_cache_type")
+    if both is None:
+        return
+    for knob in ("cache_type_k", "cache_type_v"):
+        one = values.get(knob)
+        if one is not None and one.value != both.value:
+            raise _conflict(knob, both, one)
 
 
 def _check_contexts(values: dict[str, Sourced]) -> None:

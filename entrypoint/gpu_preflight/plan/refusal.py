@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import Fit, Miss, Wants, gib
@@ -29,21 +29,24 @@ def _ncmoe(fit: Fit) -> int:
     return fit.settings.n_cpu_moe if isinstance(fit.settings, LlamaServerSettings) else 0
 
 
-def refusal(
-    profile: Profile,
-    targets: Targets,
-    tier: Tier,
-    o: Overrides,
-    w: Wants,
-    catalog: Catalogue,
-    tiers: TierTable,
-    model: ModelRequest | None,
-    reasons: list[str],
-    gpus: tuple[GpuTarget, ...],
-    misses: Sequence[Miss] = (),
-) -> Plan:
-    has_gpu = bool(gpus)
-    alts = _alternatives(targets, tier, o, w, catalog, tiers, model, has_gpu, gpus, misses)
+@dataclass(frozen=True)
+class Situation:
+    """What a refusal is about: the machine, the tier, and everything the user asked for."""
+
+    profile: Profile
+    targets: Targets
+    gpus: tuple[GpuTarget, ...]  # the devices planned on
+    tier: Tier
+    overrides: Overrides
+    wants: Wants
+    catalog: Catalogue
+    tiers: TierTable
+    model: ModelRequest | None
+
+
+def refusal(sit: Situation, reasons: list[str], misses: Sequence[Miss] = ()) -> Plan:
+    targets, tier, model, gpus = sit.targets, sit.tier, sit.model, sit.gpus
+    alts = _alternatives(sit, misses)
     head = []
     if gpus:
         head.append(
@@ -97,18 +100,16 @@ def _alt_from_fit(kind: str, fit: Fit, description: str) -> Alternative:
     )
 
 
-def _alternatives(
-    targets: Targets,
-    tier: Tier,
-    o: Overrides,
-    w: Wants,
-    catalog: Catalogue,
-    tiers: TierTable,
-    model: ModelRequest | None,
-    has_gpu: bool,
-    gpus: tuple[GpuTarget, ...],
-    misses: Sequence[Miss],
-) -> list[Alternative]:
+def _alternatives(sit: Situation, misses: Sequence[Miss]) -> list[Alternative]:
+    targets, w, catalog, tiers, model, gpus = (
+        sit.targets,
+        sit.wants,
+        sit.catalog,
+        sit.tiers,
+        sit.model,
+        sit.gpus,
+    )
+    has_gpu = bool(gpus)
     out: list[Alternative] = []
     engines = ["vllm", "llama.cpp"] if has_gpu else ["llama.cpp"]
     loose = replace(

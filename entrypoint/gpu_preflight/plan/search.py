@@ -23,7 +23,7 @@ from gpu_preflight.plan.draft import with_draft
 from gpu_preflight.plan.errors import OverrideError
 from gpu_preflight.plan.llamacpp import fit_llamacpp
 from gpu_preflight.plan.overrides import Overrides
-from gpu_preflight.plan.refusal import refusal
+from gpu_preflight.plan.refusal import Situation, refusal
 from gpu_preflight.plan.request import (
     Catalogue,
     ModelRequest,
@@ -154,9 +154,8 @@ def plan(
     engines = _engines(tier, overrides, has_gpu, available, model)
 
     def refuse(t: Tier, reasons: list[str], misses: Sequence[Miss] = ()) -> Plan:
-        return refusal(
-            profile, targets, t, overrides, w, catalog, tiers, model, reasons, gpus, misses
-        )
+        sit = Situation(profile, targets, gpus, t, overrides, w, catalog, tiers, model)
+        return refusal(sit, reasons, misses)
 
     if engines == ["vllm"] and not has_gpu:
         return refuse(

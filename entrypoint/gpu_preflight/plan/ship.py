@@ -160,7 +160,9 @@ def ship(
     )
     s = fit.settings
     if isinstance(s, LlamaServerSettings):
-        user_mm = any(o.get(k) is not None for k in ("mmproj", "mmproj_url", "mmproj_auto"))
+        user_mm = o.get("mmproj") is not None or o.value("mmproj_auto") is True
+        # -hf loads the repo's projector by default (--mmproj-auto): not planned unless asked.
+        no_mmproj = o.value("mmproj_auto") is False or (choice.path is None and not user_mm)
         extra = tuple(
             (flag, str(o.value(knob)))
             for knob, flag in (
@@ -176,8 +178,7 @@ def ship(
             port=port,
             alias=alias,
             draft=draft,
-            # -hf loads the repo's projector by default (--mmproj-auto): not planned unless asked.
-            no_mmproj=choice.path is None and not user_mm,
+            no_mmproj=no_mmproj,
             spec_type=o.value("spec_type"),
             extra=extra,
         )

@@ -48,6 +48,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gpu_preflight.errors import InvalidInput
+
 _INDEX = re.compile(r"^[0-9]+$")
 _MIG_INDEX = re.compile(r"^[0-9]+:[0-9]+$")
 _GPU_UUID = re.compile(r"^GPU-[0-9a-fA-F-]+$")
@@ -59,7 +61,7 @@ ACCEPTED = (
 )
 
 
-class VisibleDevicesError(ValueError):
+class VisibleDevicesError(InvalidInput):
     def __init__(self, variable: str, value: str, why: str) -> None:
         self.variable = variable
         self.value = value
