@@ -81,3 +81,20 @@ def test_exec_engine_calls_execvpe_with_argv_list_and_env(monkeypatch):
     monkeypatch.setattr(launch.os, "execvpe", lambda f, a, e: calls.append((f, a, e)))
     launch.exec_engine(("llama-server", "--port", "8080"), {"HF_TOKEN": "x"})
     assert calls == [("llama-server", ["llama-server", "--port", "8080"], {"HF_TOKEN": "x"})]
+
+
+def test_write_set_commits_the_pair_or_keeps_the_old_one(tmp_path):
+    old = {"profile.json": {"n": 1}, "plan.json": {"n": 1}}
+    r = launch.write_set(tmp_path, old)
+    assert r.committed and r.message == f"profile.json and plan.json written to {tmp_path}"
+    (tmp_path / "plan.json").unlink()
+    (tmp_path / "plan.json").mkdir()
+    r = launch.write_set(tmp_path, {"profile.json": {"n": 2}, "plan.json": {"n": 2}})
+    assert not r.committed and "NOT written" in r.message and "untouched" in r.message
+    assert (tmp_path / "profile.json").read_text() == '{\n  "n": 1\n}\n'
+
+
+def test_scrub_masks_a_secret_pasted_into_another_variable():
+    token = "hf_" + "x1y2z3" * 8
+    env = {"HF_TOKEN": token, "PREFLIGHT_MODEL": token}
+    assert token[:10] not in launch.scrub(f"PREFLIGHT_MODEL={token[:40]!r}... unknown", env)

@@ -1,17 +1,22 @@
-"""The only side effects: write the profile and plan atomically, then become the engine.
+"""The only side effects: write the profile and plan as one set, then become the engine.
 
 ``exec_engine`` is the one place that calls ``os.execvpe``; tests patch that one name.
+``write_set`` puts the profile, the plan (and any later receipt) in place together or not at all.
+``scrub`` masks secret values in any text meant for a user, a log or a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +85,150 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     write_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class WriteResult:
+    """What ``write_set`` did: the whole new set is in place (``committed``), or nothing changed.
+
+    ``message`` is the line to show the user; it never claims a write that did not happen.
+    """
+
+    directory: Path
+    names: tuple[str, ...]
+    committed: bool
+    error: str | None = None  # why nothing was written (None when committed)
+    previous: tuple[str, ...] = field(default=())  # names that existed before the attempt
+
+    @property
+    def message(self) -> str:
+        listed = " and ".join(self.names) if len(self.names) <= 2 else ", ".join(self.names)
+        if self.committed:
+            return f"{listed} written to {self.directory}"
+        verb = "is" if len(self.previous) == 1 else "are"
+        kept = (
+            f"the previous {' and '.join(self.previous)} in it {verb} untouched"
+            if self.previous
+            else "nothing in it was changed"
+        )
+        return f"{listed} NOT written to {self.directory} ({self.error}); {kept}"
+
+
+class _SetWriteFailed(Exception):
+    pass
+
+
+def _why(exc: OSError, name: str) -> str:
+    return f"{name}: {exc.strerror or exc}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the renames are still atomic
+    finally:
+        os.close(fd)
+
+
+def write_set(directory: Path, docs: Mapping[str, Any]) -> WriteResult:
+    """Write several files (``{"profile.json": doc, "plan.json": doc}``) as one set.
+
+    Either every new file is in place, or every previous file is untouched; the returned
+    ``WriteResult`` says which (it does not raise for an ``OSError``). A value is a JSON document,
+    or a ``str`` written as it is.
+
+    How: the files stay plain files under their usual names, so readers need nothing new.
+    1. Refuse up front when a target exists as something other than a regular file or a symlink
+       (``profile.json`` as a directory would make step 3 fail half-way).
+    2. Write every new file to a temp name in the same directory and fsync it. Running out of
+       space or permissions fails here, when nothing has been touched yet.
+    3. Commit: for each name, hard-link the old file to a backup name (so the name never
+       disappears), then ``os.replace`` the temp over it. If any step fails, every name already
+       replaced is restored from its backup (or removed, if it did not exist) - renames in one
+       directory need no space, so the roll-back itself does not run out of room.
+    4. fsync the directory, then drop the backups.
+    A crash (power loss) during step 3 itself could still leave a mix; the window is a few
+    renames long, and each file is always whole.
+    """
+    names = tuple(docs)
+    texts = {
+        # allow_nan=False: a NaN in a plan is a bug to report, never a file that is not JSON.
+        n: (d if isinstance(d, str) else json.dumps(d, indent=2, allow_nan=False) + "\n")
+        for n, d in docs.items()
+    }
+    token = secrets.token_hex(4)
+    temps: dict[str, Path] = {}
+    backups: dict[str, Path] = {}
+    replaced: list[str] = []
+    previous: list[str] = []
+
+    def fail(why: str) -> WriteResult:
+        return WriteResult(directory, names, False, why, tuple(previous))
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return fail(_why(exc, str(directory)))
+    for n in names:
+        target = directory / n
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return fail(_why(exc, n))
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return fail(f"{n} exists there as {kind}")
+        previous.append(n)
+    current = names[0] if names else ""
+    try:
+        for n in names:
+            current = n
+            tmp = directory / f".{n}.{token}.tmp"
+            temps[n] = tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(texts[n])
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+        for n in names:
+            current = n
+            target = directory / n
+            if n in previous:
+                backup = directory / f".{n}.{token}.old"
+                try:
+                    os.link(target, backup, follow_symlinks=False)
+                except OSError:
+                    os.replace(target, backup)  # no hard links here: move it aside instead
+                backups[n] = backup
+            os.replace(temps[n], target)
+            replaced.append(n)
+    except OSError as exc:
+        for n in replaced + [m for m in backups if m not in replaced]:
+            try:
+                if n in backups:
+                    os.replace(backups[n], directory / n)
+                else:
+                    (directory / n).unlink(missing_ok=True)
+            except OSError:
+                pass  # best effort: the backup name still holds the old file
+        for p in list(temps.values()) + list(backups.values()):
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
+        _fsync_dir(directory)
+        return fail(_why(exc, current))
+    _fsync_dir(directory)
+    for b in backups.values():
+        with contextlib.suppress(OSError):
+            b.unlink(missing_ok=True)
+    return WriteResult(directory, names, True, None, tuple(previous))
+
+
 def find_engine(engine: str, env: Mapping[str, str]) -> str:
     """The engine binary's path, or EngineMissing naming it and the image variant that has it."""
     binary = ENGINE_BINARIES[engine]
@@ -103,12 +252,49 @@ def engine_environment(env: Mapping[str, str], additions: Mapping[str, str]) -> 
     return out
 
 
+MASK = "***"
+MIN_SECRET = 4  # shorter values are too common to mask without mangling the text
+MIN_PREFIX = 8  # a cut-off secret ("hf_abcdefgh...") is masked from this many characters on
+
+
+def secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of every secret-named variable (``is_secret``), longest first."""
+    values = {v for n, v in env.items() if is_secret(n) and len(v.strip()) >= MIN_SECRET}
+    return tuple(sorted(values, key=len, reverse=True))
+
+
 def scrub(text: str, env: Mapping[str, str]) -> str:
-    """Remove the values of secret-named variables from text meant for a log or a file."""
-    for name, value in env.items():
-        if is_secret(name) and len(value) >= 4:
-            text = text.replace(value, "***")
+    """Mask every secret value in text meant for a user, a log or a file - wherever it appears.
+
+    A value equal to a secret's value is masked even when it came through a non-secret variable
+    (``PREFLIGHT_MODEL=<the HF_TOKEN value>``), and so is a secret's leading part where a message
+    cut the value short (``'hf_abcdefgh...'``) or repr() escaped it. Every command that prints an
+    error calls this (cli/main.py's ``_die``, run's summary).
+    """
+    for value in secret_values(env):
+        for form in {value, value.strip(), repr(value)[1:-1]}:
+            if len(form) >= MIN_SECRET:
+                text = text.replace(form, MASK)
+        text = _mask_prefixes(text, value)
     return text
+
+
+def _mask_prefixes(text: str, value: str) -> str:
+    if len(value) <= MIN_PREFIX:
+        return text
+    head = value[:MIN_PREFIX]
+    out: list[str] = []
+    i = 0
+    while True:
+        j = text.find(head, i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        k = j + MIN_PREFIX
+        while k < len(text) and k - j < len(value) and text[k] == value[k - j]:
+            k += 1
+        out.append(text[i:j] + MASK)
+        i = k
 
 
 def exec_engine(argv: tuple[str, ...], env: Mapping[str, str]) -> None:

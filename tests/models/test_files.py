@@ -269,3 +269,27 @@ def test_header_reader_agrees_with_gguf_reader(tmp_path):
     assert [(t.name, t.n_bytes, t.data_offset) for t in ours.tensors] == [
         (t.name, int(t.n_bytes), int(t.data_offset)) for t in ref.tensors
     ]
+
+
+def test_config_fields_are_typed(tmp_path):
+    from tests.fuzz.test_hf_dir import _dir
+
+    for key, raw in [
+        ("num_key_value_heads", '"abc"'),
+        ("head_dim", "[1, 2]"),
+        ("head_dim", "1e400"),
+    ]:
+        d = _dir(tmp_path, json.dumps({**TINY, key: "__X__"}).replace('"__X__"', raw))
+        with pytest.raises(ModelFileError, match=key if raw != "1e400" else "1e400"):
+            read_hf_dir(d)
+
+
+def test_gguf_negative_embedding_length_is_refused(tmp_path):
+    from tests.support.gguf_factory import raw_gguf, raw_llama_kvs, raw_llama_tensors
+
+    tensors, size = raw_llama_tensors()
+    kvs = [e for e in raw_llama_kvs() if e[0] != "llama.embedding_length"]
+    p = tmp_path / "neg.gguf"
+    p.write_bytes(raw_gguf([*kvs, ("llama.embedding_length", "i32", -1)], tensors, data_bytes=size))
+    with pytest.raises(ModelFileError, match=r"llama\.embedding_length"):
+        read_gguf(p)

@@ -398,3 +398,15 @@ def test_estimate_of_the_shipped_command_is_the_plan(gpu, env):
     assert got == planned
     assert e["predicted"]["kv_capacity_tokens"] == p.predicted.kv_capacity_tokens
     assert (e["draft"] or {}).get("repo") == (p.draft.repo if p.draft else None)
+
+
+def test_estimate_takes_a_comma_list_of_mixed_cards():
+    args = ["estimate", "--gpu", "rtx-4090,rtx-3060", "--json", "--"]
+    args += ["llama-server", "-hf", "Qwen/Qwen3-32B-GGUF:Q4_K_M", "-c", "8192", "-np", "1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    e = json.loads(r.output)
+    gpus = [d for d in e["predicted"]["devices"] if d["device"].startswith("CUDA")]
+    assert [d["device"] for d in gpus] == ["CUDA0", "CUDA1"]
+    assert all(d["total_bytes"] <= d["budget_bytes"] for d in gpus)
+    assert "RTX 3060" in e["targets"][1]

@@ -72,3 +72,24 @@ def test_malformed_scenario_is_rejected(tmp_path):
     )
     with pytest.raises(SimulateError, match="nvml-scenario"):
         simulate(str(bad))
+
+
+def test_scenario_may_leave_out_the_driver_versions(tmp_path, nvml_fixtures):
+    import json
+
+    doc = json.loads((nvml_fixtures / "rtx4090.json").read_text())
+    doc.pop("driver_version", None)
+    doc.pop("cuda_driver_version", None)
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(doc))
+    sim = simulate(str(p))
+    assert sim.gpus.devices and sim.gpus.driver_version is None
+
+
+def test_scenario_that_is_a_fifo_is_refused_unopened(tmp_path):
+    import os
+
+    p = tmp_path / "s.json"
+    os.mkfifo(p)
+    with pytest.raises(SimulateError, match="FIFO"):
+        simulate(str(p))

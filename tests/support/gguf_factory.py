@@ -239,3 +239,169 @@ def write_gguf(
         w.write_padding(fout, nb)
     w.close()
     return path
+
+
+# -- raw, possibly hostile, GGUF bytes (tests/fuzz) ---------------------------------------------
+
+RAW_FORMATS = {
+    "u8": (0, "<B"),
+    "i8": (1, "<b"),
+    "u16": (2, "<H"),
+    "i16": (3, "<h"),
+    "u32": (4, "<I"),
+    "i32": (5, "<i"),
+    "f32": (6, "<f"),
+    "bool": (7, "<?"),
+    "str": (8, None),
+    "arr": (9, None),
+    "u64": (10, "<Q"),
+    "i64": (11, "<q"),
+    "f64": (12, "<d"),
+}
+
+
+def raw_gguf_value(kind: str, value: object) -> bytes:
+    """One GGUF metadata value (type code first). ``arr`` takes (element kind, [values])."""
+    import struct
+
+    code, fmt = RAW_FORMATS[kind]
+    head = struct.pack("<I", code)
+    if kind == "str":
+        data = str(value).encode()
+        return head + struct.pack("<Q", len(data)) + data
+    if kind == "arr":
+        ekind, items = value  # type: ignore[misc]
+        ecode = RAW_FORMATS[ekind][0]
+        body = b"".join(raw_gguf_value(ekind, v)[4:] for v in items)
+        return head + struct.pack("<IQ", ecode, len(items)) + body
+    assert fmt is not None
+    return head + struct.pack(fmt, value)
+
+
+def raw_gguf(
+    kvs: list[tuple[str, str, object]],
+    tensors: list[tuple[str, tuple[int, ...], int, int]] = (),  # type: ignore[assignment]
+    version: int = 3,
+    n_tensors: int | None = None,
+    n_kv: int | None = None,
+    data_bytes: int = 0,
+    align: int = 32,
+) -> bytes:
+    """GGUF bytes built by hand, so that counts, lengths and types can lie.
+
+    ``tensors`` are (name, ggml shape, ggml type code, offset); ``n_tensors``/``n_kv`` override the
+    declared counts; ``data_bytes`` zero bytes follow the aligned header.
+    """
+    import struct
+
+    out = bytearray(b"GGUF")
+    out += struct.pack("<I", version)
+    out += struct.pack(
+        "<QQ", len(tensors) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv
+    )
+    for key, kind, value in kvs:
+        k = key.encode()
+        out += struct.pack("<Q", len(k)) + k + raw_gguf_value(kind, value)
+    for name, shape, ttype, offset in tensors:
+        n = name.encode()
+        out += struct.pack("<Q", len(n)) + n + struct.pack("<I", len(shape))
+        out += b"".join(struct.pack("<Q", d) for d in shape)
+        out += struct.pack("<IQ", ttype, offset)
+    pad = (-len(out)) % align
+    return bytes(out) + b"\0" * (pad + data_bytes)
+
+
+def raw_llama_kvs(
+    n_layers: int = 2, n_embd: int = 64, n_head: int = 4
+) -> list[tuple[str, str, object]]:
+    """The metadata of a minimal valid llama GGUF, for raw_gguf (edit entries to make it hostile)."""
+    return [
+        ("general.architecture", "str", "llama"),
+        ("llama.block_count", "u32", n_layers),
+        ("llama.embedding_length", "u32", n_embd),
+        ("llama.attention.head_count", "u32", n_head),
+        ("llama.attention.head_count_kv", "u32", 2),
+        ("llama.feed_forward_length", "u32", 128),
+        ("llama.context_length", "u32", 2048),
+        ("general.file_type", "u32", 0),
+    ]
+
+
+def raw_llama_tensors(
+    n_layers: int = 2, n_embd: int = 64, vocab: int = 100
+) -> tuple[list[tuple[str, tuple[int, ...], int, int]], int]:
+    """F32 tensors for raw_llama_kvs (token_embd, output_norm, one weight per block); also returns
+    the data size they need."""
+    tensors = []
+    off = 0
+    for name, shape in [
+        ("token_embd.weight", (n_embd, vocab)),
+        ("output_norm.weight", (n_embd,)),
+    ] + [(f"blk.{i}.attn_norm.weight", (n_embd,)) for i in range(n_layers)]:
+        tensors.append((name, shape, 0, off))
+        n = 1
+        for d in shape:
+            n *= d
+        off += (n * 4 + 31) // 32 * 32
+    return tensors, off
+
+
+def write_gguf_plan(
+    path: Path,
+    arch: ModelArch,
+    plan: list[tuple[str, tuple[int, ...], GGMLQuantizationType]],
+    file_type: int = 1,
+    name: str = "test-model",
+) -> Path:
+    """A sparse GGUF of an explicit tensor plan: (name, numpy shape, type) per tensor.
+
+    For per-tensor type mixes: take ``tensor_plan(arch, quant)`` and change the types. Metadata
+    as in ``write_gguf``; the tensor data is a hole (the file is truncated to its full size).
+    """
+    a = arch
+    w = GGUFWriter(str(path), GGUF_ARCH.get(a.architecture, a.architecture))
+    w.add_name(name)
+    w.add_uint32("general.file_type", file_type)
+    w.add_context_length(a.max_position_embeddings)
+    w.add_embedding_length(a.hidden_size)
+    w.add_block_count(a.n_layers)
+    w.add_feed_forward_length(a.intermediate_size or (a.expert_intermediate_size or 0))
+    w.add_head_count(a.n_heads)
+    w.add_head_count_kv(a.n_kv_heads)
+    w.add_key_length(a.head_dim)
+    w.add_value_length(a.v_head_dim)
+    w.add_rope_dimension_count(a.head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    if a.sliding_window:
+        w.add_sliding_window(a.sliding_window)
+    if a.is_moe:
+        w.add_expert_count(a.n_experts or 0)
+        w.add_expert_used_count(a.n_experts_per_token or 0)
+        w.add_expert_feed_forward_length(a.expert_intermediate_size or 0)
+    tokens, types, merges = byte_vocab(a.vocab_size)
+    if len(tokens) < a.vocab_size:
+        pad = a.vocab_size - len(tokens)
+        tokens += [f"<|unused{i}|>" for i in range(pad)]
+        types += [5] * pad
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens[: a.vocab_size])
+    w.add_token_types(types[: a.vocab_size])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(len(tokens) - 2 if len(tokens) == a.vocab_size else a.vocab_size - 2)
+    w.add_eos_token_id(a.vocab_size - 1)
+    for tname, shape, t in plan:
+        w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
+    w.write_header_to_file(path=path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    assert w.fout is not None
+    fout = w.fout[0]
+    fout.flush()
+    start = fout.tell()
+    total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
+    w.close()
+    with open(path, "r+b") as f:
+        f.truncate(GGUFWriter.ggml_pad(start, w.data_alignment) + total)
+    return path

@@ -248,8 +248,8 @@ def plan_cmd(
 @click.option(
     "--gpu",
     metavar="DEVICES",
-    help="The devices: NAME (rtx-4090), NxNAME (2xrtx-3090), NAME:MIG (a100-80gb:1g.10gb) or "
-    "a recorded NVML scenario file (see `gpu-preflight gpus`).",
+    help="The devices: NAME (rtx-4090), NxNAME (2xrtx-3090), mixed cards (rtx-4090,rtx-3060), "
+    "NAME:MIG (a100-80gb:1g.10gb) or a recorded NVML scenario file (see `gpu-preflight gpus`).",
 )
 @click.option("--cpu", is_flag=True, help="No GPU: llama.cpp on the CPU and host RAM.")
 @click.option("--model", metavar="ID|REPO|PATH", help="Model, when no engine command names one.")

@@ -9,13 +9,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight.models.errors import CatalogError
-from gpu_preflight.models.layout import count_params, derive_layout, scale_layout
+from gpu_preflight.boundedio import FileInputError, NumberRule, read_json, shorten
+from gpu_preflight.models.errors import CatalogError, ModelFileError
+from gpu_preflight.models.layout import check_arch, count_params, derive_layout, scale_layout
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec
 from gpu_preflight.schemas import SchemaError, validate
 from gpu_preflight.serde import DecodeError, from_dict
 
-MAX_CATALOG_BYTES = 16 * 2**20
+MAX_MODELS = 1024  # the built-in catalog has a few dozen
+MAX_ARTIFACTS = 64
+# A listed artifact size: at least one byte, at most 64 TiB (the largest public checkpoints are ~1.5 TB).
+LISTED_BYTES = NumberRule(1, 2**46, unit="bytes")
+ACTIVE_PARAMS_B = NumberRule(0, 100_000, integer=False, unit="billion")
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,11 @@ class Catalog:
         return difflib.get_close_matches(value.strip(), names, n=n, cutoff=0.4)
 
 
-def _artifact(arch: ModelArch, raw: dict[str, Any]) -> Artifact:
+def _artifact(arch: ModelArch, raw: dict[str, Any], where: str) -> Artifact:
     layout = derive_layout(arch, raw["quant"], raw["engine"])
     listed = raw.get("listed_bytes")
-    if listed:
-        layout = scale_layout(layout, int(listed))
+    if listed is not None:
+        layout = scale_layout(layout, LISTED_BYTES.check(listed, where, "listed_bytes"))
     return Artifact(
         engine=raw["engine"],
         repo=raw["repo"],
@@ -55,8 +60,25 @@ def _artifact(arch: ModelArch, raw: dict[str, Any]) -> Artifact:
     )
 
 
+def _check_sizes(doc: Any, origin: str) -> None:
+    listed = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(listed, list):
+        return  # the schema check names it
+    if len(listed) > MAX_MODELS:
+        raise CatalogError(
+            f"{origin}: {len(listed)} models. Accepted: at most {MAX_MODELS} models."
+        )
+    for i, raw in enumerate(listed):
+        arts = raw.get("artifacts") if isinstance(raw, dict) else None
+        if isinstance(arts, list) and len(arts) > MAX_ARTIFACTS:
+            raise CatalogError(
+                f"{origin}: models[{i}]: {len(arts)} artifacts. Accepted: at most {MAX_ARTIFACTS}."
+            )
+
+
 def parse_catalog(doc: Any, origin: str, trusted: bool = False) -> Catalog:
     # The built-in catalog is validated by the test suite; a user's file is validated here.
+    _check_sizes(doc, origin)  # before the schema check, whose time grows with the entries
     if not trusted:
         try:
             validate("models", doc, origin)
@@ -65,15 +87,28 @@ def parse_catalog(doc: Any, origin: str, trusted: bool = False) -> Catalog:
     models = []
     seen: set[str] = set()
     for i, raw in enumerate(doc["models"]):
-        where = f"{origin}: models[{i}] ({raw['id']})"
+        where = f"{origin}: models[{i}] ({shorten(raw['id'])})"
         if raw["id"] in seen:
             raise CatalogError(f"{where}: id appears twice")
         seen.add(raw["id"])
         try:
-            arch = from_dict(ModelArch, raw["arch"])
-            arts = tuple(_artifact(arch, a) for a in raw["artifacts"])
+            arch = check_arch(from_dict(ModelArch, raw["arch"]), f"{where}: arch")
+            arts = tuple(
+                _artifact(arch, a, f"{where}: artifacts[{j}]")
+                for j, a in enumerate(raw["artifacts"])
+            )
+        except ModelFileError as exc:
+            raise CatalogError(str(exc)) from exc
+        except FileInputError as exc:
+            raise CatalogError(str(exc)) from exc
         except (DecodeError, ValueError) as exc:
             raise CatalogError(f"{where}: {exc}") from exc
+        active = raw.get("active_params_b")
+        if active is not None:
+            try:
+                ACTIVE_PARAMS_B.check(active, where, "active_params_b")
+            except FileInputError as exc:
+                raise CatalogError(str(exc)) from exc
         counts = count_params(arch)
         models.append(
             ModelSpec(
@@ -102,13 +137,10 @@ def load_catalog(path: Path | None = None) -> Catalog:
     if path is None:
         text = (resources.files("gpu_preflight") / "data" / "models.json").read_text("utf-8")
         return parse_catalog(json.loads(text), "built-in model catalog", trusted=True)
-    origin = f"PREFLIGHT_MODELS_FILE={path}"
+    origin = f"PREFLIGHT_MODELS_FILE={shorten(str(path))}"
     try:
-        if path.stat().st_size > MAX_CATALOG_BYTES:
-            raise CatalogError(f"{origin}: larger than 16 MiB; not a model catalog")
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CatalogError(f"{origin}: cannot read it ({exc.strerror or exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise CatalogError(f"{origin}: not valid JSON ({exc})") from exc
+        doc = read_json(path, "models", origin)
+    except FileInputError as exc:
+        hint = "" if exc.accepted else " Accepted: a JSON file matching schemas/models.schema.json."
+        raise CatalogError(f"{exc}{hint}") from exc
     return parse_catalog(doc, origin)

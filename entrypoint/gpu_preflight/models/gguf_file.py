@@ -11,9 +11,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gpu_preflight.boundedio import FileInputError, NumberRule, check_regular, shorten
 from gpu_preflight.models.errors import ModelFileError
-from gpu_preflight.models.gguf_header import GGUFHeader, GGUFHeaderError, read_header
-from gpu_preflight.models.layout import count_params
+from gpu_preflight.models.gguf_header import (
+    ArrayLength,
+    GGUFHeader,
+    GGUFHeaderError,
+    TensorInfo,
+    read_header,
+)
+from gpu_preflight.models.layout import ARCH_RULES, MAX_LAYERS, check_arch, count_params
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
 GGUF_MAGIC = b"GGUF"
@@ -23,18 +30,67 @@ _EXPERT = re.compile(r"_exps\b|\.ffn_(gate|up|down)_exps")
 # llama.cpp's default sliding-window pattern per architecture (src/models/<arch>.cpp:
 # load_swa_pattern(ml, N)); a GGUF may override it with {arch}.attention.sliding_window_pattern.
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gpt-oss": 2, "cohere2": 4}
-MAX_TENSORS = 1_000_000
+MAX_SPLITS = 1024  # split GGUFs: real ones have at most a few dozen parts
+# Which ModelArch bound (layout.ARCH_RULES) each GGUF key is held to.
+_KEY_RULE = {
+    "block_count": "n_layers",
+    "embedding_length": "hidden_size",
+    "attention.head_count": "n_heads",
+    "attention.head_count_kv": "n_kv_heads",
+    "attention.key_length": "head_dim",
+    "attention.value_length": "head_dim_v",
+    "feed_forward_length": "intermediate_size",
+    "context_length": "max_position_embeddings",
+    "attention.sliding_window": "sliding_window",
+    "expert_count": "n_experts",
+    "expert_used_count": "n_experts_per_token",
+    "expert_feed_forward_length": "expert_intermediate_size",
+    "expert_shared_count": "n_shared_experts",
+}
+_FILE_TYPE_RULE = NumberRule(0, 1 << 16)
+_PATTERN_RULE = NumberRule(0, MAX_LAYERS)
 
 
 def _value(header: GGUFHeader, key: str) -> Any:
     return header.fields.get(key)
 
 
-def _int(header: GGUFHeader, key: str, default: int | None = None) -> int | None:
+def _checked(where: str, key: str, v: Any, rule: NumberRule) -> int:
+    # GGUF values are typed: a float where llama.cpp reads an integer is refused like llama.cpp
+    # refuses it (llama_model_loader::get_key checks the type), not rounded.
+    if isinstance(v, float):
+        raise ModelFileError(
+            f"{where}: {key}: is a float ({shorten(v)}), not an integer. Accepted: {rule.accepted}."
+        )
+    try:
+        return int(rule.check(v, where, key))
+    except FileInputError as exc:
+        raise ModelFileError(str(exc)) from exc
+
+
+def _int(header: GGUFHeader, key: str, default: int | None, where: str) -> int | None:
+    """An integer key: absent -> default; present -> checked against its rule (or an error).
+
+    A per-layer array (some architectures store head_count_kv per layer) gives its maximum; its
+    elements may be 0 (layers without attention) but its maximum must satisfy the rule.
+    """
     v = _value(header, key)
+    if v is None:
+        return default
+    field = next((f for s, f in _KEY_RULE.items() if key.endswith("." + s)), None)
+    r = ARCH_RULES[field] if field else _FILE_TYPE_RULE
+    if isinstance(v, ArrayLength):
+        raise ModelFileError(
+            f"{where}: {key}: an array of {v.count} values. Accepted: {r.accepted}."
+        )
     if isinstance(v, list):
-        v = max(v) if v else None
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+        if not v:
+            return default
+        zero_ok = NumberRule(0, r.maximum)
+        return max(_checked(where, f"{key}[{i}]", x, zero_ok) for i, x in enumerate(v)) or (
+            _checked(where, key, 0, r)
+        )
+    return _checked(where, key, v, r)
 
 
 def _files(path: Path) -> list[Path]:
@@ -42,6 +98,11 @@ def _files(path: Path) -> list[Path]:
     if not m:
         return [path]
     n = int(m["n"])
+    if not 1 <= n <= MAX_SPLITS or not 1 <= int(m["i"]) <= n:
+        raise ModelFileError(
+            f"{path}: split part {int(m['i'])} of {n}. Accepted: parts 1..N with N at most "
+            f"{MAX_SPLITS} (NAME-00001-of-0000N.gguf)."
+        )
     files = [path.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
     missing = [f.name for f in files if not f.exists()]
     if missing:
@@ -50,6 +111,11 @@ def _files(path: Path) -> list[Path]:
 
 
 def _open(path: Path) -> GGUFHeader:
+    try:
+        check_regular(path)  # a FIFO or a device is refused before it is opened
+    except FileInputError as exc:
+        hint = "" if exc.accepted else " Accepted: a readable .gguf file."
+        raise ModelFileError(f"{exc}{hint}") from exc
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -61,15 +127,41 @@ def _open(path: Path) -> GGUFHeader:
         header = read_header(path)
     except (GGUFHeaderError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: malformed or truncated GGUF header ({exc})") from exc
-    if len(header.tensors) > MAX_TENSORS:
-        raise ModelFileError(f"{path}: claims {len(header.tensors)} tensors; refusing to trust it")
+    total = 0
     for t in header.tensors:
         end = t.data_offset + t.n_bytes
+        total += t.n_bytes
         if end > header.file_size:
             raise ModelFileError(
-                f"{path}: tensor {t.name} ends at byte {end} but the file has {header.file_size} bytes (truncated?)"
+                f"{path}: tensor {t.name[:80]} ends at byte {end} but the file has {header.file_size} bytes (truncated?)"
             )
+    if total > header.file_size:
+        raise ModelFileError(
+            f"{path}: its tensors declare {total} bytes in all but the file has "
+            f"{header.file_size} bytes (overlapping or lying tensor infos)"
+        )
     return header
+
+
+def _layer_tensors(path: Path, tensors: list[TensorInfo], n_layers: int, key: str) -> None:
+    """The declared shape must agree with the tensor table: every block 0..n-1 has tensors, none
+    beyond (llama.cpp refuses both: llama_model_loader's "wrong number of tensors")."""
+    seen: set[int] = set()
+    for t in tensors:
+        m = _BLK.match(t.name)
+        if m:
+            i = int(m.group(1)) if len(m.group(1)) < 10 else n_layers
+            if i >= n_layers:
+                raise ModelFileError(
+                    f"{path}: tensor {t.name[:80]} is beyond {key} = {n_layers}. Accepted: "
+                    f"blk.0 to blk.{n_layers - 1}."
+                )
+            seen.add(i)
+    if len(seen) < n_layers:
+        raise ModelFileError(
+            f"{path}: {key} declares {n_layers} layers but the file has tensors for "
+            f"{len(seen)} of them (a GGUF has blk.N tensors for every layer)."
+        )
 
 
 def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
@@ -77,21 +169,28 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     readers = [_open(f) for f in files]
     head = readers[0]
     arch_name = _value(head, "general.architecture")
-    if not isinstance(arch_name, str):
-        raise ModelFileError(f"{path}: GGUF has no general.architecture")
+    if not isinstance(arch_name, str) or not arch_name or len(arch_name) > 64:
+        raise ModelFileError(f"{path}: GGUF has no usable general.architecture")
     a = arch_name
-    n_layers = _int(head, f"{a}.block_count")
-    n_embd = _int(head, f"{a}.embedding_length")
-    n_head = _int(head, f"{a}.attention.head_count")
+    where = str(path)
+    n_layers = _int(head, f"{a}.block_count", None, where)
+    n_embd = _int(head, f"{a}.embedding_length", None, where)
+    n_head = _int(head, f"{a}.attention.head_count", None, where)
     if not n_layers or not n_embd or not n_head:
         raise ModelFileError(
             f"{path}: GGUF lacks {a}.block_count / embedding_length / attention.head_count"
         )
-    n_kv = _int(head, f"{a}.attention.head_count_kv", n_head) or n_head
-    head_dim = _int(head, f"{a}.attention.key_length", n_embd // n_head) or n_embd // n_head
-    head_dim_v = _int(head, f"{a}.attention.value_length", head_dim)
-
+    default_dim = n_embd // n_head
+    if default_dim < 1:
+        raise ModelFileError(
+            f"{path}: {a}.attention.head_count {n_head} exceeds {a}.embedding_length {n_embd} "
+            f"and no {a}.attention.key_length says the head size"
+        )
+    n_kv = _int(head, f"{a}.attention.head_count_kv", n_head, where) or n_head
+    head_dim = _int(head, f"{a}.attention.key_length", None, where) or default_dim
+    head_dim_v = _int(head, f"{a}.attention.value_length", head_dim, where)
     tensors = [t for r in readers for t in r.tensors]
+    _layer_tensors(path, tensors, n_layers, f"{a}.block_count")
     by_name = {t.name: t for t in tensors}
     tokens = _value(head, "tokenizer.ggml.tokens")
     embd = by_name.get("token_embd.weight")
@@ -103,15 +202,20 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     if vocab <= 0:
         raise ModelFileError(f"{path}: cannot tell the vocabulary size (no tokens, no token_embd)")
 
-    n_expert = _int(head, f"{a}.expert_count")
-    swa = _int(head, f"{a}.attention.sliding_window")
+    n_expert = _int(head, f"{a}.expert_count", None, where)
+    swa = _int(head, f"{a}.attention.sliding_window", None, where)
     swa_layers: tuple[int, ...] = ()
     if swa:
-        pattern_raw = _value(head, f"{a}.attention.sliding_window_pattern")
+        pkey = f"{a}.attention.sliding_window_pattern"
+        pattern_raw = _value(head, pkey)
         if isinstance(pattern_raw, list) and len(pattern_raw) >= n_layers:
             swa_layers = tuple(i for i in range(n_layers) if pattern_raw[i])
         else:
-            n = int(pattern_raw) if isinstance(pattern_raw, int) else SWA_PATTERN.get(a, 0)
+            n = (
+                _checked(where, pkey, pattern_raw, _PATTERN_RULE)
+                if isinstance(pattern_raw, (int, float)) and not isinstance(pattern_raw, bool)
+                else SWA_PATTERN.get(a, 0)
+            )
             swa_layers = (
                 tuple(i for i in range(n_layers) if n == 0 or i % n < n - 1)
                 if n or a in SWA_PATTERN
@@ -125,17 +229,18 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         n_kv_heads=n_kv,
         head_dim=head_dim,
         head_dim_v=head_dim_v if head_dim_v != head_dim else None,
-        intermediate_size=_int(head, f"{a}.feed_forward_length", 0) or 0,
+        intermediate_size=_int(head, f"{a}.feed_forward_length", 0, where) or 0,
         vocab_size=vocab,
         tied_embeddings="output.weight" not in by_name,
-        max_position_embeddings=_int(head, f"{a}.context_length", 4096) or 4096,
+        max_position_embeddings=_int(head, f"{a}.context_length", 4096, where) or 4096,
         sliding_window=swa,
         sliding_window_layers=swa_layers,
         n_experts=n_expert,
-        n_experts_per_token=_int(head, f"{a}.expert_used_count"),
-        expert_intermediate_size=_int(head, f"{a}.expert_feed_forward_length"),
-        n_shared_experts=_int(head, f"{a}.expert_shared_count"),
+        n_experts_per_token=_int(head, f"{a}.expert_used_count", None, where),
+        expert_intermediate_size=_int(head, f"{a}.expert_feed_forward_length", None, where),
+        n_shared_experts=_int(head, f"{a}.expert_shared_count", None, where),
     )
+    check_arch(arch, f"{path} (architecture derived from its header)")
     per_layer = [0] * n_layers
     per_expert = [0] * n_layers
     tok = out = other = 0
@@ -145,7 +250,7 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         tname = t.type_name
         types[tname] = types.get(tname, 0) + nb
         m = _BLK.match(t.name)
-        if m and int(m.group(1)) < n_layers:
+        if m:
             i = int(m.group(1))
             per_layer[i] += nb
             if _EXPERT.search(t.name):
@@ -194,7 +299,8 @@ _FTYPE = {
 
 
 def _quant_name(reader: Any, types: dict[str, int]) -> str:
-    ftype = _int(reader, "general.file_type")
+    ftype = _value(reader, "general.file_type")
+    ftype = ftype if isinstance(ftype, int) and not isinstance(ftype, bool) else None
     if ftype is not None and ftype in _FTYPE:
         return _FTYPE[ftype]
     return max(types, key=lambda k: types[k]) if types else "unknown"

@@ -6,17 +6,19 @@ tensor data is never read). Multimodal configs keep the language model under ``t
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+from gpu_preflight.boundedio import FileInputError, NumberRule, check_regular, read_json, shorten
 from gpu_preflight.models.errors import ModelFileError
-from gpu_preflight.models.layout import count_params
+from gpu_preflight.models.layout import ARCH_RULES, MAX_LAYERS, check_arch, count_params
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
-MAX_CONFIG_BYTES = 4 * 2**20
+# transformers' Gemma3TextConfig.sliding_window_pattern: every Nth layer is global (N >= 1).
+SWA_PATTERN_RULE = NumberRule(1, MAX_LAYERS)
 DTYPE_BYTES = {
     "F64": 8,
     "I64": 8,
@@ -46,87 +48,152 @@ _TYPES = {
 }
 
 
+MAX_SHARDS = 4096  # safetensors shards in one checkpoint (the largest real ones have ~160)
+
+
 def _config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     try:
-        if cfg.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelFileError(f"{cfg}: larger than 4 MiB, not a model config")
-        doc = json.loads(cfg.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelFileError(f"{cfg}: cannot read it ({exc.strerror or exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{cfg}: not valid JSON ({exc})") from exc
+        doc = read_json(cfg, "config")
+    except FileInputError as exc:
+        hint = "" if exc.accepted else " Accepted: a Hugging Face config.json."
+        raise ModelFileError(f"{exc}{hint}") from exc
     if not isinstance(doc, dict):
-        raise ModelFileError(f"{cfg}: expected a JSON object")
+        raise ModelFileError(f"{cfg}: expected a JSON object, got {type(doc).__name__}")
     text = doc.get("text_config")
     return {**doc, **text} if isinstance(text, dict) else doc
 
 
 def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
-    def need(key: str, *alts: str) -> int:
-        for k in (key, *alts):
-            v = c.get(k)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-        raise ModelFileError(f"{where}: config.json lacks a positive integer {key!r}")
+    """The architecture from a config.json, every field typed and bounded (layout.ARCH_RULES)."""
 
-    n_layers = need("num_hidden_layers", "n_layer")
-    hidden = need("hidden_size", "n_embd")
-    heads = need("num_attention_heads", "n_head")
-    kv = c.get("num_key_value_heads") or heads
-    head_dim = c.get("head_dim") or hidden // heads
-    model_type = str(c.get("model_type", "unknown"))
-    sw = c.get("sliding_window") if c.get("use_sliding_window", True) is not False else None
+    def value(field: str, keys: tuple[str, ...], default: int | None) -> int | None:
+        # The first key present and not null wins; 0 means "absent" where transformers treats
+        # it so (num_key_value_heads: 0 -> MHA); a wrong type or range names the key.
+        rule = ARCH_RULES[field]
+        for k in keys:
+            v = c.get(k)
+            if v is None:
+                continue
+            if v == 0 and not isinstance(v, bool) and rule.minimum >= 1:
+                return default
+            try:
+                return int(rule.check(v, where, k))
+            except FileInputError as exc:
+                raise ModelFileError(str(exc)) from exc
+        return default
+
+    def need(field: str, *keys: str) -> int:
+        v = value(field, keys, None)
+        if v is None:
+            raise ModelFileError(
+                f"{where}: lacks {keys[0]!r}. Accepted: {ARCH_RULES[field].accepted}."
+            )
+        return v
+
+    n_layers = need("n_layers", "num_hidden_layers", "n_layer")
+    hidden = need("hidden_size", "hidden_size", "n_embd")
+    heads = need("n_heads", "num_attention_heads", "n_head")
+    kv = value("n_kv_heads", ("num_key_value_heads",), heads) or heads
+    if hidden // heads < 1 and c.get("head_dim") is None:
+        raise ModelFileError(
+            f"{where}: num_attention_heads {heads} exceeds hidden_size {hidden} and no head_dim "
+            "says the head size"
+        )
+    head_dim = value("head_dim", ("head_dim",), hidden // heads) or hidden // heads
+    model_type = c.get("model_type", "unknown")
+    if not isinstance(model_type, str) or len(model_type) > 64:
+        raise ModelFileError(
+            f"{where}: model_type: {shorten(model_type)}. Accepted: a string of at most 64 characters."
+        )
+    use_sw = c.get("use_sliding_window", True) is not False
+    sw = value("sliding_window", ("sliding_window",), None) if use_sw else None
     layer_types = c.get("layer_types")
     swa_layers: tuple[int, ...] = ()
-    if isinstance(sw, int) and sw > 0:
+    if sw:
         if isinstance(layer_types, list):
+            if len(layer_types) > n_layers:
+                raise ModelFileError(
+                    f"{where}: layer_types lists {len(layer_types)} layers. Accepted: at most "
+                    f"num_hidden_layers ({n_layers})."
+                )
             swa_layers = tuple(i for i, t in enumerate(layer_types) if t == "sliding_attention")
         elif model_type.startswith("gemma2"):
             swa_layers = tuple(range(0, n_layers, 2))
         elif model_type.startswith("gemma3"):
-            p = int(c.get("sliding_window_pattern", 6))
+            # transformers' Gemma3TextConfig: every sliding_window_pattern-th layer is global.
+            raw = c.get("sliding_window_pattern", 6)
+            try:
+                p = int(SWA_PATTERN_RULE.check(raw, where, "sliding_window_pattern"))
+            except FileInputError as exc:
+                raise ModelFileError(str(exc)) from exc
             swa_layers = tuple(i for i in range(n_layers) if (i + 1) % p != 0)
         else:
             swa_layers = tuple(range(n_layers))  # Mistral-style: every layer windowed
-    n_experts = c.get("num_local_experts") or c.get("num_experts")
-    return ModelArch(
+    n_experts = value("n_experts", ("num_local_experts", "num_experts"), None)
+    inter = value("intermediate_size", ("intermediate_size",), 0) or 0
+    arch = ModelArch(
         architecture=_TYPES.get(model_type, model_type),
         n_layers=n_layers,
         hidden_size=hidden,
         n_heads=heads,
-        n_kv_heads=int(kv),
-        head_dim=int(head_dim),
-        intermediate_size=int(c.get("intermediate_size") or 0) if not n_experts else 0,
-        vocab_size=need("vocab_size"),
+        n_kv_heads=kv,
+        head_dim=head_dim,
+        intermediate_size=inter if not n_experts else 0,
+        vocab_size=need("vocab_size", "vocab_size"),
         tied_embeddings=bool(c.get("tie_word_embeddings", False)),
-        max_position_embeddings=int(c.get("max_position_embeddings") or 4096),
-        sliding_window=int(sw) if isinstance(sw, int) and sw > 0 and swa_layers else None,
+        max_position_embeddings=value("max_position_embeddings", ("max_position_embeddings",), 4096)
+        or 4096,
+        sliding_window=sw if sw and swa_layers else None,
         sliding_window_layers=swa_layers,
-        n_experts=int(n_experts) if n_experts else None,
-        n_experts_per_token=c.get("num_experts_per_tok") or c.get("experts_per_token"),
-        expert_intermediate_size=c.get("moe_intermediate_size")
-        or (c.get("intermediate_size") if n_experts else None),
-        n_shared_experts=c.get("n_shared_experts") or None,
+        n_experts=n_experts,
+        n_experts_per_token=value(
+            "n_experts_per_token", ("num_experts_per_tok", "experts_per_token"), None
+        ),
+        expert_intermediate_size=value("expert_intermediate_size", ("moe_intermediate_size",), None)
+        or ((inter or None) if n_experts else None),
+        n_shared_experts=value("n_shared_experts", ("n_shared_experts",), None) or None,
     )
+    return check_arch(arch, where)
 
 
 def _safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
-    if index.is_file():
+    if os.path.lexists(index):  # any kind of file there is read (and a FIFO refused), not skipped
         try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
-            names = sorted(set(doc["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelFileError(f"{index}: not a valid safetensors index ({exc})") from exc
+            doc = read_json(index, "safetensors-index")
+        except FileInputError as exc:
+            hint = "" if exc.accepted else " Accepted: a safetensors index JSON file."
+            raise ModelFileError(f"{exc}{hint}") from exc
+        wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+            raise ModelFileError(
+                f"{index}: weight_map: not an object of tensor name to file name. Accepted: a "
+                'safetensors index ({"weight_map": {"tensor": "model-00001-of-00002.safetensors"}}).'
+            )
+        names = sorted(set(wmap.values()))
+        if len(names) > MAX_SHARDS:
+            raise ModelFileError(
+                f"{index}: weight_map names {len(names)} files. Accepted: at most {MAX_SHARDS}."
+            )
+        bad = [n for n in names if not n or "/" in n or "\\" in n or n in (".", "..")]
+        if bad:
+            raise ModelFileError(
+                f"{index}: weight_map names {shorten(bad[0])}. Accepted: file names inside {path}."
+            )
         files = [path / n for n in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise ModelFileError(
-                f"{index}: lists shards that are missing: {', '.join(missing[:3])}"
+                f"{index}: lists shards that are missing: {', '.join(shorten(m) for m in missing[:3])}"
             )
         return files
-    return sorted(path.glob("*.safetensors"))
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) > MAX_SHARDS:
+        raise ModelFileError(
+            f"{path}: {len(files)} .safetensors files. Accepted: at most {MAX_SHARDS}."
+        )
+    return files
 
 
 def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
@@ -144,13 +211,18 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
     tok = out = other = 0
     for f in files:
         try:
+            check_regular(f)  # safe_open on a FIFO would block
+        except FileInputError as exc:
+            hint = "" if exc.accepted else " Accepted: a readable .safetensors file."
+            raise ModelFileError(f"{exc}{hint}") from exc
+        try:
             with safe_open(str(f), framework="numpy") as st:
                 for name in st.keys():  # noqa: SIM118 - safe_open is not a dict
                     sl = st.get_slice(name)
                     dtype = sl.get_dtype()
                     nb = math.prod(sl.get_shape()) * DTYPE_BYTES.get(dtype, 1)
                     m = _LAYER.search(name)
-                    if m and int(m.group(1)) < arch.n_layers:
+                    if m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
                         per_layer[int(m.group(1))] += nb
                         if _EXPERT.search(name):
                             per_expert[int(m.group(1))] += nb
@@ -160,14 +232,16 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
                         out += nb
                     else:
                         other += nb
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelFileError(f"{f}: malformed safetensors header ({exc})") from exc
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise ModelFileError(
+                f"{f}: malformed safetensors header ({shorten(str(exc), 200)})"
+            ) from exc
     total = tok + out + other + sum(per_layer)
     q = cfg.get("quantization_config")
     quant = (
-        str(q.get("quant_method", "unknown")).lower()
+        str(q.get("quant_method", "unknown"))[:64].lower()
         if isinstance(q, dict)
-        else str(cfg.get("torch_dtype") or cfg.get("dtype") or "bf16")
+        else str(cfg.get("torch_dtype") or cfg.get("dtype") or "bf16")[:64]
         .replace("bfloat16", "bf16")
         .replace("float16", "fp16")
     )

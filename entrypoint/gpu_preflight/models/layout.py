@@ -9,7 +9,66 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpu_preflight.boundedio import FileInputError, NumberRule
+from gpu_preflight.models.errors import ModelFileError
 from gpu_preflight.models.types import ModelArch, WeightLayout
+
+# Bounds on an architecture, whichever file it came from (GGUF, config.json, a catalog). Each is
+# well above every published model (the deepest, Llama-3.1-405B, has 126 layers and hidden size
+# 16384; the largest vocabulary is 262k; the most experts, 512) and low enough that per-layer
+# tables and byte counts stay small: a file declaring 10^8 layers is refused before any per-layer
+# list is built.
+MAX_LAYERS = 1024
+ARCH_RULES: dict[str, NumberRule] = {
+    "n_layers": NumberRule(1, MAX_LAYERS),
+    "hidden_size": NumberRule(1, 2**18),
+    "n_heads": NumberRule(1, 2**14),
+    "n_kv_heads": NumberRule(1, 2**14),
+    "head_dim": NumberRule(1, 2**14),
+    "head_dim_v": NumberRule(1, 2**14),
+    "intermediate_size": NumberRule(0, 2**20),
+    "vocab_size": NumberRule(1, 2**24),
+    "max_position_embeddings": NumberRule(1, 2**30),
+    "sliding_window": NumberRule(1, 2**30),
+    "n_experts": NumberRule(1, 2**14),
+    "n_experts_per_token": NumberRule(1, 2**14),
+    "expert_intermediate_size": NumberRule(1, 2**20),
+    "n_shared_experts": NumberRule(0, 2**10),
+}
+
+
+def check_arch(arch: ModelArch, origin: str) -> ModelArch:
+    """Refuse an architecture outside ``ARCH_RULES`` (a ``ModelFileError`` naming the field)."""
+    try:
+        for name, rule in ARCH_RULES.items():
+            value = getattr(arch, name)
+            if value is not None:
+                rule.check(value, origin, name)
+        layers = NumberRule(0, arch.n_layers - 1)
+        if len(arch.sliding_window_layers) > arch.n_layers:
+            raise FileInputError(
+                origin,
+                f"lists {len(arch.sliding_window_layers)} sliding-window layers",
+                f"at most n_layers ({arch.n_layers})",
+                key="sliding_window_layers",
+            )
+        for i in arch.sliding_window_layers:
+            layers.check(i, origin, "sliding_window_layers[]")
+        if (
+            arch.n_experts_per_token
+            and arch.n_experts
+            and arch.n_experts_per_token > arch.n_experts
+        ):
+            raise FileInputError(
+                origin,
+                f"{arch.n_experts_per_token} experts per token but only {arch.n_experts} experts",
+                "at most n_experts",
+                key="n_experts_per_token",
+            )
+    except FileInputError as exc:
+        raise ModelFileError(str(exc)) from exc
+    return arch
+
 
 # Bits per weight of each quant for the big matrices, and for embeddings/LM head where the
 # quantizer keeps them wider. GGUF k-quant mixtures (Q4_K_M ...) use their measured average over

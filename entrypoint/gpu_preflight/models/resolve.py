@@ -14,6 +14,8 @@ from typing import Protocol
 from gpu_preflight.models.errors import ModelError
 from gpu_preflight.models.types import ModelSpec
 
+PATH_MAX = 4096
+
 ACCEPTED = (
     "a catalog id (see `gpu-preflight matrix` or data/models.json), a Hugging Face id in the "
     "catalog, or a path to a .gguf file or a Hugging Face model directory"
@@ -41,26 +43,47 @@ def _known(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
     return spec
 
 
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
 def resolve_model(value: str, catalog: CatalogLike, var_name: str) -> ModelSpec:
     text = value.strip()
-    path = Path(text)
-    if text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf") or path.exists():
-        path = path.expanduser()
-        if not path.exists():
-            raise ModelError(
-                f"{var_name}={value!r}: no such file or directory. Accepted: {ACCEPTED}."
-            )
-        if path.is_file():
-            from gpu_preflight.models.gguf_file import spec_from_gguf
-
-            return _known(spec_from_gguf(path), catalog)
-        if (path / "config.json").is_file():
-            from gpu_preflight.models.hf_dir import spec_from_hf_dir
-
-            return _known(spec_from_hf_dir(path), catalog)
+    if len(text) > PATH_MAX or "\x00" in text:
         raise ModelError(
-            f"{var_name}={value!r}: a directory without config.json. Accepted: {ACCEPTED}."
+            f"{var_name}={_shown(value)}: {len(text)} characters (or a NUL byte). "
+            f"Accepted: {ACCEPTED}, at most {PATH_MAX} characters."
         )
+    try:
+        path = Path(text)
+        looks_like_path = text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf")
+        if looks_like_path or path.exists() or path.is_symlink():
+            path = path.expanduser()
+            if not (path.exists() or path.is_symlink()):
+                raise ModelError(
+                    f"{var_name}={_shown(value)}: no such file or directory. Accepted: {ACCEPTED}."
+                )
+            if not path.is_dir():
+                # A file, or anything that is not a directory (a FIFO, a device, a link to one):
+                # the GGUF reader refuses what is not a regular file before opening it.
+                from gpu_preflight.models.gguf_file import spec_from_gguf
+
+                return _known(spec_from_gguf(path), catalog)
+            if (path / "config.json").is_file():
+                from gpu_preflight.models.hf_dir import spec_from_hf_dir
+
+                return _known(spec_from_hf_dir(path), catalog)
+            raise ModelError(
+                f"{var_name}={_shown(value)}: a directory without config.json. "
+                f"Accepted: {ACCEPTED}."
+            )
+    except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, ModelError):
+            raise
+        # ~nosuchuser (RuntimeError), a name too long for the filesystem (OSError) ...
+        raise ModelError(
+            f"{var_name}={_shown(value)}: cannot be read as a path ({exc}). Accepted: {ACCEPTED}."
+        ) from None
     key = text.lower()
     for m in catalog.models:
         if m.id == key:
@@ -73,4 +96,6 @@ def resolve_model(value: str, catalog: CatalogLike, var_name: str) -> ModelSpec:
     names = [m.id for m in catalog.models] + [m.hf_id for m in catalog.models]
     close = difflib.get_close_matches(text, names, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ModelError(f"{var_name}={value!r} is not a known model.{hint} Accepted: {ACCEPTED}.")
+    raise ModelError(
+        f"{var_name}={_shown(value)} is not a known model.{hint} Accepted: {ACCEPTED}."
+    )

@@ -8,19 +8,26 @@ Scenario format: schemas/nvml-scenario.schema.json.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pynvml
 
+from gpu_preflight.boundedio import FileInputError, read_json, shorten
+from gpu_preflight.errors import InvalidInput
 from gpu_preflight.schemas import validate
 
 MIB = 2**20
+MAX_DEVICES = 64  # devices, and MIG devices per GPU (real: 16 GPUs per node, 7 MIG slices)
+MAX_INT = 2**62  # any count or size; memory_mib at most MAX_MEMORY_MIB
+MAX_MEMORY_MIB = 2**30  # 1 PiB per device
 
 
-class ScenarioError(ValueError):
+SCENARIO_ACCEPTED = "a recorded NVML scenario JSON file (schemas/nvml-scenario.schema.json)"
+
+
+class ScenarioError(InvalidInput):
     """A scenario file that cannot be used; the message names the file and the problem."""
 
 
@@ -70,10 +77,15 @@ class FakeNvml:
     def nvmlShutdown(self) -> None:
         self.initialised -= 1
 
+    # The schema lets a scenario leave these out: the probe then sees what an old driver answers.
     def nvmlSystemGetDriverVersion(self) -> str:
+        if "driver_version" not in self.scenario:
+            raise _error("NotSupported")
         return str(self.scenario["driver_version"])
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:
+        if "cuda_driver_version" not in self.scenario:
+            raise _error("NotSupported")
         return int(self.scenario["cuda_driver_version"])
 
     def nvmlDeviceGetCount(self) -> int:
@@ -163,17 +175,68 @@ class FakeNvml:
         return int(self._get(h, "compute_instance_id"))
 
 
+def _check_bounds(doc: dict[str, Any], origin: str) -> None:
+    """What the schema leaves open: device counts, integer sizes, NVML error names."""
+    devices = doc["devices"]
+    if len(devices) > MAX_DEVICES:
+        raise ScenarioError(
+            f"{origin}: devices: {len(devices)} devices. Accepted: at most {MAX_DEVICES}."
+        )
+    names: list[tuple[str, Any]] = [("init_error", doc.get("init_error"))]
+    for i, dev in enumerate(devices):
+        migs = dev.get("mig_devices", [])
+        if len(migs) > MAX_DEVICES:
+            raise ScenarioError(
+                f"{origin}: devices[{i}].mig_devices: {len(migs)} MIG devices. Accepted: at most "
+                f"{MAX_DEVICES}."
+            )
+        for where, d in [(f"devices[{i}]", dev)] + [
+            (f"devices[{i}].mig_devices[{j}]", m) for j, m in enumerate(migs)
+        ]:
+            names.append((f"{where}.handle_error", d.get("handle_error")))
+            names += [(f"{where}.errors.{k}", v) for k, v in d.get("errors", {}).items()]
+            for k, v in d.get("memory_mib", {}).items():
+                if v > MAX_MEMORY_MIB:
+                    raise ScenarioError(
+                        f"{origin}: {where}.memory_mib.{k}: {shorten(v)} is out of range. "
+                        f"Accepted: 0 to {MAX_MEMORY_MIB} MiB."
+                    )
+    for where, name in names:
+        if name and not isinstance(getattr(pynvml, f"NVMLError_{name}", None), type):
+            raise ScenarioError(
+                f"{origin}: {where}: {shorten(name)} is not an NVML error name. Accepted: a "
+                "pynvml NVMLError_<Name> suffix, such as NotSupported, GpuIsLost, DriverNotLoaded."
+            )
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and abs(node) > MAX_INT:
+            raise ScenarioError(
+                f"{origin}: {where}: {shorten(node)} is out of range. Accepted: numbers of "
+                "magnitude at most 2^62."
+            )
+
+
 def load_scenario(path: Path) -> dict[str, Any]:
+    """A recorded scenario file, read with bounds: a FIFO or a device is refused unopened."""
+    origin = str(path)
     try:
-        if path.stat().st_size > 4 * MIB:
-            raise ScenarioError(f"{path}: larger than 4 MiB, not a scenario file")
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid JSON ({exc})") from exc
+        doc = read_json(path, "scenario", origin)
+    except FileInputError as exc:
+        hint = "" if exc.accepted else f" Accepted: {SCENARIO_ACCEPTED}."
+        raise ScenarioError(f"{exc}{hint}") from exc
+    devices = doc.get("devices") if isinstance(doc, dict) else None
+    if isinstance(devices, list) and len(devices) > MAX_DEVICES:  # before the (slow) schema check
+        raise ScenarioError(
+            f"{origin}: devices: {len(devices)} devices. Accepted: at most {MAX_DEVICES}."
+        )
     try:
-        validate("nvml-scenario", doc, str(path))
+        validate("nvml-scenario", doc, origin)
     except ValueError as exc:
         raise ScenarioError(str(exc)) from exc
+    _check_bounds(doc, origin)
     return dict(doc)

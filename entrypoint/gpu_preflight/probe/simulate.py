@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpu_preflight.errors import InvalidInput
 from gpu_preflight.gpu_catalog import GpuCatalog, GpuSpec, load_gpu_catalog
 from gpu_preflight.probe.fake_nvml import FakeNvml, ScenarioError, load_scenario
 from gpu_preflight.probe.gpu import probe_gpus
@@ -28,7 +29,7 @@ SIM_CUDA = 12080
 MAX_GPUS = 16
 
 
-class SimulateError(ValueError):
+class SimulateError(InvalidInput):
     """An unknown or malformed --simulate value; the message suggests the closest names."""
 
 
@@ -124,14 +125,53 @@ def parse_spec(spec: str, catalog: GpuCatalog) -> dict[str, Any]:
     return scenario_for(card, count, mig, k)
 
 
+def parse_device_set(spec: str, catalog: GpuCatalog) -> dict[str, Any]:
+    """Mixed cards: "rtx-4090,rtx-3060" or "2xa100-80gb,l4" -> one machine, in the listed order."""
+    parts = [p.strip() for p in spec.split(",")]
+    if any(not p for p in parts):
+        raise SimulateError(f"{spec!r}: an empty entry between commas")
+    devices: list[dict[str, Any]] = []
+    for part in parts:
+        for dev in parse_spec(part, catalog)["devices"]:
+            # Each GPU of the machine has its own UUID, however often its model is listed.
+            dev["uuid"] = f"GPU-{_uuid(f'{spec}/{len(devices)}')}"
+            for j, mig in enumerate(dev.get("mig_devices", [])):
+                mig["uuid"] = f"MIG-{_uuid(f'{spec}/{len(devices)}/{j}')}"
+            devices.append(dev)
+    if len(devices) > MAX_GPUS:
+        raise SimulateError(f"{len(devices)} GPUs: simulate 1 to {MAX_GPUS}")
+    return {
+        "description": f"simulated {spec}",
+        "source": "gpu-preflight's GPU catalog (data/gpus.json)",
+        "driver_version": SIM_DRIVER,
+        "cuda_driver_version": SIM_CUDA,
+        "memory_v2": True,
+        "devices": devices,
+    }
+
+
+def _exists(path: Path, regular: bool) -> bool:
+    """Whether to read ``path`` as a scenario file: a regular file, or (for a value that cannot be
+    a catalog spec) anything at all, so that load_scenario names a FIFO or a device as such."""
+    try:
+        return path.is_file() if regular else (path.exists() or path.is_symlink())
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
 def simulate(spec: str, catalog: GpuCatalog | None = None) -> Simulation:
     catalog = catalog or load_gpu_catalog()
     path = Path(spec)
-    if spec.endswith(".json") or path.is_file():
+    # A path is read as a scenario file (load_scenario refuses FIFOs and devices unopened);
+    # anything that looks like a catalog spec and is not an existing path is a catalog spec.
+    catalog_like = _SPEC.match(spec.strip().lower()) is not None
+    if spec.endswith(".json") or _exists(path, regular=catalog_like):
         try:
             scenario = load_scenario(path)
         except ScenarioError as exc:
             raise SimulateError(str(exc)) from exc
+    elif "," in spec:
+        scenario = parse_device_set(spec, catalog)
     else:
         scenario = parse_spec(spec, catalog)
     report = probe_gpus({}, lib=FakeNvml(scenario), catalog=catalog)
