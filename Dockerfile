@@ -8,10 +8,12 @@
 # The base images are build arguments, so the CI end-to-end test can build every target on a
 # Debian base it made itself (no registry there), with llama-server in LLAMACPP_DIR.
 ARG VLLM_BASE=vllm/vllm-openai:v0.32.0
-ARG LLAMACPP_BASE=ghcr.io/ggml-org/llama.cpp:server-cuda
+# The "full" image: llama-server and llama.cpp's tools, among them llama-fit-params, which `run`
+# uses for llama.cpp's own dry run of the planned command (the "server" image has no tools).
+ARG LLAMACPP_BASE=ghcr.io/ggml-org/llama.cpp:full-cuda
 ARG LLAMACPP_DIR=/app
 
-# ---- llama-server and its libraries, from the official llama.cpp CUDA server image ----------
+# ---- llama-server, llama-fit-params and their libraries, from the official llama.cpp CUDA image -
 FROM ${LLAMACPP_BASE} AS llamacpp-bin
 ARG LLAMACPP_DIR
 RUN mkdir -p /opt/llama.cpp && cp -a "${LLAMACPP_DIR}"/. /opt/llama.cpp/ && test -x /opt/llama.cpp/llama-server

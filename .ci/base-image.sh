@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build gpu-preflight-base:bookworm without a registry: a debootstrap Debian 12 root filesystem
-# with python3, fio and a static llama-server (from .ci/llama-cpp.sh), imported into the private
+# with python3, fio, a static llama-server and llama-fit-params (from .ci/llama-cpp.sh; the run's
+# dry run of the planned command uses the latter), imported into the private
 # engine. The rootfs tarball is cached outside the repo, keyed by this script's content.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -18,7 +19,7 @@ if [[ ! -f "$TARBALL" ]]; then
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,fio,ca-certificates,libgomp1,curl \
     bookworm "$work/rootfs" "$MIRROR" >&2
   mkdir -p "$work/rootfs/usr/local/lib/llama.cpp"
-  cp "$LLAMA_BIN/llama-server" "$work/rootfs/usr/local/lib/llama.cpp/"
+  cp "$LLAMA_BIN/llama-server" "$LLAMA_BIN/llama-fit-params" "$work/rootfs/usr/local/lib/llama.cpp/"
   ln -sf /usr/local/lib/llama.cpp/llama-server "$work/rootfs/usr/local/bin/llama-server"
   # Outbound HTTPS here is re-signed by a local CA: pip inside the image build needs it.
   cp /etc/ssl/certs/ca-certificates.crt "$work/rootfs/etc/ssl/certs/host-ca-bundle.crt"

@@ -9,24 +9,31 @@ anything is probed, so a typo costs nothing. ``plan_on`` is the one planning pat
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpu_preflight import engine_check, launch
+from gpu_preflight.errors import SetupError
 from gpu_preflight.models.catalog import Catalog, load_catalog
 from gpu_preflight.models.errors import ModelError
 from gpu_preflight.models.resolve import resolve_model
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import DRAFT_TOKENS, Draft
+from gpu_preflight.plan.document import plan_to_dict
 from gpu_preflight.plan.flags import FlagValueError
 from gpu_preflight.plan.overrides import Overrides, Sourced, parse_overrides
+from gpu_preflight.plan.reconcile import reconcile
 from gpu_preflight.plan.request import Catalogue, ModelRequest
 from gpu_preflight.plan.search import plan
 from gpu_preflight.plan.tiers import TierTable, load_tiers
 from gpu_preflight.plan.types import Plan
+from gpu_preflight.probe.collect import collect_hardware
 from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile import make_profile, profile_to_dict
 
 # llama-server's default file for `-hf org/repo` without a tag (common/download.cpp: "latest",
 # which the Hub resolves to Q4_K_M when the repo has it).
@@ -85,6 +92,72 @@ def plan_on(inputs: Inputs, profile: Profile, engines_available: Sequence[str]) 
         inputs.model,
         tuple(engines_available),
     )
+
+
+@dataclass(frozen=True)
+class Started:
+    """What `run` has before it records and execs: the profile, the final plan, and where to write."""
+
+    profile: Profile
+    plan: Plan
+    profile_dir: launch.ProfileDir
+    dry_run: bool
+
+
+def start(env: Mapping[str, str], engine_argv: Sequence[str], dry_run: bool) -> Started:
+    """run's pipeline up to the record: inputs, probe, profile, plan, llama.cpp's own check."""
+    from gpu_preflight.cli.probe_opts import flag, probe_options
+
+    dry = dry_run or flag(env, "PREFLIGHT_DRY_RUN")
+    # Every input is checked before the probe: a typo must not cost a fio pass.
+    inputs = prepare(env, engine_argv)
+    pdir = launch.choose_profile_dir(env)
+    opts = probe_options(env, None, None, pdir.path)
+    profile = make_profile(collect_hardware(env, opts))
+    result = plan_on(inputs, profile, launch.available_engines(env))
+    result = check_with_engine(inputs, result, env)
+    return Started(profile, result, pdir, dry)
+
+
+def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> Plan:
+    """llama.cpp's own dry run of the exact argv on this machine's devices, folded into the plan.
+
+    It needs the model's file on local disk (a path, or the header's sparse copy): with -hf and
+    no local file the closed form stands, and the plan says why.
+    """
+    mode = str(inputs.overrides.value("engine_check", "auto"))
+    if mode == "off" or result.verdict != "ship" or result.engine != "llama.cpp":
+        return result
+    binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
+    if binary is None:
+        if mode == "on":
+            raise SetupError(
+                f"PREFLIGHT_ENGINE_CHECK=on, but {engine_check.FIT_PARAMS} is not on PATH in "
+                "this image. Accepted: auto or off, or an image that ships it."
+            )
+        return reconcile(result, f"{engine_check.FIT_PARAMS} is not on PATH in this image")
+    assert result.model is not None
+    if result.model.path is None:
+        return reconcile(
+            result,
+            "the model is not on local disk before llama-server downloads it (-hf)",
+        )
+    return reconcile(result, engine_check.llama_dry_run(result.argv, engine_env(env, result)))
+
+
+def engine_env(env: Mapping[str, str], result: Plan) -> dict[str, str]:
+    """The engine's environment: ours, less the variables the argv now carries, plus the plan's."""
+    kept = {k: v for k, v in env.items() if k not in result.env_unset}
+    return launch.engine_environment(kept, result.env)
+
+
+def record(started: Started) -> launch.WriteResult:
+    """profile.json and plan.json, written as one set (or the previous set kept)."""
+    docs = {
+        "profile.json": profile_to_dict(started.profile),
+        "plan.json": plan_to_dict(started.plan),
+    }
+    return launch.write_set(started.profile_dir.path, docs)
 
 
 # ---------------------------------------------------------------------------------------------

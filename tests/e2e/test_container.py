@@ -152,6 +152,10 @@ def test_ships_on_cpu_serves_and_stops_on_sigterm(docker_client, models_dir):
         assert plan.verdict == "ship" and plan.engine == "llama.cpp" and plan.tier == "cpu"
         assert props["default_generation_settings"]["n_ctx"] == plan.context
         assert profile.hardware.gpus.devices == () and profile.hardware.platform.in_container
+        # llama.cpp's own dry run of the exact command ran in the container before the exec.
+        assert plan.predicted is not None
+        dry = [n for n in plan.predicted.notes if n.startswith("llama.cpp's own dry run")]
+        assert dry and "llama-fit-params" in dry[0], plan.predicted.notes
         # exec, not a child: llama-server is PID 1 and gets docker stop's SIGTERM itself.
         cmdline = c.exec_run(["cat", "/proc/1/cmdline"]).output.decode().split("\0")
         assert cmdline[0] == "llama-server" and list(plan.argv) == [a for a in cmdline if a]

@@ -313,7 +313,7 @@ def test_inputs_are_checked_before_the_probe(monkeypatch):
     """A typo costs nothing: prepare() raises before collect_hardware would run."""
     called = []
     monkeypatch.setattr(
-        "gpu_preflight.cli.run_cmd.collect_hardware", lambda *a, **k: called.append(1)
+        "gpu_preflight.pipeline.collect_hardware", lambda *a, **k: called.append(1)
     )
     from gpu_preflight.cli.run_cmd import run_preflight
 

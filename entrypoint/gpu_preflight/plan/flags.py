@@ -271,6 +271,9 @@ class Flag:
     negations: tuple[str, ...] = ()  # spellings that set a Switch to False (--no-repack)
     option: str | None = None  # the gpu-preflight CLI option with the same meaning (plan --model)
     replacement: str | None = None  # for role "removed": what to use instead
+    # llama.cpp: whether llama-fit-params takes it too (common/arg.cpp: its set_examples include
+    # LLAMA_EXAMPLE_COMMON); server-only flags are left out of llama.cpp's dry run.
+    fit_params: bool = True
 
     @property
     def takes_value(self) -> bool:
@@ -413,6 +416,16 @@ FLAGS: tuple[Flag, ...] = (
         Switch(),
         "setting",
         "plan and print the argv, do not start the engine",
+    ),
+    Flag(
+        "engine_check",
+        P,
+        (),
+        "PREFLIGHT_ENGINE_CHECK",
+        Choice(("auto", "on", "off"), _ON_OFF),
+        "setting",
+        "llama.cpp's own dry run of the planned command before it starts (auto: when "
+        "llama-fit-params is in the image)",
     ),
     Flag(
         "bench",
@@ -609,6 +622,7 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "one KV buffer shared by the slots",
         negations=("--no-kv-unified", "-no-kvu"),
+        fit_params=False,
     ),
     Flag(
         "fit",
@@ -668,6 +682,7 @@ FLAGS: tuple[Flag, ...] = (
         PATH,
         "modelled",
         "draft model file",
+        fit_params=False,
     ),
     Flag(
         "draft_hf",
@@ -677,6 +692,7 @@ FLAGS: tuple[Flag, ...] = (
         REPO,
         "modelled",
         "draft GGUF repo",
+        fit_params=False,
     ),
     Flag(
         "spec_type",
@@ -686,6 +702,7 @@ FLAGS: tuple[Flag, ...] = (
         Text(r"[a-z0-9,_-]+", "a speculative type list, e.g. draft-simple or ngram-cache", 256),
         "modelled",
         "speculative decoding method",
+        fit_params=False,
     ),
     Flag(
         "draft_ngl",
@@ -695,6 +712,7 @@ FLAGS: tuple[Flag, ...] = (
         Int(0, 100_000, words={"all": -1, "auto": -2}),
         "planner",
         "draft layers in VRAM (the planner: all of them when the target is on the GPU)",
+        fit_params=False,
     ),
     Flag(
         "draft_type_k",
@@ -722,6 +740,7 @@ FLAGS: tuple[Flag, ...] = (
         Int(1, 64),
         "planner",
         "tokens drafted per step",
+        fit_params=False,
     ),
     Flag(
         "mmproj",
@@ -750,6 +769,7 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "download the repo's projector with -hf",
         negations=("--no-mmproj", "--no-mmproj-auto"),
+        fit_params=False,
     ),
     Flag("lora", L, ("--lora",), None, PATH, "modelled", "LoRA adapter file"),
     Flag(
@@ -770,8 +790,19 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "tensor placement overrides (not modelled: refused)",
     ),
-    Flag("host", L, ("--host",), "LLAMA_ARG_HOST", HOST, "planner", "listen address"),
-    Flag("port", L, ("--port",), "LLAMA_ARG_PORT", PORT, "planner", "listen port"),
+    Flag(
+        "host",
+        L,
+        ("--host",),
+        "LLAMA_ARG_HOST",
+        HOST,
+        "planner",
+        "listen address",
+        fit_params=False,
+    ),
+    Flag(
+        "port", L, ("--port",), "LLAMA_ARG_PORT", PORT, "planner", "listen port", fit_params=False
+    ),
     Flag(
         "alias",
         L,
@@ -780,6 +811,7 @@ FLAGS: tuple[Flag, ...] = (
         NAME,
         "planner",
         "the model name the API reports",
+        fit_params=False,
     ),
     Flag(
         "api_key",

@@ -1,0 +1,155 @@
+"""Ask llama.cpp itself: its own dry run of the exact command the plan will exec, on these devices.
+
+``llama-fit-params --fit-print on`` (tools/fit-params/fit-params.cpp) parses the same arguments as
+llama-server (common/arg.cpp), loads the model's header and builds the context with nothing
+allocated (common/fit.cpp ``common_get_device_memory_data_impl`` sets ``no_alloc``), and reports
+model, context and compute MiB per device and for the host. It sees the devices this process sees
+(same environment, so the same ``CUDA_VISIBLE_DEVICES``), and it reads only the GGUF header: a
+sparse copy whose tensor data is a hole works as well as the real file.
+
+Its ``--log-jsonl`` record (``fit_memory_breakdown``) also lists the buffer types llama.cpp leaves
+out of the printed "Host" line (CPU_REPACK has no ``is_host``), which are host RAM all the same:
+they are folded into the host row here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gpu_preflight.plan.flags import Switch, spelling_index
+from gpu_preflight.probe.command import run_command
+
+MIB = 2**20
+FIT_PARAMS = "llama-fit-params"
+TIMEOUT_S = 60
+MAX_OUTPUT = 4 * 2**20  # its output is a few KiB; anything beyond is not a breakdown
+
+
+@dataclass(frozen=True)
+class EngineDevice:
+    """One device as llama.cpp itself sizes it (bytes; llama.cpp prints whole MiB)."""
+
+    name: str  # "CUDA0", "Vulkan0", ..., or "Host"
+    model_bytes: int
+    context_bytes: int
+    compute_bytes: int
+
+
+@dataclass(frozen=True)
+class EngineBreakdown:
+    devices: tuple[EngineDevice, ...]  # the GPUs in llama.cpp's order, then "Host"
+    argv: tuple[str, ...]  # exactly what ran
+    dropped: tuple[str, ...]  # flags of the plan's argv llama-fit-params does not take
+    seconds: float
+
+    @property
+    def gpus(self) -> tuple[EngineDevice, ...]:
+        return tuple(d for d in self.devices if d.name != "Host")
+
+    @property
+    def host(self) -> EngineDevice | None:
+        return next((d for d in self.devices if d.name == "Host"), None)
+
+
+def fit_params_args(
+    argv: Sequence[str], model_path: str | None = None
+) -> tuple[list[str], list[str]]:
+    """The plan's llama-server argv as llama-fit-params takes it: (args, dropped flags).
+
+    Flags the tool does not take (server-only rows of the flag table, marked ``fit_params=False``)
+    are dropped and listed; so are the user's pass-through arguments, which by the table's
+    definition do not change memory. ``model_path`` replaces a ``--hf-repo``/``--hf-file`` source
+    with a local (sparse) copy of the same file.
+    """
+    index = spelling_index()
+    out: list[str] = []
+    dropped: list[str] = []
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        token = args[i]
+        rows = [f for f in index.get(token, []) if f.owner == "llama.cpp"]
+        if not rows:
+            dropped.append(token)
+            i += 1
+            continue
+        row = rows[0]
+        takes = not isinstance(row.parser, Switch)
+        value = args[i + 1] if takes and i + 1 < len(args) else None
+        keep = row.fit_params and not (model_path and row.knob in ("hf_repo", "hf_file", "model"))
+        if keep:
+            out.append(token)
+            if value is not None:
+                out.append(value)
+        elif not (model_path and row.knob in ("hf_repo", "hf_file", "model")):
+            dropped.append(token)
+        i += 2 if takes else 1
+    if model_path:
+        out = ["--model", model_path, *out]
+    return out, dropped
+
+
+def _rows(stdout: str) -> list[EngineDevice] | None:
+    for line in stdout.splitlines():
+        at = line.find('{"type":"fit_memory_breakdown"')
+        if at < 0:
+            continue
+        rows = json.loads(line[at:])["data"]["rows"]
+        devices: list[EngineDevice] = []
+        extra = [0, 0, 0]
+        for r in rows:
+            parts = [int(r["model"]) * MIB, int(r["context"]) * MIB, int(r["compute"]) * MIB]
+            if r["kind"] == "buffer_type":
+                if str(r["name"]).upper().startswith("CPU"):
+                    extra = [a + b for a, b in zip(extra, parts, strict=True)]
+                continue
+            name = "Host" if r["kind"] == "host" else str(r["name"])
+            devices.append(EngineDevice(name, *parts))
+        out = []
+        for d in devices:
+            if d.name == "Host":
+                d = EngineDevice(  # noqa: PLW2901 - the host row with its extra buffers
+                    "Host",
+                    d.model_bytes + extra[0],
+                    d.context_bytes + extra[1],
+                    d.compute_bytes + extra[2],
+                )
+            out.append(d)
+        return out
+    return None
+
+
+def llama_dry_run(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    model_path: str | None = None,
+    binary: str | None = None,
+) -> EngineBreakdown | str:
+    """llama.cpp's own breakdown of ``argv`` on this machine, or why it could not be had."""
+    found = binary or shutil.which(FIT_PARAMS, path=env.get("PATH"))
+    if not found:
+        return f"{FIT_PARAMS} is not on PATH in this image"
+    args, dropped = fit_params_args(argv, model_path)
+    run = (found, *args, "--fit-print", "on", "--log-jsonl")
+    t0 = time.perf_counter()
+    r = run_command(list(run), TIMEOUT_S, dict(env))
+    seconds = round(time.perf_counter() - t0, 3)
+    if r.error is not None:
+        return f"{FIT_PARAMS} did not run: {r.error}"
+    if r.returncode != 0:
+        tail = " | ".join((r.stderr.strip() or r.stdout.strip()).splitlines()[-3:])
+        return f"{FIT_PARAMS} exited {r.returncode}: {tail[:500]}"
+    try:
+        devices = _rows(r.stdout[:MAX_OUTPUT])
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{FIT_PARAMS} printed a breakdown this version cannot read: {exc}"
+    if not devices or not any(d.name == "Host" for d in devices):
+        return f"{FIT_PARAMS} printed no memory breakdown"
+    return EngineBreakdown(tuple(devices), run, tuple(dropped), seconds)
+
+
+__all__ = ["EngineBreakdown", "EngineDevice", "fit_params_args", "llama_dry_run"]
