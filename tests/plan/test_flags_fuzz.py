@@ -43,12 +43,13 @@ HOSTILE = st.one_of(
         ]
     ),
 )
-ENV_ROWS = [f for f in FLAGS if f.env and f.role not in ("setting",)]
+ENV_ROWS = [f for f in FLAGS if f.env and f.role != "setting"]
+ALL_ENV_ROWS = [f for f in FLAGS if f.env]
 ARG_ROWS = [f for f in FLAGS if f.spellings and f.takes_value and f.role != "secret"]
 
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
-@given(st.sampled_from(ENV_ROWS), HOSTILE)
+@given(st.sampled_from(ALL_ENV_ROWS), HOSTILE)
 def test_parse_env_value_is_a_value_or_a_named_error(row, raw):
     t0 = time.perf_counter()
     try:
@@ -115,3 +116,56 @@ def test_documented_edge_values(env, fragment):
     with pytest.raises(FlagValueError) as info:
         parse_overrides(env)
     assert fragment in str(info.value)
+
+
+def _options() -> list[tuple[str, str]]:
+    """(command, option) for every option of every command that takes a value."""
+    out = []
+    for name, cmd in main.commands.items():
+        for p in cmd.params:
+            if p.param_type_name == "option" and not p.is_flag and p.opts[0] != "--help":
+                out.append((name, p.opts[0]))
+    return out
+
+
+OPTIONS = _options()
+# What each command needs besides the option under test, so that it gets as far as using it.
+BASE = {
+    "probe": ["probe", "--json", "--no-bench", "--simulate", "rtx-4090"],
+    "gpus": ["gpus", "--json"],
+    "plan": ["plan", "--json", "--simulate", "rtx-4090"],
+    "estimate": ["estimate", "--json", "--model", "qwen3-8b", "--context", "4096"],
+    "matrix": ["matrix", "--json", "--gpus", "rtx-4090", "--models", "qwen3-8b"],
+    "tiers": ["tiers", "--json"],
+}
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+@given(st.sampled_from(OPTIONS), HOSTILE)
+def test_every_cli_option_with_hostile_text_is_a_clear_exit(option, raw):
+    command, opt = option
+    if "\x00" in raw or command not in BASE:
+        return
+    args = list(BASE[command])
+    if opt in args:  # replace the base's own value for this option
+        i = args.index(opt)
+        del args[i : i + 2]
+    if command == "estimate" and opt not in ("--gpu",):
+        args += ["--cpu"]
+    if opt == "--out":
+        return  # a path to write: tests/fuzz covers the filesystem faults
+    r = CliRunner().invoke(main, [*args, opt, raw])
+    assert r.exit_code in (0, 2, 3), (command, opt, raw, r.output, r.exception)
+    assert "Traceback" not in r.output, (command, opt, raw, r.output)
+    assert r.exception is None or isinstance(r.exception, SystemExit), (opt, raw, r.exception)
+
+
+def test_the_option_list_is_complete():
+    assert ("plan", "--model") in OPTIONS and ("estimate", "--gpu") in OPTIONS
+    assert ("matrix", "--gpus") in OPTIONS and ("plan", "--host-ram") in OPTIONS

@@ -21,9 +21,12 @@ def _meminfo_kib(field: str) -> int:
 
 
 def test_host_memory_matches_proc_meminfo_and_is_fast():
-    t0 = time.perf_counter()
-    m = probe_host_memory()
-    elapsed = time.perf_counter() - t0
+    # The best of three: other work on a 2-core CI machine can only slow a run, never speed it.
+    elapsed = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        m = probe_host_memory()
+        elapsed = min(elapsed, time.perf_counter() - t0)
     assert m.total_bytes == _meminfo_kib("MemTotal") * 1024
     assert abs(m.available_bytes - _meminfo_kib("MemAvailable") * 1024) < 256 * 2**20
     assert m.memory_source == "psutil"
