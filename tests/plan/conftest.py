@@ -10,7 +10,7 @@ from tests.conftest import NVML
 from gpu_preflight import pipeline
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.plan.document import plan_to_dict
-from gpu_preflight.plan.select import Catalogue, ModelRequest, plan
+from gpu_preflight.plan.select import Catalogue
 from gpu_preflight.plan.tiers import load_tiers
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.probe.collect import simulated_hardware

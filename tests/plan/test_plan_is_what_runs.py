@@ -288,7 +288,7 @@ def test_estimate_and_plan_agree_on_vllms_kv_capacity():
 
 
 def test_matrix_reads_the_users_models_file(tmp_path):
-    doc = json.loads((CATALOG_PATH()).read_text())
+    doc = json.loads((catalog_path()).read_text())
     doc["models"] = [m for m in doc["models"] if m["id"] == "qwen3-8b"]
     doc["models"][0]["id"] = "my-only-model"
     doc["models"][0].pop("draft", None)
@@ -303,7 +303,7 @@ def test_matrix_reads_the_users_models_file(tmp_path):
     assert json.loads(r.output)[0]["model"] == "my-only-model"
 
 
-def CATALOG_PATH():  # noqa: N802 - a path helper kept beside its one test
+def catalog_path():
     from importlib import resources
 
     return resources.files("gpu_preflight") / "data" / "models.json"
