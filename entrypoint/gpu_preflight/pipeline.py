@@ -20,7 +20,8 @@ from gpu_preflight import engine_check, launch
 from gpu_preflight.errors import SetupError
 from gpu_preflight.models.catalog import Catalog, load_catalog
 from gpu_preflight.models.errors import ModelError
-from gpu_preflight.models.resolve import resolve_model
+from gpu_preflight.models.hub import parse_hub_ref, resolve_hub_model
+from gpu_preflight.models.resolve import known_model, resolve_model
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import DRAFT_TOKENS, Draft
 from gpu_preflight.plan.document import plan_to_dict
@@ -77,7 +78,7 @@ def prepare(
             str(overrides.tier.value),
             ", ".join(t.id for t in tiers.tiers),
         )
-    model = resolve_request(overrides, catalog)
+    model = resolve_request(overrides, catalog, env)
     _refuse_unmodelled(overrides)
     return Inputs(env=env, overrides=overrides, catalog=catalog, tiers=tiers, model=model)
 
@@ -137,12 +138,17 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
             )
         return reconcile(result, f"{engine_check.FIT_PARAMS} is not on PATH in this image")
     assert result.model is not None
-    if result.model.path is None:
+    copy = inputs.model.local_copy if inputs.model is not None else None
+    if result.model.path is None and copy is None:
         return reconcile(
             result,
-            "the model is not on local disk before llama-server downloads it (-hf)",
+            "the model is not on local disk before llama-server downloads it (-hf), and no "
+            "header copy was read",
         )
-    return reconcile(result, engine_check.llama_dry_run(result.argv, engine_env(env, result)))
+    check = engine_check.llama_dry_run(
+        result.argv, engine_env(env, result), model_path=None if result.model.path else copy
+    )
+    return reconcile(result, check)
 
 
 def engine_env(env: Mapping[str, str], result: Plan) -> dict[str, str]:
@@ -170,6 +176,8 @@ class _Named:
     artifact: Artifact | None  # the exact artifact named; None: the model, any artifact
     quant: str | None
     source: Sourced
+    local_copy: str | None = None  # the Hub header's sparse copy (for llama.cpp's dry run)
+    revision: str | None = None  # the commit the facts were read at (a model named on the Hub)
 
 
 def _split_quant(text: str) -> tuple[str, str | None]:
@@ -177,8 +185,8 @@ def _split_quant(text: str) -> tuple[str, str | None]:
     if text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf"):
         return text, None
     base, at, q = text.rpartition("@")
-    if at and base and "/" not in q and not Path(text).exists():
-        return base, q
+    if at and base and "/" not in base and "/" not in q and not _exists(text):
+        return base, q  # catalog-id@QUANT (an org/repo@X is a Hub revision)
     base, colon, q = text.rpartition(":")
     if colon and base.count("/") == 1 and q and "/" not in q:
         return base, q
@@ -190,7 +198,9 @@ def _by_repo(catalog: Catalog, repo: str) -> list[tuple[ModelSpec, Artifact]]:
     return [(m, a) for m in catalog.models for a in m.artifacts if a.repo.lower() == key]
 
 
-def _name_one(knob: str, s: Sourced, catalog: Catalog, hf_file: str | None) -> _Named:
+def _name_one(
+    knob: str, s: Sourced, catalog: Catalog, hf_file: str | None, ctx: _HubContext
+) -> _Named:
     text = str(s.value).strip()
     where = s.where
     base, quant = _split_quant(text)
@@ -216,21 +226,75 @@ def _name_one(knob: str, s: Sourced, catalog: Catalog, hf_file: str | None) -> _
         elif len(arts) > 1:
             arts = [a for a in arts if a.quant == DEFAULT_HF_QUANT] or arts[:1]
         return _Named(spec, arts[0], quant, s)
-    if knob == "hf_repo":
-        raise ModelError(
-            f"{where}={text!r} is not a GGUF repo the planner knows. Accepted: "
-            + ", ".join(
-                sorted(
-                    {a.repo for m in catalog.models for a in m.artifacts if a.engine == "llama.cpp"}
-                )[:8]
+    if parse_hub_ref(text) is not None and not _exists(text):
+        # Any model on the Hub (or in the local HF cache): its exact facts, no weights fetched.
+        named_rev = parse_hub_ref(text).revision  # type: ignore[union-attr]
+        if named_rev and ctx.revision and named_rev != ctx.revision:
+            raise FlagValueError(
+                "engine argument --revision",
+                ctx.revision,
+                f"the revision named in {where}={text!r}, or only one of the two set",
+                "it disagrees with the model's name",
             )
-            + ", ... (see data/models.json)."
+        res = resolve_hub_model(
+            text,
+            ctx.env,
+            ctx.cache_dir,
+            revision=ctx.revision,
+            file=hf_file,
+            engine="llama.cpp" if knob == "hf_repo" else ctx.engine,  # type: ignore[arg-type]
+            known=[m.id for m in catalog.models] + [m.hf_id for m in catalog.models],
+            var_name=where,
+        )
+        spec = known_model(res.spec, catalog)
+        revision = named_rev or ctx.revision
+        if revision and res.engine == "llama.cpp":
+            raise FlagValueError(
+                where,
+                text,
+                "a GGUF repo without @REVISION: llama-server's -hf downloads the default branch "
+                "and cannot pin one (download the file and pass its path to pin it)",
+                "a revision llama-server cannot serve",
+            )
+        return _Named(
+            spec,
+            spec.artifacts[0],
+            None,
+            s,
+            local_copy=str(res.local_copy) if res.engine == "llama.cpp" else None,
+            revision=res.revision if revision else None,
         )
     spec = resolve_model(base, catalog, where)
     art = None
     if spec.artifacts and spec.artifacts[0].path is not None:
         art = spec.artifacts[0]  # a file or directory on disk: exactly that
     return _Named(spec, art, quant, s)
+
+
+@dataclass(frozen=True)
+class _HubContext:
+    env: Mapping[str, str]
+    cache_dir: Path | None
+    engine: str | None
+    revision: str | None  # vLLM's --revision, when given
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).expanduser().exists()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def hub_cache_dir(env: Mapping[str, str]) -> Path | None:
+    """Header copies live in the profile volume, so a restart does not ask the Hub again."""
+    pdir = Path(env.get("PREFLIGHT_PROFILE_DIR", "").strip() or launch.DEFAULT_PROFILE_DIR)
+    try:
+        if pdir.is_dir() and os.access(pdir, os.W_OK):
+            return pdir / "hub-headers"
+    except OSError:
+        pass
+    return None  # hub.default_cache_dir: PREFLIGHT_HUB_HEADERS or a temporary directory
 
 
 def _same_model(a: _Named, b: _Named) -> bool:
@@ -245,7 +309,9 @@ def _same_model(a: _Named, b: _Named) -> bool:
     return a.quant is None or b.quant is None or a.quant.lower() == b.quant.lower()
 
 
-def resolve_request(o: Overrides, catalog: Catalog) -> ModelRequest | None:
+def resolve_request(
+    o: Overrides, catalog: Catalog, env: Mapping[str, str] | None = None
+) -> ModelRequest | None:
     """Every place that named a model must name the same one; the most exact name wins."""
     if not o.model_refs:
         for knob in ("draft_model", "draft_hf", "speculative_config"):
@@ -260,7 +326,13 @@ def resolve_request(o: Overrides, catalog: Catalog) -> ModelRequest | None:
                 )
         return None
     hf_file = o.value("hf_file")
-    named = [_name_one(knob, s, catalog, hf_file) for knob, s in o.model_refs]
+    env = env or {}
+    engine = o.engine.value if o.engine is not None else None
+    rev = o.get("revision")
+    ctx = _HubContext(
+        env, hub_cache_dir(env), str(engine) if engine else None, rev.value if rev else None
+    )
+    named = [_name_one(knob, s, catalog, hf_file, ctx) for knob, s in o.model_refs]
     first = named[0]
     for other in named[1:]:
         if not _same_model(first, other):
@@ -292,6 +364,8 @@ def resolve_request(o: Overrides, catalog: Catalog) -> ModelRequest | None:
         artifact=best.artifact,
         draft=resolve_draft(o, catalog),
         extra_gpu_bytes=extra,
+        local_copy=best.local_copy,
+        revision=best.revision,
     )
 
 

@@ -27,6 +27,12 @@ class CatalogLike(Protocol):
     def models(self) -> tuple[ModelSpec, ...]: ...
 
 
+def known_model(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
+    """A model read from a file or the Hub, with the catalog's id, name and draft when its
+    architecture and shape are a catalog entry's (its own artifact is kept)."""
+    return _known(spec, catalog)
+
+
 def _known(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
     a = spec.arch
     for m in catalog.models:

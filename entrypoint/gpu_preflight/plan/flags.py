@@ -949,6 +949,15 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "KV page size in tokens",
     ),
+    Flag(
+        "revision",
+        V,
+        ("--revision",),
+        None,
+        Text(r"[A-Za-z0-9][A-Za-z0-9._/-]*", "a branch, tag or commit", 256),
+        "planner",
+        "the model's Hub revision (also org/repo@REV in the model's name)",
+    ),
     Flag("host", V, ("--host",), None, HOST, "planner", "listen address"),
     Flag("port", V, ("--port",), None, PORT, "planner", "listen port"),
     Flag(

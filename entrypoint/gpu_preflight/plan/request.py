@@ -27,6 +27,8 @@ class ModelRequest:
     artifact: Artifact | None = None
     draft: Draft | None = None  # the user's own draft model (-md, -hfd, --speculative-config)
     extra_gpu_bytes: int = 0  # the user's --mmproj / --lora files
+    local_copy: str | None = None  # a sparse copy of the GGUF header, for llama.cpp's dry run
+    revision: str | None = None  # a Hub commit the model was named at (org/repo@rev)
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,7 @@ def ship(
             served_model_name=alias,
             draft=draft if o.get("speculative_config") is None else None,
             speculative_config=o.value("speculative_config"),
+            revision=model.revision if model is not None else None,
         )
         argv = vllm_argv(choice, s, o)
     warnings = list(targets.notes) + list(fit.warnings)

@@ -62,6 +62,7 @@ class VllmSettings:
     kv_cache_memory_bytes: int | None = None
     speculative_config: Mapping[str, Any] | None = None  # the user's own, as given
     served_model_name: str | None = None  # None: the model's id
+    revision: str | None = None  # the Hub commit the plan read the model at
 
 
 def tp_sizes(spec: ModelSpec, n: int) -> list[int]:
@@ -258,6 +259,8 @@ def _flag(knob: str) -> str:
 def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, ...]:
     """`vllm serve MODEL` with every planned value once, canonically spelled; the rest last."""
     argv: list[str] = ["vllm", "serve", model.path or model.repo]
+    if s.revision is not None:
+        argv += [_flag("revision"), s.revision]
     argv += [_flag("context"), str(s.max_model_len)]
     argv += [_flag("gpu_memory_utilization"), f"{s.gpu_memory_utilization:g}"]
     if s.tensor_parallel_size > 1 or o.get("tensor_parallel") is not None:
