@@ -47,6 +47,7 @@ LIMITS: dict[str, int] = {
 MAX_DEPTH = 64  # JSON nesting; the schemas here need at most 6
 MAX_INT_DIGITS = 40  # 2**128 has 39 digits; no count or size in these files comes near
 SHOW_CHARS = 80  # how much of an offending value a message shows
+PATH_SHOWN = 4096  # a file's own path is shown whole: it is what the user must find
 
 
 class FileInputError(InvalidInput):

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight.boundedio import FileInputError, NumberRule, read_json, shorten
+from gpu_preflight.boundedio import PATH_SHOWN, FileInputError, NumberRule, read_json, shorten
 from gpu_preflight.models.errors import CatalogError, ModelFileError
 from gpu_preflight.models.layout import check_arch, count_params, derive_layout, scale_layout
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec
@@ -137,7 +137,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
     if path is None:
         text = (resources.files("gpu_preflight") / "data" / "models.json").read_text("utf-8")
         return parse_catalog(json.loads(text), "built-in model catalog", trusted=True)
-    origin = f"PREFLIGHT_MODELS_FILE={shorten(str(path))}"
+    origin = f"PREFLIGHT_MODELS_FILE={shorten(str(path), PATH_SHOWN)}"
     try:
         doc = read_json(path, "models", origin)
     except FileInputError as exc:

@@ -20,7 +20,14 @@ from gpu_preflight.models.gguf_header import (
     TensorInfo,
     read_header,
 )
-from gpu_preflight.models.layout import ARCH_RULES, MAX_LAYERS, check_arch, count_params
+from gpu_preflight.models.layout import (
+    ARCH_RULES,
+    GGUF_ARCHITECTURES,
+    MAX_LAYERS,
+    check_arch,
+    count_params,
+    unknown_architecture,
+)
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
 GGUF_MAGIC = b"GGUF"
@@ -173,6 +180,8 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         raise ModelFileError(f"{path}: GGUF has no usable general.architecture")
     a = arch_name
     where = str(path)
+    if a not in GGUF_ARCHITECTURES:
+        raise ModelFileError(unknown_architecture("general.architecture", a, where))
     n_layers = _int(head, f"{a}.block_count", None, where)
     n_embd = _int(head, f"{a}.embedding_length", None, where)
     n_head = _int(head, f"{a}.attention.head_count", None, where)

@@ -14,7 +14,14 @@ from typing import Any
 
 from gpu_preflight.boundedio import FileInputError, NumberRule, check_regular, read_json, shorten
 from gpu_preflight.models.errors import ModelFileError
-from gpu_preflight.models.layout import ARCH_RULES, MAX_LAYERS, check_arch, count_params
+from gpu_preflight.models.layout import (
+    ARCH_RULES,
+    HF_MODEL_TYPES,
+    MAX_LAYERS,
+    check_arch,
+    count_params,
+    unknown_architecture,
+)
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
 # transformers' Gemma3TextConfig.sliding_window_pattern: every Nth layer is global (N >= 1).
@@ -38,14 +45,6 @@ DTYPE_BYTES = {
 }
 _LAYER = re.compile(r"\.layers\.([0-9]+)\.")
 _EXPERT = re.compile(r"\.experts\.")
-_TYPES = {
-    "gpt_oss": "gpt-oss",
-    "qwen3_moe": "qwen3moe",
-    "gemma3_text": "gemma3",
-    "mixtral": "llama",
-    "mistral": "llama",
-    "phi3": "phi3",
-}
 
 
 MAX_SHARDS = 4096  # safetensors shards in one checkpoint (the largest real ones have ~160)
@@ -106,6 +105,8 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         raise ModelFileError(
             f"{where}: model_type: {shorten(model_type)}. Accepted: a string of at most 64 characters."
         )
+    if model_type not in HF_MODEL_TYPES:
+        raise ModelFileError(unknown_architecture("model_type", model_type, where))
     use_sw = c.get("use_sliding_window", True) is not False
     sw = value("sliding_window", ("sliding_window",), None) if use_sw else None
     layer_types = c.get("layer_types")
@@ -133,7 +134,7 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
     n_experts = value("n_experts", ("num_local_experts", "num_experts"), None)
     inter = value("intermediate_size", ("intermediate_size",), 0) or 0
     arch = ModelArch(
-        architecture=_TYPES.get(model_type, model_type),
+        architecture=HF_MODEL_TYPES[model_type],
         n_layers=n_layers,
         hidden_size=hidden,
         n_heads=heads,

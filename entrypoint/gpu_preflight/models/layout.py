@@ -238,3 +238,35 @@ def scale_layout(layout: WeightLayout, total_bytes: int) -> WeightLayout:
     embd, out = int(layout.token_embd_bytes * f), int(layout.output_bytes * f)
     other = total_bytes - embd - out - sum(per_layer)
     return WeightLayout(total_bytes, embd, out, per_layer, per_expert, max(0, other), layout.exact)
+
+
+# The architectures the memory models know: a KV of layers x KV heads x head size (with sliding
+# windows and routed experts where the family has them). Anything else is refused by name, never
+# planned as a look-alike: MLA (deepseek_v2/v3), hybrid linear-attention or SSM layers (qwen3_next,
+# Mamba hybrids) and glm4_moe need their own KV formulas. HF config.json model_type -> our name.
+HF_MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "mixtral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3moe",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "gpt_oss": "gpt-oss",
+}
+# GGUF general.architecture values (llama.cpp's LLM_ARCH_NAMES) of the same families.
+GGUF_ARCHITECTURES = frozenset(
+    {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "gpt-oss"}
+)
+
+
+def unknown_architecture(kind: str, name: str, origin: str) -> str:
+    """The refusal text for an architecture the memory model does not know."""
+    known = sorted(HF_MODEL_TYPES) if kind == "model_type" else sorted(GGUF_ARCHITECTURES)
+    return (
+        f"{origin}: {kind} {name!r} is not an architecture the memory model knows, so its memory "
+        f"cannot be planned. Accepted: {', '.join(known)}."
+    )

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight.boundedio import FileInputError, NumberRule, read_json, shorten
+from gpu_preflight.boundedio import PATH_SHOWN, FileInputError, NumberRule, read_json, shorten
 from gpu_preflight.plan.errors import TierTableError
 from gpu_preflight.schemas import SchemaError, validate
 from gpu_preflight.serde import DecodeError, from_dict
@@ -119,7 +119,7 @@ def load_tiers(env: Mapping[str, str]) -> TierTable:
     path = env.get("PREFLIGHT_TIERS_FILE", "").strip()
     if not path:
         return parse_tiers(json.loads(builtin_tiers_text()), "built-in tier table", trusted=True)
-    origin = f"PREFLIGHT_TIERS_FILE={shorten(path)}"
+    origin = f"PREFLIGHT_TIERS_FILE={shorten(path, PATH_SHOWN)}"
     try:
         doc = read_json(Path(path), "tiers", origin)
     except FileInputError as exc:
