@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 IMAGE ?= gpu-preflight
 TARGET ?= both
 
-.PHONY: help install system-deps llama-cpp vllm test unit e2e lint run image bench docs clean
+.PHONY: help install system-deps llama-cpp llama-cpp-vulkan vllm test unit e2e lint run image bench docs clean
 
 help:
 	@echo "make run         set up and run the preflight here (probe + plan + dry run, no engine start)"
@@ -34,11 +34,16 @@ system-deps:
 llama-cpp:
 	bash .ci/llama-cpp.sh >/dev/null
 
+# The same llama.cpp with its Vulkan backend, run on Mesa's software driver (lavapipe): a device
+# that is not the CPU, for the placement tests (tests/memory/test_vulkan_placement.py).
+llama-cpp-vulkan: system-deps
+	bash .ci/llama-cpp-vulkan.sh >/dev/null
+
 # A real vLLM release in its own venv (about 6 GB, cached): the tests check our argv against it.
 vllm:
 	bash .ci/vllm.sh >/dev/null
 
-test: install system-deps llama-cpp vllm lint
+test: install system-deps llama-cpp llama-cpp-vulkan vllm lint
 	$(BIN)/pytest -p no:cacheprovider
 
 unit: install

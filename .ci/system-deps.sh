@@ -9,6 +9,10 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v losetup >/dev/null || need+=(mount)
+# Vulkan build of llama.cpp on Mesa's software driver (lavapipe), for .ci/llama-cpp-vulkan.sh.
+for pkg in mesa-vulkan-drivers libvulkan-dev glslc glslang-tools spirv-headers; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+done
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "system-deps: missing ${need[*]} and not root; install them with apt-get" >&2
