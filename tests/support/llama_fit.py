@@ -28,7 +28,7 @@ import json
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Flags of llama-server that llama-fit-params rejects ("error: invalid argument"): in
@@ -212,7 +212,7 @@ def _parse(stdout: str) -> tuple[list[FitDevice], list[FitDevice]]:
                 if r["kind"] == "buffer_type":
                     extra.append(d)
                 else:
-                    devices.append(FitDevice("Host" if r["kind"] == "host" else d.name, *_mib(d)))
+                    devices.append(replace(d, name="Host") if r["kind"] == "host" else d)
             continue
         parts = line.split()
         # common_fit_print: "<device> <model> <context> <compute>" per device, then "Host ..."
@@ -221,10 +221,6 @@ def _parse(stdout: str) -> tuple[list[FitDevice], list[FitDevice]]:
     if not devices:
         devices = printed  # no JSON record (an older llama.cpp): the printed lines
     return devices, extra
-
-
-def _mib(d: FitDevice) -> tuple[int, int, int]:
-    return d.model_mib, d.context_mib, d.compute_mib
 
 
 def llama_fit(

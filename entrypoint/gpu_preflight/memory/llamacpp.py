@@ -9,7 +9,14 @@ Sources, in the llama.cpp tree vendored by llama-cpp-python 0.3.36:
   (src/llama-kv-cache-iswa.cpp) get pad(min(n_ctx_seq, n_swa + n_ubatch), 256) cells per stream.
 - Weights: exact per tensor from the GGUF header; token embeddings stay in host RAM, the output
   layer sits with the last offloaded layer (-ngl counts it as layer n_layer), --n-cpu-moe keeps
-  the routed experts of the first N layers in host RAM.
+  the routed experts of the first N layers in host RAM. Tied embeddings: the output layer is
+  token_embd loaded a second time (TENSOR_DUPLICATED, src/llama-model-loader.cpp create_tensor)
+  unless both land in the same buffer type; see tied_output_duplicated for when they do not.
+- CPU repack (ggml/src/ggml-cpu/repack.cpp): the CPU_REPACK buffer type allocates
+  ggml_nbytes per tensor (its get_alloc_size is the default), so repacking moves weights from
+  the mapped CPU buffer into CPU_REPACK without changing their total. llama-fit-params' "Host"
+  line leaves CPU_REPACK out (that buffer type has no is_host, common/fit.cpp
+  common_get_device_memory_data_impl), but the memory is host RAM all the same: it is counted.
 - Compute buffer: the worst of two phases of the reserve graph - the output phase (logits of a
   whole ubatch, f32) and the attention phase (without flash attention the f32 KQ matrix of
   n_kv x n_ubatch x n_head plus its mask). Fitted against llama-fit-params' breakdown; see
@@ -59,6 +66,141 @@ class LlamaCppConfig:
     kv_unified: bool = False
     # Logit rows the context reserves; None: a whole ubatch. A draft context reserves one per slot.
     n_outputs: int | None = None
+    # --repack (llama.cpp's default) / --no-repack, which turns off every CPU extra buffer type
+    # (CPU_REPACK, AMX): common/common.cpp mparams.use_extra_bufts = !params.no_extra_bufts
+    repack: bool = True
+    mmap: bool = True  # --no-mmap (or --mlock's load without mmap) sets False
+    host_isa: str = "x86_64"  # the CPU the llama.cpp build targets: "x86_64" or "aarch64"
+    amx: bool = False  # the host CPU has AMX-INT8 (cpuinfo flag amx_int8) and llama.cpp uses it
+
+
+# (block, bytes per block) of GGUF weight types, from ggml's type traits (ggml/src/ggml.c
+# type_traits): used to tell a tensor's type from its byte count when only bytes are known.
+WEIGHT_TYPES: dict[str, tuple[int, int]] = {
+    "F32": (1, 4),
+    "F16": (1, 2),
+    "BF16": (1, 2),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q8_0": (32, 34),
+    "Q1_0": (128, 18),
+    "Q2_K": (256, 84),
+    "Q3_K": (256, 110),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+    "IQ2_XXS": (256, 66),
+    "IQ2_XS": (256, 74),
+    "IQ2_S": (256, 82),
+    "IQ3_XXS": (256, 98),
+    "IQ3_S": (256, 110),
+    "IQ1_S": (256, 50),
+    "IQ1_M": (256, 56),
+    "IQ4_NL": (32, 18),
+    "IQ4_XS": (256, 136),
+    "TQ1_0": (256, 54),
+    "TQ2_0": (256, 66),
+    "MXFP4": (32, 17),
+    "NVFP4": (64, 36),
+}
+# Weight types the CPU backend repacks into CPU_REPACK for MUL_MAT / MUL_MAT_ID, and the multiple
+# of rows (ne[1]) each needs: ggml/src/ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type.
+# x86_64 (AVX2, which .ci/llama-cpp.sh's GGML_NATIVE=OFF build enables): Q4_0, Q4_K, IQ4_NL,
+# MXFP4 (8 rows); Q2_K needs AVX512 (off in that build, on in native builds): counted, since the
+# build is not known here. aarch64 (NEON dotprod / i8mm): Q4_0, IQ4_NL, MXFP4, Q8_0, Q1_0
+# (4 rows), Q4_K, Q5_K, Q6_K (8 rows).
+REPACK_ROWS: dict[str, dict[str, int]] = {
+    "x86_64": {"Q4_0": 8, "Q4_K": 8, "IQ4_NL": 8, "MXFP4": 8, "Q2_K": 8},
+    "aarch64": {
+        "Q4_0": 4,
+        "IQ4_NL": 4,
+        "MXFP4": 4,
+        "Q8_0": 4,
+        "Q1_0": 4,
+        "Q4_K": 8,
+        "Q5_K": 8,
+        "Q6_K": 8,
+    },
+}
+# Artifacts with a derived layout (no header read): quants whose tied embedding is known not to
+# be repacked. Anything else is assumed repacked (the duplicate is counted).
+_NO_REPACK_QUANTS = {
+    "x86_64": {"F32", "F16", "BF16", "Q8_0", "Q6_K"},
+    "aarch64": {"F32", "F16", "BF16"},
+}
+
+
+# AMX (ggml/src/ggml-cpu/amx/amx.cpp, extra_buffer_type::supports_op): MUL_MAT only (so not the
+# 3-D experts), rows (ne[1]) a multiple of 32, and these types with ne[0] a multiple of the value.
+# ggml_backend_cpu_get_extra_buffer_types lists AMX before CPU_REPACK, so it wins where both apply.
+AMX_TYPES: dict[str, int] = {
+    "Q4_0": 32,
+    "Q4_1": 32,
+    "Q8_0": 32,
+    "Q4_K": 256,
+    "Q5_K": 256,
+    "Q6_K": 256,
+    "IQ4_XS": 256,
+    "F16": 16,
+}
+# ggml_backend_amx_get_alloc_size (amx/mmq.cpp get_row_size) stores rows packed: Q8_0 gains an
+# int32 compensation per 32-block (34 -> 38 bytes), Q4_K/Q5_K 4 bytes and IQ4_XS 2 bytes per
+# 256-block. Tensor types are not in the layout, so the worst ratio is applied.
+AMX_GROWTH = (38, 34)
+
+
+def weight_types_for(n_elements: int, n_bytes: int) -> set[str]:
+    """The GGUF types a tensor of n_elements could have, given its size in bytes."""
+    return {
+        name
+        for name, (block, size) in WEIGHT_TYPES.items()
+        if n_elements % block == 0 and n_elements // block * size == n_bytes
+    }
+
+
+def tied_output_duplicated(
+    arch: ModelArch, layout: WeightLayout, quant: str, cfg: LlamaCppConfig, gpu_count: int
+) -> bool:
+    """Whether a tied output layer kept in host RAM is a second copy of token_embd.
+
+    llama.cpp creates the output as token_embd with TENSOR_DUPLICATED and reuses the tensor only
+    if the output's buffer type is the one token_embd got (src/llama-model-loader.cpp
+    create_tensor: ``ggml_get_tensor(ctx_for_buft(buft), name)``). token_embd is used by
+    GET_ROWS, the output by MUL_MAT, and select_weight_buft picks the first buffer type of the
+    CPU list that supports the op (src/llama-model.cpp make_cpu_buft_list: accelerators, the
+    GPU's host buffer, the CPU extra buffers, CPU):
+    - no GPU in the model's device list: no host buffer type, so the output goes to CPU_REPACK
+      when its type is repacked (REPACK_ROWS; CPU_REPACK supports only MUL_MAT, so token_embd
+      stays in CPU): a duplicate.
+    - with GPUs: the output takes the GPU host buffer (CUDA_Host), which mmap turns back into
+      CPU ("avoid using a host buffer when using mmap"), the same as token_embd: shared. Without
+      mmap it stays in CUDA_Host while a K-quant token_embd (no CUDA GET_ROWS) stays in CPU:
+      counted as a duplicate.
+    """
+    if not arch.tied_embeddings or layout.output_bytes:
+        return False
+    if gpu_count > 0:
+        return not cfg.mmap
+    if not cfg.repack:
+        return False
+    if cfg.amx:
+        if not layout.exact:
+            return True
+        amx = weight_types_for(arch.vocab_size * arch.hidden_size, layout.token_embd_bytes)
+        if not amx or any(
+            t in AMX_TYPES and arch.vocab_size % 32 == 0 and arch.hidden_size % AMX_TYPES[t] == 0
+            for t in amx
+        ):
+            return True
+    rows = REPACK_ROWS.get(cfg.host_isa, REPACK_ROWS["aarch64"] | REPACK_ROWS["x86_64"])
+    if not layout.exact:
+        return quant.upper() not in _NO_REPACK_QUANTS.get(cfg.host_isa, set())
+    types = weight_types_for(arch.vocab_size * arch.hidden_size, layout.token_embd_bytes)
+    if not types:
+        return True  # an unknown type: assume the worst
+    return any(t in rows and arch.vocab_size % rows[t] == 0 for t in types)
 
 
 def pad(n: int, to: int = PAD) -> int:
@@ -85,6 +227,14 @@ def context_cells(cfg: LlamaCppConfig) -> tuple[int, int, int]:
     return per * cfg.parallel, per, cfg.parallel
 
 
+def effective_ubatch(cfg: LlamaCppConfig) -> int:
+    """n_ubatch as the context uses it: the llama_context constructor (src/llama-context.cpp)
+    caps n_batch at the requested n_ctx (causal models; before n_ctx is padded) and n_ubatch at
+    n_batch."""
+    n_batch = min(cfg.n_batch, cfg.context) if cfg.context > 0 else cfg.n_batch
+    return min(cfg.n_ubatch, n_batch)
+
+
 def kv_layer_cells(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
     """KV cells each layer allocates (all streams together)."""
     _, per, streams = context_cells(cfg)
@@ -94,7 +244,7 @@ def kv_layer_cells(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
         if il in swa:
             assert arch.sliding_window is not None
             window = arch.sliding_window * (cfg.parallel if cfg.kv_unified else 1)
-            out.append(pad(min(per, window + cfg.n_ubatch)) * streams)
+            out.append(pad(min(per, window + effective_ubatch(cfg))) * streams)
         else:
             out.append(per * streams)
     return out
@@ -144,23 +294,44 @@ def _layer_devices(
 
 def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: bool) -> int:
     """Compute buffer of one device: the larger of the output phase and the attention phase."""
-    ub = min(cfg.n_ubatch, cfg.n_batch)
+    ub = effective_ubatch(cfg)
     q_dim = arch.n_heads * arch.head_dim
     ff = arch.intermediate_size
     if arch.is_moe:
         ff = (arch.n_experts_per_token or 1) * (arch.expert_intermediate_size or 0) + (
             (arch.n_shared_experts or 0) * (arch.expert_intermediate_size or 0)
         )
-    base = ub * 4 * (2 * q_dim + ff) + COMPUTE_SLACK
+    # q and attention output, the FFN intermediate and two residual streams (ub x hidden):
+    # without them, large ubatches without flash attention came in 24-32 MiB under
+    # llama-fit-params on gemma-2 and gpt-oss (n_ubatch 4096 and 16384).
+    base = ub * 4 * (2 * q_dim + ff + 2 * arch.hidden_size) + COMPUTE_SLACK
     streams = context_cells(cfg)[2]
     tokens_per_stream = max(1, ub // streams)
+    # the KQ mask (f32; cast to f16 for flash attention), and a second one over the sliding
+    # window's cells for models with sliding-window layers (llama-graph.cpp build_attn_inp_kv_iswa)
+    n_kv_swa = 0
+    if arch.sliding_window and arch.sliding_window_layers:
+        n_kv_swa = min(n_kv, pad(arch.sliding_window + ub))
+        if set(range(arch.n_layers)) <= set(arch.sliding_window_layers):
+            n_kv, n_kv_swa = n_kv_swa, 0  # no full-attention layer: every KQ is the window's
     if cfg.flash_attn:
-        attn = base + n_kv * ub * 2
+        attn = base + (n_kv + n_kv_swa) * ub * 2
     else:
-        attn = base + n_kv * tokens_per_stream * streams * arch.n_heads * 4 + n_kv * ub * 4
+        attn = (
+            base
+            + n_kv * tokens_per_stream * streams * arch.n_heads * 4
+            + (n_kv + n_kv_swa) * ub * 4
+        )
     rows = ub if cfg.n_outputs is None else min(ub, cfg.n_outputs)
+    # MoE graphs leave a routed-expert intermediate (ub x k x n_ff_exp, f32) and a hidden state
+    # of the last layer where ggml-alloc cannot reuse them for the logits, so they add to the
+    # output phase (measured on gpt-oss: +83..90 MiB over logits + two hidden states at
+    # n_ubatch 2048, growing with n_ubatch).
+    moe_live = ub * 4 * (ff + arch.hidden_size) if arch.is_moe else 0
     out = (
-        arch.vocab_size * rows * 4 + 2 * ub * arch.hidden_size * 4 + COMPUTE_SLACK
+        # logits, and three hidden-state tensors of the ubatch (two were 24 MiB short on gemma-2,
+        # n_ubatch 4096, 4 slots, no flash attention: where ggml-alloc places them varies)
+        arch.vocab_size * rows * 4 + 3 * ub * arch.hidden_size * 4 + moe_live + COMPUTE_SLACK
         if with_output
         else 0
     )
@@ -208,8 +379,19 @@ def estimate_llamacpp(
     )  # input embeddings stay on the host
     out_bytes = layout.output_bytes or layout.token_embd_bytes  # tied: a duplicate for the output
     if out_dev < 0 and layout.output_bytes == 0:
-        out_bytes = 0  # tied and on the CPU: the same tensor serves both
+        # tied and on the CPU: one tensor serves both, unless their buffer types differ
+        dup = tied_output_duplicated(arch, layout, art.quant, cfg, gpu_count)
+        out_bytes = layout.token_embd_bytes if dup else 0
     weights[slot(out_dev)] += out_bytes
+    if gpu_count == 0 and cfg.amx and cfg.repack:
+        # AMX-packed 2-D matrices (everything on the host but token_embd, the experts and the
+        # small tensors) grow by at most AMX_GROWTH
+        packed = sum(layout.per_layer_bytes) - sum(layout.per_layer_expert_bytes) + out_bytes
+        weights[n_dev] += -(-packed * (AMX_GROWTH[0] - AMX_GROWTH[1]) // AMX_GROWTH[1])
+    if out_dev >= 0:
+        # output_norm is an output-layer tensor (LLM_TENSOR_LAYER_OUTPUT): it sits with the
+        # output; other_bytes also holds host-side tensors, so it is counted on both (a few KiB).
+        weights[out_dev] += layout.other_bytes
     _, per, _ = context_cells(cfg)
     devices = []
     for d in range(n_dev):
@@ -223,7 +405,7 @@ def estimate_llamacpp(
         compute_bytes(arch, cfg, per, with_output=out_dev < 0)
         if (cpu_layers or out_dev < 0)
         # the host still stages the ubatch's input embeddings (llama.cpp's CUDA_Host buffer)
-        else (min(cfg.n_ubatch, cfg.n_batch) * 4 * arch.hidden_size * 3)
+        else (effective_ubatch(cfg) * 4 * arch.hidden_size * 3)
     )
     devices.append(
         DeviceMemory(
@@ -238,6 +420,9 @@ def estimate_llamacpp(
         notes.append(f"CUDA runtime overhead assumed {CUDA_OVERHEAD // MIB} MiB per GPU in use")
     if not layout.exact:
         notes.append("weight placement derived from the architecture (no file header read)")
+    if out_dev < 0 and layout.output_bytes == 0 and out_bytes:
+        why = "CPU_REPACK" if gpu_count == 0 else "no mmap"
+        notes.append(f"tied embeddings: the output layer is a second copy of token_embd ({why})")
     return Estimate(
         engine="llama.cpp",
         context=context_cells(cfg)[0],
@@ -267,6 +452,10 @@ def draft_config(cfg: LlamaCppConfig, cache_type_k: str, cache_type_v: str) -> L
         tensor_split=cfg.tensor_split,
         kv_unified=cfg.kv_unified,
         n_outputs=cfg.parallel,  # n_outputs_max = n_parallel, one row per slot
+        repack=cfg.repack,
+        mmap=cfg.mmap,
+        host_isa=cfg.host_isa,
+        amx=cfg.amx,
     )
 
 
