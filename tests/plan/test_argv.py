@@ -92,6 +92,8 @@ def test_llama_server_argv_exact():
         "2048",
         "--ubatch-size",
         "512",
+        "--cache-ram",
+        "0",
         "--host",
         "0.0.0.0",
         "--port",

@@ -410,3 +410,29 @@ def test_estimate_takes_a_comma_list_of_mixed_cards():
     assert [d["device"] for d in gpus] == ["CUDA0", "CUDA1"]
     assert all(d["total_bytes"] <= d["budget_bytes"] for d in gpus)
     assert "RTX 3060" in e["targets"][1]
+
+
+# --- llama-server's prompt cache: host RAM the plan budgets, carried explicitly ---------------
+
+
+def test_prompt_cache_is_budgeted_in_host_ram_and_on_argv():
+    p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b"}, host_ram_gib=64)
+    mib = int(_value(p.argv, "--cache-ram", "-cram"))
+    assert mib == 8192  # llama.cpp's default, when the host has room for it
+    cpu = next(d for d in p.predicted.devices if d.device == "CPU")
+    assert cpu.overhead_bytes >= mib * 2**20 and cpu.total_bytes <= cpu.budget_bytes
+
+
+def test_prompt_cache_shrinks_to_the_host_ram_left():
+    p = run_plan("library_not_found.json", {}, host_ram_gib=6)
+    mib = int(_value(p.argv, "--cache-ram"))
+    cpu = next(d for d in p.predicted.devices if d.device == "CPU")
+    assert mib < 8192 and cpu.total_bytes <= cpu.budget_bytes
+
+
+def test_users_prompt_cache_is_carried_and_unlimited_is_refused():
+    p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b"}, ("-cram", "0"))
+    assert _value(p.argv, "--cache-ram", "-cram") == "0"
+    with pytest.raises(OverrideError) as info:
+        run_plan("rtx-4090", {"LLAMA_ARG_CACHE_RAM": "-1"})
+    assert "LLAMA_ARG_CACHE_RAM" in str(info.value)

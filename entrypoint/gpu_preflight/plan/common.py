@@ -64,6 +64,7 @@ class Wants:
     fit: str | None = None  # --fit as given
     load_mode: str | None = None
     extra_gpu_bytes: int = 0  # --mmproj / --lora files, loaded on the main GPU
+    cache_ram_mib: int | None = None  # llama-server's prompt cache in host RAM (--cache-ram)
     # vLLM, as the user gave them:
     max_num_batched_tokens: int | None = None
     enforce_eager: bool | None = None

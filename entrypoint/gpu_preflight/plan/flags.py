@@ -670,6 +670,16 @@ FLAGS: tuple[Flag, ...] = (
         "passthrough",
         "how the file is loaded; host weights are counted resident in every mode",
     ),
+    Flag(
+        "cache_ram",
+        L,
+        ("--cache-ram", "-cram"),
+        "LLAMA_ARG_CACHE_RAM",
+        Int(0, 1_048_576, unit="of MiB"),
+        "modelled",
+        "host RAM for llama-server's prompt cache (0: off; its unlimited -1 is refused)",
+        fit_params=False,
+    ),
     Flag("mlock", L, ("--mlock",), None, Switch(), "removed", "", replacement="--load-mode mlock"),
     Flag(
         "no_mmap", L, ("--no-mmap",), None, Switch(), "removed", "", replacement="--load-mode none"

@@ -36,6 +36,12 @@ from gpu_preflight.plan.overrides import Overrides, per_slot_context
 from gpu_preflight.plan.targets import GpuTarget, HostTarget
 from gpu_preflight.plan.types import ModelChoice
 
+# llama-server's prompt cache keeps finished prompts' KV state in host RAM, up to --cache-ram MiB
+# (common.h cache_ram_mib = 8192; tools/server/server-context.cpp server_prompt_cache). The
+# planner passes it explicitly: the user's value, or llama.cpp's default cut to the host RAM the
+# plan leaves free, so the cache cannot grow the server out of memory ten minutes in.
+DEFAULT_CACHE_RAM_MIB = 8192
+MIB = 2**20
 DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
 DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
 _UNQUANTIZED_V = ("f16", "f32", "bf16")
@@ -77,6 +83,7 @@ class LlamaServerSettings:
     no_mmproj: bool = False  # -hf downloads and loads a repo's projector unless told not to
     spec_type: str | None = None  # the user's own --spec-type
     extra: tuple[tuple[str, str], ...] = ()  # the user's modelled file flags (--mmproj F, --lora F)
+    cache_ram_mib: int = 0  # --cache-ram: the prompt cache's host RAM
 
 
 def _cpu(e: Estimate) -> int:
@@ -112,6 +119,21 @@ def _bytes_per_token(spec: ModelSpec, art: Artifact, e: Estimate, context: int) 
     cpu_kv = sum(d.kv_cache_bytes for d in e.devices if d.device == "CPU")
     total_kv = gpu_kv + cpu_kv or 1
     return gpu_w + kv * gpu_kv // total_kv, cpu_w + kv * cpu_kv // total_kv
+
+
+def _with_host_cache(e: Estimate, cache: int) -> Estimate:
+    """The prompt cache's host RAM, as overhead on the host (it is not a llama.cpp buffer)."""
+    if cache <= 0:
+        return e
+    devs = [
+        replace(d, overhead_bytes=d.overhead_bytes + cache, total_bytes=d.total_bytes + cache)
+        if d.device == "CPU"
+        else d
+        for d in e.devices
+    ]
+    if not any(d.device == "CPU" for d in e.devices):
+        devs.append(DeviceMemory("CPU", 0, 0, 0, cache, cache))
+    return replace(e, devices=tuple(devs))
 
 
 def _with_extra(e: Estimate, extra: int, device: str) -> Estimate:
@@ -182,6 +204,7 @@ class LlamaFit:
         cfg = self.config(ctx, ngl, ncmoe, flash)
         e = estimate_llamacpp(self.spec, self.art, cfg, gpu_count=len(self.gpus))
         e = _with_extra(e, self.w.extra_gpu_bytes, "CUDA0" if self.gpus and ngl != 0 else "CPU")
+        e = _with_host_cache(e, (self.w.cache_ram_mib or 0) * MIB)
         if self.draft is None:
             return e
         # The draft's KV uses the target's cache types (passed as --spec-draft-type-k/-v).
@@ -242,8 +265,21 @@ class LlamaFit:
             fit=w.fit or "off",
         )
 
+    def cache_ram(self, e: Estimate) -> int:
+        """--cache-ram in MiB: the user's, or llama.cpp's default cut to the host RAM left."""
+        if self.w.cache_ram_mib is not None:
+            return self.w.cache_ram_mib
+        cpu = e.device("CPU")
+        if self.host.usable_bytes is None:
+            return 0  # host RAM unknown: no room can be promised to a cache
+        left = self.host.usable_bytes - (cpu.total_bytes if cpu else 0)
+        return max(0, min(DEFAULT_CACHE_RAM_MIB, left // MIB))
+
     def settle(self, ctx: int, ngl: int, ncmoe: int, mode: Mode) -> Fit:
         e = self.worst(ctx, ngl, ncmoe)
+        cache = self.cache_ram(e)
+        if self.w.cache_ram_mib is None:
+            e = _with_host_cache(e, cache * MIB)
         gpu_bpt, cpu_bpt = _bytes_per_token(self.spec, self.art, e, ctx)
         gbw = min((g.bandwidth_gb_s or 0.0) for g in self.gpus) if self.gpus else None
         fc = forecast_decode(gpu_bpt, cpu_bpt, gbw or None, self.host.bandwidth_gb_s)
@@ -258,7 +294,7 @@ class LlamaFit:
             gpus=self.gpus,
             budgets=self.budgets(),
             forecast=fc,
-            settings=self.settings(ctx, ngl, ncmoe),
+            settings=replace(self.settings(ctx, ngl, ncmoe), cache_ram_mib=cache),
             draft=self.draft,
         )
 
@@ -513,6 +549,7 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
         argv += [_flag("load_mode"), s.load_mode]
     for flag, value in s.extra:
         argv += [flag, value]
+    argv += [_flag("cache_ram"), str(s.cache_ram_mib)]
     if s.no_mmproj:
         argv.append("--no-mmproj")
     if s.spec_type is not None:
