@@ -410,6 +410,13 @@ def test_planner_placement_matches_llama_cpp(
     n_layer = arch_of(case.model).n_layers
     free = [LAVAPIPE_FREE_MIB - m for m in case.fitt]
     p = planner_plan(path, scenario(tmp_path / f"vulkan_{case.id}.json", free))
+    if case in PINNED and p.verdict == "refuse":
+        # Under 1.2 GiB free, the planner's per-GPU floor (its 512 MiB margin, a CUDA context
+        # llama.cpp does not count, and the op-offload compute buffer that even -ngl 0 needs on
+        # the first GPU) leaves no room: it refuses instead of planning a GPU it cannot afford.
+        assert any("needs" in r for r in p.reasons), p.reasons
+        print(f"{case.id}: planner refuses on {free} MiB free: {p.reasons[0][:160]}")
+        return
     assert p.verdict == "ship" and p.predicted is not None, p.reasons
     gpus = [d for d in p.predicted.devices if d.device != "CPU"]
     cpu = next(d for d in p.predicted.devices if d.device == "CPU")

@@ -436,3 +436,16 @@ def test_users_prompt_cache_is_carried_and_unlimited_is_refused():
     with pytest.raises(OverrideError) as info:
         run_plan("rtx-4090", {"LLAMA_ARG_CACHE_RAM": "-1"})
     assert "LLAMA_ARG_CACHE_RAM" in str(info.value)
+
+
+def test_op_offload_needs_room_on_the_first_gpu_unless_turned_off():
+    env = {"PREFLIGHT_MODEL": "qwen3-30b-a3b@Q4_K_M", "PREFLIGHT_PARALLEL": "1"}
+    pinned = ("--n-cpu-moe", "48", "-c", "8192")
+    on = run_plan("rtx-4090", env, pinned)
+    off = run_plan("rtx-4090", env, (*pinned, "--no-op-offload"))
+    g_on = next(d for d in on.predicted.devices if d.device == "CUDA0")
+    g_off = next(d for d in off.predicted.devices if d.device == "CUDA0")
+    # With op offload (llama.cpp's default) CUDA0's compute buffer holds one layer's experts.
+    assert g_on.compute_bytes > g_off.compute_bytes + 100 * 2**20
+    assert "--no-op-offload" in off.argv and off.argv.count("--no-op-offload") == 1
+    assert any("op offload" in n for n in on.predicted.notes)

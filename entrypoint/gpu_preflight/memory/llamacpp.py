@@ -71,6 +71,7 @@ class LlamaCppConfig:
     repack: bool = True
     mmap: bool = True  # --no-mmap (or --mlock's load without mmap) sets False
     host_isa: str = "x86_64"  # the CPU the llama.cpp build targets: "x86_64" or "aarch64"
+    op_offload: bool = True  # --op-offload (llama.cpp's default) / --no-op-offload
     amx: bool = False  # the host CPU has AMX-INT8 (cpuinfo flag amx_int8) and llama.cpp uses it
 
 
@@ -393,10 +394,25 @@ def estimate_llamacpp(
         # output; other_bytes also holds host-side tensors, so it is counted on both (a few KiB).
         weights[out_dev] += layout.other_bytes
     _, per, _ = context_cells(cfg)
+    # Op offload (ggml-backend.cpp ggml_backend_sched_backend_id_from_cur, "1.off"): with weights
+    # in host RAM, a prompt batch of at least GGML_OP_OFFLOAD_MIN_BATCH (32) rows runs their ops
+    # on the first GPU (ggml-cuda.cu ggml_backend_cuda_device_offload_op), which copies those
+    # weights into its compute buffer, one layer's split at a time. So that GPU's compute buffer
+    # holds the largest layer's host-resident weights on top of its activations, and a GPU with
+    # no layers at all (-ngl 0) still gets a context and a compute buffer.
+    host_layer = 0
+    for il in range(n_layers):
+        if layer_dev[il] < 0:
+            host_layer = max(host_layer, layout.per_layer_bytes[il])
+        elif il < cfg.n_cpu_moe:
+            host_layer = max(host_layer, layout.per_layer_expert_bytes[il])
+    offload = n_dev > 0 and cfg.op_offload and host_layer > 0 and effective_ubatch(cfg) >= 32
     devices = []
     for d in range(n_dev):
-        on = any(x == d for x in layer_dev) or out_dev == d
+        on = any(x == d for x in layer_dev) or out_dev == d or (offload and d == 0)
         comp = compute_bytes(arch, cfg, per, with_output=out_dev == d) if on else 0
+        if offload and d == 0:
+            comp += host_layer
         over = CUDA_OVERHEAD if on else 0
         tot = weights[d] + kv[d] + comp + over
         devices.append(DeviceMemory(f"CUDA{d}", weights[d], kv[d], comp, over, tot))
@@ -418,6 +434,11 @@ def estimate_llamacpp(
     ]
     if n_dev:
         notes.append(f"CUDA runtime overhead assumed {CUDA_OVERHEAD // MIB} MiB per GPU in use")
+    if offload:
+        notes.append(
+            f"op offload: CUDA0's compute buffer holds {host_layer // MIB} MiB of host-resident "
+            "weights copied in for prompt batches (the largest layer's; --no-op-offload avoids it)"
+        )
     if not layout.exact:
         notes.append("weight placement derived from the architecture (no file header read)")
     if out_dev < 0 and layout.output_bytes == 0 and out_bytes:
@@ -454,6 +475,7 @@ def draft_config(cfg: LlamaCppConfig, cache_type_k: str, cache_type_v: str) -> L
         n_outputs=cfg.parallel,  # n_outputs_max = n_parallel, one row per slot
         repack=cfg.repack,
         mmap=cfg.mmap,
+        op_offload=cfg.op_offload,
         host_isa=cfg.host_isa,
         amx=cfg.amx,
     )

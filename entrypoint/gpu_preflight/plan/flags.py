@@ -671,6 +671,16 @@ FLAGS: tuple[Flag, ...] = (
         "how the file is loaded; host weights are counted resident in every mode",
     ),
     Flag(
+        "op_offload",
+        L,
+        ("--op-offload",),
+        None,
+        Switch(),
+        "modelled",
+        "prompt-batch ops on host-resident weights run on the GPU (their copies need room there)",
+        negations=("--no-op-offload",),
+    ),
+    Flag(
         "cache_ram",
         L,
         ("--cache-ram", "-cram"),

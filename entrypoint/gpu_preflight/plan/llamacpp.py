@@ -84,6 +84,7 @@ class LlamaServerSettings:
     spec_type: str | None = None  # the user's own --spec-type
     extra: tuple[tuple[str, str], ...] = ()  # the user's modelled file flags (--mmproj F, --lora F)
     cache_ram_mib: int = 0  # --cache-ram: the prompt cache's host RAM
+    op_offload: bool | None = None  # only when the user set it
 
 
 def _cpu(e: Estimate) -> int:
@@ -198,6 +199,7 @@ class LlamaFit:
             kv_unified=self.unified,
             repack=self.w.repack if self.w.repack is not None else True,
             mmap=self.w.load_mode not in ("none", "mlock", "dio"),
+            op_offload=self.w.op_offload is not False,
         )
 
     def estimate(self, ctx: int, ngl: int, ncmoe: int, flash: bool) -> Estimate:
@@ -263,6 +265,7 @@ class LlamaFit:
             repack=w.repack,
             load_mode=w.load_mode,
             fit=w.fit or "off",
+            op_offload=w.op_offload,
         )
 
     def cache_ram(self, e: Estimate) -> int:
@@ -547,6 +550,8 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
         argv.append(_flag("repack") if s.repack else "--no-repack")
     if s.load_mode is not None:
         argv += [_flag("load_mode"), s.load_mode]
+    if s.op_offload is not None:
+        argv.append(_flag("op_offload") if s.op_offload else "--no-op-offload")
     for flag, value in s.extra:
         argv += [flag, value]
     argv += [_flag("cache_ram"), str(s.cache_ram_mib)]
