@@ -20,7 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gpu_preflight.plan.flags import Switch, spelling_index
+from gpu_preflight.plan.flags import Flag, Switch, spelling_index
+from gpu_preflight.plan.overrides import normalise_flag
 from gpu_preflight.probe.command import run_command
 
 MIB = 2**20
@@ -55,38 +56,45 @@ class EngineBreakdown:
         return next((d for d in self.devices if d.name == "Host"), None)
 
 
+def _memory(row: Flag) -> bool:
+    """Whether dropping the row from the dry run leaves memory it changes unmeasured."""
+    return row.role == "modelled" or row.knob.startswith("draft_")
+
+
 def fit_params_args(
     argv: Sequence[str], model_path: str | None = None
 ) -> tuple[list[str], list[str]]:
-    """The plan's llama-server argv as llama-fit-params takes it: (args, dropped flags).
+    """The plan's llama-server argv as llama-fit-params takes it: (args, dropped memory flags).
 
-    Flags the tool does not take (server-only rows of the flag table, marked ``fit_params=False``)
-    are dropped and listed; so are the user's pass-through arguments, which by the table's
-    definition do not change memory. ``model_path`` replaces a ``--hf-repo``/``--hf-file`` source
-    with a local (sparse) copy of the same file.
+    The flag table says which rows the tool takes (``fit_params``): the server-only ones are left
+    out, and those that change memory (a unified KV, the prompt cache, checkpoints, a draft) are
+    listed, since the dry run cannot measure them. The user's pass-through arguments are left out
+    too: by the table's definition they do not change memory. ``model_path`` replaces a
+    ``--hf-repo``/``--hf-file`` source with a local (sparse) copy of the same file.
     """
     index = spelling_index()
     out: list[str] = []
     dropped: list[str] = []
     args = list(argv[1:])
+    source = ("hf_repo", "hf_file", "model")
     i = 0
     while i < len(args):
-        token = args[i]
-        rows = [f for f in index.get(token, []) if f.owner == "llama.cpp"]
+        name, inline = normalise_flag(args[i])
+        rows = [f for f in index.get(name, []) if f.owner == "llama.cpp"]
         if not rows:
-            dropped.append(token)
-            i += 1
+            i += 1  # a pass-through argument (or its value)
             continue
         row = rows[0]
-        takes = not isinstance(row.parser, Switch)
-        value = args[i + 1] if takes and i + 1 < len(args) else None
-        keep = row.fit_params and not (model_path and row.knob in ("hf_repo", "hf_file", "model"))
-        if keep:
-            out.append(token)
+        takes = not isinstance(row.parser, Switch) and inline is None
+        value = args[i + 1] if takes and i + 1 < len(args) else inline
+        if model_path and row.knob in source:
+            pass  # replaced by the local copy below
+        elif row.fit_params:
+            out.append(name)
             if value is not None:
                 out.append(value)
-        elif not (model_path and row.knob in ("hf_repo", "hf_file", "model")):
-            dropped.append(token)
+        elif _memory(row):
+            dropped.append(name)
         i += 2 if takes else 1
     if model_path:
         out = ["--model", model_path, *out]

@@ -449,3 +449,15 @@ def test_op_offload_needs_room_on_the_first_gpu_unless_turned_off():
     assert g_on.compute_bytes > g_off.compute_bytes + 100 * 2**20
     assert "--no-op-offload" in off.argv and off.argv.count("--no-op-offload") == 1
     assert any("op offload" in n for n in on.predicted.notes)
+
+
+def test_sliding_window_checkpoints_are_budgeted_in_host_ram():
+    p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "gemma-2-9b-it"}, host_ram_gib=32)
+    n = int(_value(p.argv, "--ctx-checkpoints", "-ctxcp"))
+    assert 0 < n <= 32
+    cpu = next(d for d in p.predicted.devices if d.device == "CPU")
+    assert cpu.total_bytes <= cpu.budget_bytes
+    assert any("--ctx-checkpoints" in x for x in p.predicted.notes)
+    # A model without sliding-window layers makes none: nothing is written for it.
+    q = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b"})
+    assert "--ctx-checkpoints" not in q.argv

@@ -507,3 +507,19 @@ def with_draft(target: Estimate, draft: Estimate, draft_label: str) -> Estimate:
             "context and its own compute buffer",
         ),
     )
+
+
+def checkpoint_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> int:
+    """Host RAM one context checkpoint of one slot takes: the sliding-window layers' KV.
+
+    llama-server saves a slot's partial state (LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the SWA cache,
+    which cannot be rolled back) as a checkpoint in host RAM, up to --ctx-checkpoints per slot
+    (tools/server/server-context.cpp create_checkpoint; common.h n_ctx_checkpoints = 32). 0 for a
+    model without sliding-window layers: it makes none.
+    """
+    if not arch.sliding_window or not arch.sliding_window_layers:
+        return 0
+    _, _, streams = context_cells(cfg)
+    per_layer = kv_layer_bytes(arch, cfg)
+    swa = set(arch.sliding_window_layers)
+    return sum(b for il, b in enumerate(per_layer) if il in swa) // max(1, streams)

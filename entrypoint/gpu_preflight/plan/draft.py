@@ -97,7 +97,9 @@ def with_draft(
                     f"the draft model {dspec.id} costs context: {res.context} tokens per "
                     f"sequence instead of {fit.context} without it (PREFLIGHT_SPECULATIVE=on)",
                 )
-            return replace(res, warnings=warns, notes=fit.notes), None
+            # The draft's own fit re-chose the host caches: its notes on them replace the target's.
+            kept = tuple(n for n in fit.notes if not n.startswith("host RAM for"))
+            return replace(res, warnings=warns, notes=(*res.notes, *kept)), None
         reasons.append(res.reason)
     return fit, (
         f"draft {dspec.id} not added: it would not fit next to {who} at {fit.context} tokens "

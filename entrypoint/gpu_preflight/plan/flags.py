@@ -681,6 +681,16 @@ FLAGS: tuple[Flag, ...] = (
         negations=("--no-op-offload",),
     ),
     Flag(
+        "ctx_checkpoints",
+        L,
+        ("--ctx-checkpoints", "-ctxcp", "--swa-checkpoints"),
+        "LLAMA_ARG_CTX_CHECKPOINTS",
+        Int(0, 1024),
+        "modelled",
+        "sliding-window KV checkpoints each slot keeps in host RAM",
+        fit_params=False,
+    ),
+    Flag(
         "cache_ram",
         L,
         ("--cache-ram", "-cram"),

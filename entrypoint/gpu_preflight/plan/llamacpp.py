@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from gpu_preflight.memory.llamacpp import (
     LlamaCppConfig,
+    checkpoint_bytes,
     draft_config,
     estimate_llamacpp,
     with_draft,
@@ -41,6 +42,7 @@ from gpu_preflight.plan.types import ModelChoice
 # planner passes it explicitly: the user's value, or llama.cpp's default cut to the host RAM the
 # plan leaves free, so the cache cannot grow the server out of memory ten minutes in.
 DEFAULT_CACHE_RAM_MIB = 8192
+DEFAULT_CTX_CHECKPOINTS = 32  # common.h n_ctx_checkpoints
 MIB = 2**20
 DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
 DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
@@ -84,6 +86,7 @@ class LlamaServerSettings:
     spec_type: str | None = None  # the user's own --spec-type
     extra: tuple[tuple[str, str], ...] = ()  # the user's modelled file flags (--mmproj F, --lora F)
     cache_ram_mib: int = 0  # --cache-ram: the prompt cache's host RAM
+    ctx_checkpoints: int | None = None  # --ctx-checkpoints: written for sliding-window models
     op_offload: bool | None = None  # only when the user set it
 
 
@@ -207,6 +210,8 @@ class LlamaFit:
         e = estimate_llamacpp(self.spec, self.art, cfg, gpu_count=len(self.gpus))
         e = _with_extra(e, self.w.extra_gpu_bytes, "CUDA0" if self.gpus and ngl != 0 else "CPU")
         e = _with_host_cache(e, (self.w.cache_ram_mib or 0) * MIB)
+        if self.w.ctx_checkpoints is not None:
+            e = _with_host_cache(e, self.w.ctx_checkpoints * self.checkpoint(cfg))
         if self.draft is None:
             return e
         # The draft's KV uses the target's cache types (passed as --spec-draft-type-k/-v).
@@ -268,6 +273,24 @@ class LlamaFit:
             op_offload=w.op_offload,
         )
 
+    def checkpoint(self, cfg: LlamaCppConfig) -> int:
+        """Host bytes of one checkpoint of every slot."""
+        return checkpoint_bytes(self.spec.arch, cfg) * self.w.parallel
+
+    def checkpoints(self, e: Estimate, ctx: int) -> tuple[int | None, int]:
+        """(--ctx-checkpoints, their host bytes): the user's, or llama.cpp's 32 cut to the host
+        RAM left; None for a model without sliding-window layers (it makes none)."""
+        each = self.checkpoint(self.config(ctx, -1, 0, True))
+        if each == 0:
+            return self.w.ctx_checkpoints, 0
+        if self.w.ctx_checkpoints is not None:
+            return self.w.ctx_checkpoints, 0  # already in the estimate
+        cpu = e.device("CPU")
+        left = (self.host.usable_bytes or 0) - (cpu.total_bytes if cpu else 0)
+        # At most half of what is left: the other half is the prompt cache's (--cache-ram).
+        n = max(0, min(DEFAULT_CTX_CHECKPOINTS, left // 2 // each))
+        return n, n * each
+
     def cache_ram(self, e: Estimate) -> int:
         """--cache-ram in MiB: the user's, or llama.cpp's default cut to the host RAM left."""
         if self.w.cache_ram_mib is not None:
@@ -280,9 +303,21 @@ class LlamaFit:
 
     def settle(self, ctx: int, ngl: int, ncmoe: int, mode: Mode) -> Fit:
         e = self.worst(ctx, ngl, ncmoe)
+        n_ckpt, ckpt_bytes = self.checkpoints(e, ctx)
+        e = _with_host_cache(e, ckpt_bytes)
         cache = self.cache_ram(e)
         if self.w.cache_ram_mib is None:
             e = _with_host_cache(e, cache * MIB)
+        host_notes = [
+            f"host RAM for llama-server's prompt cache: --cache-ram {cache} MiB "
+            "(counted as host overhead)"
+        ]
+        if n_ckpt is not None:
+            one = self.checkpoint(self.config(ctx, ngl, ncmoe, True))
+            host_notes.append(
+                f"host RAM for sliding-window checkpoints: --ctx-checkpoints {n_ckpt} x "
+                f"{one // MIB} MiB (every slot's window KV, tools/server create_checkpoint)"
+            )
         gpu_bpt, cpu_bpt = _bytes_per_token(self.spec, self.art, e, ctx)
         gbw = min((g.bandwidth_gb_s or 0.0) for g in self.gpus) if self.gpus else None
         fc = forecast_decode(gpu_bpt, cpu_bpt, gbw or None, self.host.bandwidth_gb_s)
@@ -297,8 +332,11 @@ class LlamaFit:
             gpus=self.gpus,
             budgets=self.budgets(),
             forecast=fc,
-            settings=replace(self.settings(ctx, ngl, ncmoe), cache_ram_mib=cache),
+            settings=replace(
+                self.settings(ctx, ngl, ncmoe), cache_ram_mib=cache, ctx_checkpoints=n_ckpt
+            ),
             draft=self.draft,
+            notes=tuple(host_notes),
         )
 
     def speed_miss(self, fit: Fit) -> Miss | None:
@@ -555,6 +593,8 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
     for flag, value in s.extra:
         argv += [flag, value]
     argv += [_flag("cache_ram"), str(s.cache_ram_mib)]
+    if s.ctx_checkpoints is not None:
+        argv += [_flag("ctx_checkpoints"), str(s.ctx_checkpoints)]
     if s.no_mmproj:
         argv.append("--no-mmproj")
     if s.spec_type is not None:

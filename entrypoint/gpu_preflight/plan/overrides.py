@@ -112,7 +112,7 @@ class _Hit:
     negated: bool = False
 
 
-def _normalise(token: str) -> tuple[str, str | None]:
+def normalise_flag(token: str) -> tuple[str, str | None]:
     """ "--a_b=v" -> ("--a-b", "v"): llama.cpp and vLLM both read '_' as '-' in long flags."""
     name, eq, inline = token.partition("=")
     if name.startswith("--"):
@@ -148,7 +148,7 @@ def _scan_args(argv: Sequence[str]) -> tuple[str | None, list[_Hit], list[str]]:
         i = 1
     while i < len(args):
         token = args[i]
-        name, inline = _normalise(token)
+        name, inline = normalise_flag(token)
         rows = (index.get(name) or []) if _is_flag(token) else []
         if not rows:
             rest.append(token)

@@ -98,6 +98,7 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
         extra_gpu_bytes=request.extra_gpu_bytes if request else 0,
         cache_ram_mib=_int(o, "cache_ram"),
         op_offload=o.value("op_offload"),
+        ctx_checkpoints=_int(o, "ctx_checkpoints"),
         max_num_batched_tokens=_int(o, "max_num_batched_tokens"),
         enforce_eager=o.value("enforce_eager"),
         block_size=int(o.value("block_size")) if o.value("block_size") else None,
