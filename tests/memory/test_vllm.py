@@ -316,3 +316,14 @@ def test_drafts_vllm_cannot_serve_are_refused_by_name(target, draft, fragment) -
     spec, art = model(target)
     with pytest.raises(VllmConfigError, match=fragment):
         estimate_vllm(spec, art, h100(8192, draft=_draft(draft)))
+
+
+def test_tensor_parallel_4_keeps_about_2_gib_of_non_torch_memory_per_rank():
+    # Published TP 4 start-up logs show ~2 GiB of non-torch memory per GPU (issue 12); the TP 2
+    # figure (0.55 GiB, logged) must not be used from 4 ranks on, or the KV pool is over-promised.
+    from gpu_preflight.memory.vllm import NON_TORCH_BYTES, non_torch_tp_bytes
+
+    assert non_torch_tp_bytes(1) == 0
+    assert 0.5 * GIB < NON_TORCH_BYTES + non_torch_tp_bytes(2) < 0.6 * GIB
+    assert NON_TORCH_BYTES + non_torch_tp_bytes(4) >= 2 * GIB
+    assert non_torch_tp_bytes(8) >= non_torch_tp_bytes(4)

@@ -57,6 +57,18 @@ CUDA_CONTEXT_BYTES = 640 * MIB
 # parallel 2, where NCCL and the custom all-reduce buffers add to it.
 NON_TORCH_BYTES = 192 * MIB
 NON_TORCH_TP_BYTES = 384 * MIB
+# From 4 ranks on, NCCL's per-peer channel buffers (NCCL_BUFFSIZE x channels x peers) and the
+# custom all-reduce's IPC buffers grow with the ranks: published TP 4 logs show about 2 GiB of
+# non-torch memory per GPU (issue 12), against 0.55 GiB at TP 2. Modelling TP >= 4 with the TP 2
+# figure promised ~22 % more KV than vLLM had; this keeps 2 GiB per rank from TP 4 on.
+NON_TORCH_TP4_BYTES = 2048 * MIB - NON_TORCH_BYTES
+
+
+def non_torch_tp_bytes(tensor_parallel_size: int) -> int:
+    """Non-torch bytes tensor parallel adds per rank (NCCL, custom all-reduce)."""
+    if tensor_parallel_size <= 1:
+        return 0
+    return NON_TORCH_TP_BYTES if tensor_parallel_size <= 2 else NON_TORCH_TP4_BYTES
 # Activation peak = max(forward pass, dummy sampler pass) + a fixed allowance. The sampler pass
 # dominates for the default max_num_seqs: per logit it holds fp32 logits, the temperature-scaled
 # copy, top-k/top-p sort values and int64 indices, softmax and cumsum. The logged peaks give 38-39
@@ -411,7 +423,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
         weights += weights_per_rank(cfg.draft.spec, cfg.draft.artifact, tp)
     weights = max(0, weights - cfg.cpu_offload_bytes)
     act = activation_bytes(spec.arch, cfg)
-    non_torch = NON_TORCH_BYTES + (NON_TORCH_TP_BYTES if tp > 1 else 0)
+    non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp)
     graphs = 0 if cfg.enforce_eager else CUDA_GRAPH_BYTES
     if graphs and cfg.draft is not None:
         graphs += DRAFT_CUDA_GRAPH_BYTES
@@ -577,8 +589,7 @@ def choose_gpu_memory_utilization(
     if total_bytes <= 0:
         return 0.0
     room = free_bytes - reserve_bytes - CUDA_CONTEXT_BYTES - UTILIZATION_SAFETY_BYTES
-    if tensor_parallel_size > 1:
-        room -= NON_TORCH_TP_BYTES
+    room -= non_torch_tp_bytes(tensor_parallel_size)
     if not enforce_eager and not cudagraph_in_budget:
         room -= CUDA_GRAPH_BYTES
     if room <= 0:
