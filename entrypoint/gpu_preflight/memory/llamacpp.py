@@ -47,6 +47,8 @@ CACHE_TYPES: dict[str, tuple[int, int]] = {
 # CUDA context, cuBLAS workspace and llama.cpp's CUDA pools per GPU. Not measurable without a GPU:
 # an assumption kept on the high side until bench/ measures it on a lent machine.
 CUDA_OVERHEAD = 512 * MIB
+# ggml-backend.cpp: input copies the scheduler keeps per split under pipeline parallelism.
+SCHED_MAX_COPIES = 4
 # Graph tensors besides the big ones (norm outputs, rope, residuals): a fixed allowance.
 COMPUTE_SLACK = 32 * MIB
 
@@ -407,12 +409,26 @@ def estimate_llamacpp(
         elif il < cfg.n_cpu_moe:
             host_layer = max(host_layer, layout.per_layer_expert_bytes[il])
     offload = n_dev > 0 and cfg.op_offload and host_layer > 0 and effective_ubatch(cfg) >= 32
+    # Pipeline parallelism (src/llama-context.cpp, the llama_context constructor): on with more
+    # than one device, every layer and the output offloaded, a layer split, the KV offloaded and
+    # no tensor overrides (--n-cpu-moe is one). The scheduler then keeps GGML_SCHED_MAX_COPIES (4)
+    # copies of each split's inputs (ggml-backend.cpp ggml_backend_sched_new, n_copies): the
+    # hidden state coming from the previous device and the KQ mask(s), so every GPU's compute
+    # buffer holds three more of them than a single copy.
+    pipeline = n_dev > 1 and (cfg.n_gpu_layers < 0 or cfg.n_gpu_layers > n_layers)
+    pipeline = pipeline and cfg.n_cpu_moe == 0
+    ub = effective_ubatch(cfg)
+    masks = 2 if arch.sliding_window_layers else 1
+    split_inputs = ub * arch.hidden_size * 4 + masks * per * ub * 4
+    copies = (SCHED_MAX_COPIES - 1) * split_inputs if pipeline else 0
     devices = []
     for d in range(n_dev):
         on = any(x == d for x in layer_dev) or out_dev == d or (offload and d == 0)
         comp = compute_bytes(arch, cfg, per, with_output=out_dev == d) if on else 0
         if offload and d == 0:
             comp += host_layer
+        if on:
+            comp += copies
         over = CUDA_OVERHEAD if on else 0
         tot = weights[d] + kv[d] + comp + over
         devices.append(DeviceMemory(f"CUDA{d}", weights[d], kv[d], comp, over, tot))
@@ -420,8 +436,11 @@ def estimate_llamacpp(
     cpu_comp = (
         compute_bytes(arch, cfg, per, with_output=out_dev < 0)
         if (cpu_layers or out_dev < 0)
-        # the host still stages the ubatch's input embeddings (llama.cpp's CUDA_Host buffer)
-        else (effective_ubatch(cfg) * 4 * arch.hidden_size * 3)
+        # The host still holds the graph inputs (llama.cpp's CUDA_Host buffer): the ubatch's
+        # input embeddings, and the KQ mask(s), f32 n_kv x n_ubatch each, which
+        # ggml_backend_sched_backend_id_from_cur places on the CPU backend as graph inputs
+        # (llama-graph.cpp build_attn_inp_kq_mask; cast to f16 on the GPU for flash attention).
+        else (ub * 4 * arch.hidden_size * 3 + masks * per * ub * 4)
     )
     devices.append(
         DeviceMemory(
@@ -434,6 +453,11 @@ def estimate_llamacpp(
     ]
     if n_dev:
         notes.append(f"CUDA runtime overhead assumed {CUDA_OVERHEAD // MIB} MiB per GPU in use")
+    if copies:
+        notes.append(
+            f"pipeline parallelism over {n_dev} GPUs: {SCHED_MAX_COPIES} copies of each split's "
+            f"inputs, {copies // MIB} MiB more compute per GPU"
+        )
     if offload:
         notes.append(
             f"op offload: CUDA0's compute buffer holds {host_layer // MIB} MiB of host-resident "

@@ -194,8 +194,11 @@ def derive_layout(arch: ModelArch, quant: str, engine: str) -> WeightLayout:
         expert_bpw = bpw
         if key == "MXFP4":
             bpw = 8.5  # gpt-oss GGUFs keep attention in Q8_0; only the experts are MXFP4
-        embd_bpw = GGUF_EMBD_BPW.get(key, bpw)
         out_bpw = GGUF_OUTPUT_BPW.get(key, bpw)
+        # A tied token_embd is quantized with the output's type (llama-quant.cpp
+        # llama_tensor_get_type_impl: "for arches that share the same tensor between the token
+        # embeddings and the output ..."), e.g. Q6_K in a Q4_K_M file.
+        embd_bpw = out_bpw if arch.tied_embeddings else GGUF_EMBD_BPW.get(key, bpw)
         norm_bpw = 32.0
     else:
         key = quant.lower()
