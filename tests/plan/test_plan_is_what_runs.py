@@ -461,3 +461,16 @@ def test_sliding_window_checkpoints_are_budgeted_in_host_ram():
     # A model without sliding-window layers makes none: nothing is written for it.
     q = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b"})
     assert "--ctx-checkpoints" not in q.argv
+
+
+def test_fewer_slots_before_refusing_and_every_reason_names_the_configuration():
+    # Issue 13's case: the tier's 4 slots make the 70B too big for 2x3090 with llama.cpp; fewer
+    # slots fit, and the plan says why it took them.
+    env = {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct", "PREFLIGHT_ENGINE": "llama.cpp"}
+    p = run_plan("2xrtx-3090", env)
+    assert p.verdict == "ship" and p.parallel < 4 and p.context >= 8192
+    assert any("parallel slots" in n for n in p.predicted.notes)
+    # A pinned slot count is never changed: it is refused, and the reason names the slots.
+    r = run_plan("2xrtx-3090", {**env, "PREFLIGHT_PARALLEL": "4"}, host_ram_gib=None)
+    assert r.verdict == "refuse"
+    assert any("x 4 slot(s)" in x and "KV f16/f16" in x for x in r.reasons), r.reasons

@@ -369,7 +369,16 @@ class LlamaFit:
         return Miss(self.spec, self.art, "llama.cpp", f"{self.name}: {why}")
 
     def needs(self, ctx: int, ngl: int, ncmoe: int) -> str:
-        return "needs " + "; ".join(self.over(self.worst(ctx, ngl, ncmoe))) + f" at {ctx} tokens"
+        """What did not fit, with the whole configuration tried (issue 13: every reason says it)."""
+        layers = "all layers" if ngl < 0 or ngl > self.spec.arch.n_layers else f"-ngl {ngl}"
+        moe = f", experts of {ncmoe} layers in host RAM" if ncmoe else ""
+        where = f"{len(self.gpus)} GPU(s)" if self.gpus else "the CPU"
+        return (
+            "needs "
+            + "; ".join(self.over(self.worst(ctx, ngl, ncmoe)))
+            + f" at {ctx} tokens x {self.w.parallel} slot(s), KV {self.ck}/{self.cv}, "
+            f"{layers}{moe} on {where}"
+        )
 
 
 def _cache_types(w: Wants) -> tuple[str, str] | str:

@@ -112,6 +112,18 @@ def _engines(
     return present or order
 
 
+def _fewer_slots(w: Wants, o: Overrides, tier: Tier) -> list[Wants]:
+    """The request, then the same with the tier's slots halved down to 1 (unless pinned)."""
+    if o.get("parallel") is not None or w.ctx_total is not None:
+        return [w]
+    out = [w]
+    p = w.parallel
+    while p > 1:
+        p //= 2
+        out.append(replace(w, parallel=p))
+    return out
+
+
 def _why_no_gpu(profile: Profile, targets: Targets) -> str:
     notes = list(profile.hardware.gpus.notes) + list(targets.notes)
     return notes[0] if notes else "no GPU was found"
@@ -165,9 +177,27 @@ def plan(
     misses: list[Miss] = []
     fit: Fit | None = None
     if model is not None:
+        # Degrade in a documented order before refusing (issue 13), never touching a pinned
+        # value: the tier's parallel slots first, down to 1, then (inside each fit) the context
+        # down to the tier's minimum, then offload to host RAM.
         for allow_offload in (False, True):
-            fit, m = _try(model.spec, model.quant, engines, gpus, targets, w, allow_offload, model)
-            misses += m
+            for tw in _fewer_slots(w, overrides, tier):
+                fit, m = _try(
+                    model.spec, model.quant, engines, gpus, targets, tw, allow_offload, model
+                )
+                misses += m
+                if fit:
+                    if tw.parallel != w.parallel:
+                        fit = replace(
+                            fit,
+                            notes=(
+                                *fit.notes,
+                                f"parallel slots: {tw.parallel} instead of tier {tier.id}'s "
+                                f"{w.parallel}, which did not fit (set PREFLIGHT_PARALLEL to pin "
+                                "it)",
+                            ),
+                        )
+                    break
             if fit or not has_gpu:
                 break
     else:

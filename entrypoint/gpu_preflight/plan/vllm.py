@@ -197,7 +197,8 @@ def fit_vllm(
             f"the KV pool left after {gib(dev.weights_bytes)} of weights and "
             f"{gib(dev.compute_bytes + dev.overhead_bytes)} of activations/overhead holds "
             f"{e.kv_capacity_tokens or 0} tokens on {ref.label} (budget {gib(budget)}, "
-            f"{gib(e.margin_bytes)} of it kept as margin); {w.parallel} x {lo} tokens needed"
+            f"{gib(e.margin_bytes)} of it kept as margin); {w.parallel} x {lo} tokens needed "
+            f"(KV {kv_dtype}, tensor parallel {tp})"
         )
     if w.fixed_context:
         ctx = hi
