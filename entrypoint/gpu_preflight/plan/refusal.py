@@ -79,6 +79,60 @@ def refusal(sit: Situation, reasons: list[str], misses: Sequence[Miss] = ()) -> 
     )
 
 
+# The variables an alternative's env takes the place of: drop these from the environment, set the
+# alternative's, and the next plan is the alternative.
+ALTERNATIVE_REPLACES = (
+    "PREFLIGHT_MODEL",
+    "VLLM_MODEL",
+    "PREFLIGHT_ENGINE",
+    "PREFLIGHT_CONTEXT",
+    "VLLM_MAX_MODEL_LEN",
+    "PREFLIGHT_PARALLEL",
+    "PREFLIGHT_KV_CACHE_TYPE",
+    "PREFLIGHT_MIN_TOKS",
+    "PREFLIGHT_SPECULATIVE",
+    "VLLM_QUANTIZATION",
+    "LLAMA_ARG_MODEL",
+    "LLAMA_ARG_HF_REPO",
+    "LLAMA_ARG_HF_FILE",
+    "LLAMA_ARG_CTX_SIZE",
+    "LLAMA_ARG_N_PARALLEL",
+    "LLAMA_ARG_N_GPU_LAYERS",
+    "LLAMA_ARG_N_CPU_MOE",
+    "LLAMA_ARG_CACHE_TYPE_K",
+    "LLAMA_ARG_CACHE_TYPE_V",
+)
+
+
+def _alt_env(fit: Fit) -> dict[str, str]:
+    """The overrides that reproduce this fit exactly."""
+    art = fit.artifact
+    model = art.path or f"{fit.spec.id}@{art.quant}"
+    env = {
+        "PREFLIGHT_MODEL": model,
+        "PREFLIGHT_ENGINE": fit.engine,
+        "PREFLIGHT_CONTEXT": str(fit.context),
+        "PREFLIGHT_PARALLEL": str(fit.parallel),
+        "PREFLIGHT_SPECULATIVE": "off",  # the alternative was measured without a draft
+    }
+    s = fit.settings
+    if isinstance(s, LlamaServerSettings):
+        if s.cache_type_k != "f16" or s.cache_type_v != "f16":
+            env["LLAMA_ARG_CACHE_TYPE_K"], env["LLAMA_ARG_CACHE_TYPE_V"] = (
+                s.cache_type_k,
+                s.cache_type_v,
+            )
+        if fit.mode == "offload":
+            env["LLAMA_ARG_N_GPU_LAYERS"] = "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)
+            env["LLAMA_ARG_N_CPU_MOE"] = str(s.n_cpu_moe)
+        if fit.forecast is not None and fit.mode != "gpu":
+            # Its own speed, as the floor: an offload the user accepts at that speed.
+            env["PREFLIGHT_MIN_TOKS"] = f"{max(0.01, int(fit.forecast.low_tok_s * 100) / 100):g}"
+    elif s.kv_cache_dtype != "auto":
+        env["PREFLIGHT_KV_CACHE_TYPE"] = s.kv_cache_dtype
+    return env
+
+
 def _alt_from_fit(kind: str, fit: Fit, description: str) -> Alternative:
     gpu_total = sum(d.total_bytes for d in fit.estimate.devices if d.device != "CPU")
     total = gpu_total or sum(d.total_bytes for d in fit.estimate.devices)
@@ -97,6 +151,7 @@ def _alt_from_fit(kind: str, fit: Fit, description: str) -> Alternative:
         total_bytes=total,
         budget_bytes=budget,
         decode_tok_s=round(fit.forecast.low_tok_s, 1) if fit.forecast else None,
+        env=_alt_env(fit),
     )
 
 
@@ -147,9 +202,18 @@ def _alternatives(sit: Situation, misses: Sequence[Miss]) -> list[Alternative]:
                         f"{f.context} tokens instead of {w.target_context}",
                     )
                 )
-        # A smaller quant of the same model.
+        # A smaller quant of the same model: fewer bytes of weights than the smallest artifact the
+        # request allowed (a named artifact or quant, or any), never the refused one again.
+        asked = (
+            [model.artifact]
+            if model.artifact is not None
+            else [a for e in engines for a in artifacts(spec, e, model.quant)]
+            or list(spec.artifacts)
+        )
+        floor = min(a.weight_bytes for a in asked)
         smaller = sorted(
-            (a for a in spec.artifacts if a.engine in engines), key=lambda a: a.weight_bytes
+            (a for a in spec.artifacts if a.engine in engines and a.weight_bytes < floor),
+            key=lambda a: a.weight_bytes,
         )
         f = first_fit(spec, smaller, loose, False)
         if f and not any(a.model == spec.id and a.quant == f.artifact.quant for a in out):

@@ -72,6 +72,9 @@ class Alternative:
     total_bytes: int
     budget_bytes: int
     decode_tok_s: float | None = None
+    # The overrides that make it ship (in place of the user's own model, engine, context, slot,
+    # layer and KV settings: plan/refusal.py ALTERNATIVE_REPLACES).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
