@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.plan.conftest import CATALOG
+from tests.support.draw import drawn as draw_examples
 from tests.support.gguf_factory import write_gguf
 from tests.support.llama_fit import fit_params_binary, llama_fit
 
@@ -100,20 +100,7 @@ def ggufs(tmp_path_factory) -> list[Path]:
 
 
 def test_llama_fit_params_never_exceeds_the_shipped_prediction(ggufs):
-    drawn: list[tuple[int, dict[str, str], tuple[str, ...]]] = []
-
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(user_settings())
-    def collect(case: tuple[int, dict[str, str], tuple[str, ...]]) -> None:
-        drawn.append(case)
-
-    collect()
+    drawn = draw_examples(user_settings(), EXAMPLES)
     checked = 0
     overs: list[float] = []
     profile = device_profile(None, True, 64, 40.0)

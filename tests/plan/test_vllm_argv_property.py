@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.plan.conftest import run_plan
+from tests.support.draw import drawn as draw_examples
 from tests.support.vllm_run import VENV_PY, check_argvs
 
 from gpu_preflight.errors import InvalidInput
@@ -83,20 +83,7 @@ def user_settings(draw: Any) -> tuple[str, dict[str, str], tuple[str, ...]]:
 def shipped(tmp_path_factory):
     if not VENV_PY.exists():
         pytest.skip("vLLM environment not built: run `make vllm` (.ci/vllm.sh)")
-    drawn: list[tuple[str, dict[str, str], tuple[str, ...]]] = []
-
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(user_settings())
-    def collect(case: tuple[str, dict[str, str], tuple[str, ...]]) -> None:
-        drawn.append(case)
-
-    collect()
+    drawn = draw_examples(user_settings(), EXAMPLES)
     plans = []
     for gpu, env, args in drawn:
         try:
