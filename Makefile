@@ -16,7 +16,7 @@ help:
 	@echo "make lint        ruff + mypy + hadolint"
 	@echo "make image       docker build the image (TARGET=both|vllm|llamacpp)"
 	@echo "make bench       run the benchmarks and rewrite bench/results/"
-	@echo "make docs        rewrite docs/flags.md from the flag table"
+	@echo "make docs        rewrite docs/flags.md from the flag table and compose/ with gpu-preflight compose"
 
 $(BIN)/gpu-preflight: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
@@ -68,6 +68,10 @@ bench: install llama-cpp
 
 docs: install
 	$(BIN)/python -m gpu_preflight.plan.flags docs/flags.md
+	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate rtx-4090 --out compose/single-gpu.yaml
+	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate rtx-4090,rtx-3060 --out compose/mixed-gpus.yaml
+	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate rtx-4090 --with asr:4:2 --with tts:2:1 --out compose/reserve.yaml
+	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate a100-80gb:3x2g.20gb --out compose/mig.yaml
 
 clean:
 	rm -rf $(VENV) .preflight .mypy_cache .ruff_cache

@@ -84,7 +84,12 @@ def test_compose_file_matches_the_compose_spec(compose_schema, path):
 
 
 def test_compose_stacks_do_what_they_say():
-    assert {p.name for p in COMPOSE_FILES} == {"single-gpu.yaml", "mixed-gpus.yaml", "reserve.yaml"}
+    assert {p.name for p in COMPOSE_FILES} == {
+        "single-gpu.yaml",
+        "mixed-gpus.yaml",
+        "reserve.yaml",
+        "mig.yaml",
+    }
     mixed = yaml.safe_load((ROOT / "compose/mixed-gpus.yaml").read_text())
     ids = [
         s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
@@ -96,4 +101,6 @@ def test_compose_stacks_do_what_they_say():
     reserve = yaml.safe_load((ROOT / "compose/reserve.yaml").read_text())
     assert float(reserve["services"]["llm"]["environment"]["PREFLIGHT_RESERVE_GB"]) > 0
     single = yaml.safe_load((ROOT / "compose/single-gpu.yaml").read_text())
-    assert "preflight" in single["volumes"]
+    assert "hf-cache" in single["volumes"] and any(
+        v.startswith("preflight-") for v in single["volumes"]
+    )

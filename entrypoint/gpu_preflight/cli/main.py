@@ -364,6 +364,80 @@ def tiers(as_json: bool) -> None:
         _render().render_tiers(_console(), table)
 
 
+@main.command(
+    epilog="\b\nExamples:\n"
+    "  gpu-preflight compose > compose.yaml              this machine\n"
+    "  gpu-preflight compose --simulate rtx-4090,rtx-3060 --out mixed.yaml\n"
+    "  gpu-preflight compose --simulate rtx-4090 --with asr:4:2 --with tts:2:1"
+)
+@simulate_option
+@host_ram_option
+@host_bandwidth_option
+@click.option(
+    "--with",
+    "with_services",
+    multiple=True,
+    metavar="NAME:GIB:PRIORITY[:GPU]",
+    help="A co-resident service and its VRAM need, e.g. asr:4:2 (4 GiB at priority 2 on GPU 0). "
+    "Higher priorities are placed first; the LLM is always the lowest.",
+)
+@click.option("--image", default=None, metavar="IMAGE", help="The gpu-preflight image to run.")
+@click.option("--port", default=8080, type=click.IntRange(1, 65000), help="The first LLM port.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
+def compose(
+    simulate: str | None,
+    host_ram: float | None,
+    host_bandwidth: float | None,
+    with_services: tuple[str, ...],
+    image: str | None,
+    port: int,
+    out: Path | None,
+) -> None:
+    """A compose file for this machine (or --simulate'd hardware): one service per server.
+
+    Exit 0 written, 3 when an LLM service would refuse (nothing is written), 2 bad input.
+    """
+    from gpu_preflight import compose as stacks
+    from gpu_preflight import pipeline
+
+    env = dict(os.environ)
+    services = [stacks.parse_service(t) for t in with_services]
+    base = pipeline.prepare(env)  # every input checked before the probe
+    profile = _get_profile(env, simulate, host_ram, None, False, None, None, host_bandwidth)
+
+    def planner(p: Any, reserve: int) -> Any:
+        extra = {"PREFLIGHT_RESERVE_GB": f"{reserve / GIB:g}"} if reserve else {}
+        inputs = pipeline.prepare({**env, **extra}) if extra else base
+        return pipeline.plan_on(inputs, p, ("vllm", "llama.cpp"))
+
+    stack = stacks.build_stack(profile, services, planner, port)
+    refused = [s for s in stack.servers if s.plan.verdict != "ship"]
+    if refused:
+        for s in refused:
+            click.echo(f"gpu-preflight: {s.name} would refuse: {s.plan.reasons[0]}", err=True)
+        sys.exit(EXIT_REFUSE)
+    text = stacks.render(
+        stack,
+        stacks.compose_document(stack, image or stacks.DEFAULT_IMAGE),
+        _command_line(simulate, with_services),
+    )
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        from gpu_preflight.launch import write_atomic
+
+        write_atomic(out, text)
+
+
+def _command_line(simulate: str | None, with_services: tuple[str, ...]) -> str:
+    parts = ["gpu-preflight", "compose"]
+    if simulate:
+        parts += ["--simulate", simulate]
+    for w in with_services:
+        parts += ["--with", w]
+    return " ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------
 # run
 
