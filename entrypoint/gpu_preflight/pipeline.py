@@ -83,8 +83,13 @@ def prepare(
     return Inputs(env=env, overrides=overrides, catalog=catalog, tiers=tiers, model=model)
 
 
-def plan_on(inputs: Inputs, profile: Profile, engines_available: Sequence[str]) -> Plan:
-    """The one planning path (pure): plan, run, estimate and matrix all come through here."""
+def plan_on(
+    inputs: Inputs, profile: Profile, engines_available: Sequence[str], all_devices: bool = False
+) -> Plan:
+    """The one planning path (pure): plan, run, estimate and matrix all come through here.
+
+    ``all_devices``: exactly these devices together (estimate's command), never one card of them.
+    """
     return plan(
         profile,
         inputs.catalogue,
@@ -92,6 +97,7 @@ def plan_on(inputs: Inputs, profile: Profile, engines_available: Sequence[str]) 
         inputs.overrides,
         inputs.model,
         tuple(engines_available),
+        all_devices,
     )
 
 

@@ -66,4 +66,4 @@ def run_estimate(
             "(llama-server -m FILE / -hf REPO, vllm serve REPO)"
         )
     profile = device_profile(gpu, cpu, host_ram_gib)
-    return pipeline.plan_on(inputs, profile, ("vllm", "llama.cpp"))  # type: ignore[arg-type]
+    return pipeline.plan_on(inputs, profile, ("vllm", "llama.cpp"), all_devices=True)  # type: ignore[arg-type]

@@ -69,6 +69,8 @@ def non_torch_tp_bytes(tensor_parallel_size: int) -> int:
     if tensor_parallel_size <= 1:
         return 0
     return NON_TORCH_TP_BYTES if tensor_parallel_size <= 2 else NON_TORCH_TP4_BYTES
+
+
 # Activation peak = max(forward pass, dummy sampler pass) + a fixed allowance. The sampler pass
 # dominates for the default max_num_seqs: per logit it holds fp32 logits, the temperature-scaled
 # copy, top-k/top-p sort values and int64 indices, softmax and cumsum. The logged peaks give 38-39

@@ -103,6 +103,26 @@ def _proportional_split(gpus: tuple[GpuTarget, ...]) -> tuple[float, ...]:
     return tuple(round(g.usable_bytes / total, 3) for g in gpus)
 
 
+def _room_split(fit: LlamaFit) -> tuple[float, ...]:
+    """Layers in proportion to the room each GPU has for them: its usable memory less what it
+    holds whatever its share (its compute buffer, runtime overhead, and on the last GPU the
+    output layer, which llama.cpp puts with the last layers, src/llama-model.cpp load_tensors).
+    A split in proportion to free memory alone overflows the smaller card of a mixed pair."""
+    lo = context_range(fit.spec, fit.w)[0]
+    e = fit.worst(lo, -1, 0)
+    layout = fit.art.layout
+    out_bytes = (layout.output_bytes or layout.token_embd_bytes) if layout else 0
+    room = []
+    for i, g in enumerate(fit.gpus):
+        d = e.device(f"CUDA{i}")
+        fixed = (d.compute_bytes + d.overhead_bytes) if d else 0
+        if i == len(fit.gpus) - 1:
+            fixed += out_bytes
+        room.append(max(1, g.usable_bytes - fixed))
+    total = sum(room)
+    return tuple(round(r / total, 3) for r in room)
+
+
 def _bytes_per_token(spec: ModelSpec, art: Artifact, e: Estimate, context: int) -> tuple[int, int]:
     """Bytes a decoded token reads on the GPUs and in host RAM: active weights + the KV it attends."""
     arch = spec.arch
@@ -431,6 +451,8 @@ def make_llama_fit(
         split = tuple(x / total for x in padded)
     unified = bool(w.kv_unified)
     fit = LlamaFit(spec, art, gpus, host, w, draft, ck, cv, split, unified)
+    if w.tensor_split is None and len(gpus) > 1:
+        fit = replace(fit, split=_room_split(fit))
     if w.flash_attn == "off" and cv not in _UNQUANTIZED_V:
         return fit.miss(f"a quantized V cache ({cv}) needs flash attention, which is set off")
     return fit

@@ -143,7 +143,9 @@ def plan(
     overrides: Overrides,
     model: ModelRequest | None = None,
     engines_available: Iterable[str] = ("vllm", "llama.cpp"),
+    all_devices: bool = False,
 ) -> Plan:
+    """``all_devices``: plan on exactly the devices given (estimate), never one card of them."""
     available = frozenset(engines_available)
     reserve_gib = overrides.value("reserve_gib")
     reserve = int(float(reserve_gib) * 2**30) if reserve_gib is not None else 0
@@ -242,5 +244,66 @@ def plan(
             fit = replace(fit, notes=(*fit.notes, f"speculative decoding: {why_not}"))
 
     if fit is None:
-        return refuse(tier, dedupe([m.reason for m in misses]), misses)
-    return ship(profile, targets, tier, tier_src, overrides, fit, model)
+        result = refuse(tier, dedupe([m.reason for m in misses]), misses)
+    else:
+        result = ship(profile, targets, tier, tier_src, overrides, fit, model)
+    if all_devices or any(
+        overrides.get(k) is not None
+        for k in ("tensor_split", "split_mode", "main_gpu", "tensor_parallel")
+    ):
+        return result  # the user asked for these devices together
+    return _against_one_card(result, profile, catalog, tiers, overrides, model, available)
+
+
+def _size(p: Plan, catalog: Catalogue) -> tuple[float, int]:
+    if p.verdict != "ship" or p.model is None:
+        return (-1.0, 0)
+    spec = catalog.get(p.model.id)
+    return (spec.params_b if spec else p.model.weight_bytes / 1e9, p.context or 0)
+
+
+def _against_one_card(
+    result: Plan,
+    profile: Profile,
+    catalog: Catalogue,
+    tiers: TierTable,
+    overrides: Overrides,
+    model: ModelRequest | None,
+    available: frozenset[str],
+) -> Plan:
+    """On mixed cards, one server over all of them only when it gives a larger model or a longer
+    context than the best card alone; otherwise that card alone. The plan says which and why."""
+    from gpu_preflight.compose import only
+
+    gpus = [g for g in profile.hardware.gpus.devices if not g.mig_enabled]
+    if len(gpus) < 2 or len({(g.name, g.total_bytes) for g in gpus}) < 2:
+        return result
+    biggest = max(gpus, key=lambda g: g.free_bytes or 0)
+    alone = plan(only(profile, [biggest]), catalog, tiers, overrides, model, available, True)
+    a, b = _size(result, catalog), _size(alone, catalog)
+    if result.verdict == "ship" and a >= b:
+        why = (
+            f"one server over all {len(gpus)} cards ({_said(result)}), not GPU {biggest.index} "
+            f"alone ({_said(alone)}): it gives a larger model or a longer context"
+        )
+        return _with_note(result, why)
+    if alone.verdict != "ship":
+        return result
+    why = (
+        f"GPU {biggest.index} alone ({_said(alone)}) beats one server over all {len(gpus)} "
+        f"cards ({_said(result)}); run one container per card to use the others "
+        "(gpu-preflight compose writes that stack)"
+    )
+    return _with_note(replace(alone, warnings=(*alone.warnings, why)), why)
+
+
+def _said(p: Plan) -> str:
+    if p.verdict != "ship" or p.model is None:
+        return "refused"
+    return f"{p.model.id} {p.model.quant} with {p.engine} at {p.context} tokens x {p.parallel}"
+
+
+def _with_note(p: Plan, note: str) -> Plan:
+    if p.predicted is None:
+        return p
+    return replace(p, predicted=replace(p.predicted, notes=(*p.predicted.notes, note)))
