@@ -267,10 +267,8 @@ def _alternatives(sit: Situation, misses: Sequence[Miss]) -> list[Alternative]:
                 ordered.append((spec, quant))
     if model is not None:
         # Closest to what was asked first: the same size class (parameters), then the bigger.
-        asked = model.spec.params_b
-        ordered.sort(
-            key=lambda sq: (abs(sq[0].params_b - asked) / max(asked, 0.1), -sq[0].params_b)
-        )
+        size = model.spec.params_b
+        ordered.sort(key=lambda sq: (abs(sq[0].params_b - size) / max(size, 0.1), -sq[0].params_b))
     for spec, quant in ordered:
         if len(out) >= MAX_ALTERNATIVES:
             break
