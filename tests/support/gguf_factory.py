@@ -160,19 +160,13 @@ def byte_vocab(n: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def write_gguf(
-    path: Path,
-    arch: ModelArch,
-    quant: str = "Q4_K_M",
-    sparse: bool = True,
-    name: str = "test-model",
-    seed: int = 0,
-) -> Path:
+def _writer(path: Path, arch: ModelArch, file_type: int, name: str) -> GGUFWriter:
+    """A GGUFWriter with the model's metadata and a byte-level vocabulary of vocab_size."""
     a = arch
     gname = GGUF_ARCH.get(a.architecture, a.architecture)
     w = GGUFWriter(str(path), gname)
     w.add_name(name)
-    w.add_uint32("general.file_type", FILE_TYPE.get(quant, 1))
+    w.add_uint32("general.file_type", file_type)
     w.add_context_length(a.max_position_embeddings)
     w.add_embedding_length(a.hidden_size)
     w.add_block_count(a.n_layers)
@@ -202,7 +196,21 @@ def write_gguf(
     w.add_token_merges(merges)
     w.add_bos_token_id(len(tokens) - 2 if len(tokens) == a.vocab_size else a.vocab_size - 2)
     w.add_eos_token_id(a.vocab_size - 1)
-    plan = tensor_plan(a, quant)
+    return w
+
+
+def write_gguf(
+    path: Path,
+    arch: ModelArch,
+    quant: str = "Q4_K_M",
+    sparse: bool = True,
+    name: str = "test-model",
+    seed: int = 0,
+) -> Path:
+    plan = tensor_plan(arch, quant)
+    if sparse:
+        return write_gguf_plan(path, arch, plan, FILE_TYPE.get(quant, 1), name)
+    w = _writer(path, arch, FILE_TYPE.get(quant, 1), name)
     rng = np.random.default_rng(seed)
     for tname, shape, t in plan:
         w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
@@ -211,15 +219,6 @@ def write_gguf(
     w.write_ti_data_to_file()
     assert w.fout is not None
     fout = w.fout[0]
-    if sparse:
-        fout.flush()
-        start = fout.tell()
-        pad = GGUFWriter.ggml_pad(start, w.data_alignment)
-        total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
-        w.close()
-        with open(path, "r+b") as f:
-            f.truncate(pad + total)
-        return path
     w.write_padding(fout, fout.tell())
     for _, shape, t in plan:
         nb = _nbytes(t, shape)
@@ -358,39 +357,7 @@ def write_gguf_plan(
     For per-tensor type mixes: take ``tensor_plan(arch, quant)`` and change the types. Metadata
     as in ``write_gguf``; the tensor data is a hole (the file is truncated to its full size).
     """
-    a = arch
-    w = GGUFWriter(str(path), GGUF_ARCH.get(a.architecture, a.architecture))
-    w.add_name(name)
-    w.add_uint32("general.file_type", file_type)
-    w.add_context_length(a.max_position_embeddings)
-    w.add_embedding_length(a.hidden_size)
-    w.add_block_count(a.n_layers)
-    w.add_feed_forward_length(a.intermediate_size or (a.expert_intermediate_size or 0))
-    w.add_head_count(a.n_heads)
-    w.add_head_count_kv(a.n_kv_heads)
-    w.add_key_length(a.head_dim)
-    w.add_value_length(a.v_head_dim)
-    w.add_rope_dimension_count(a.head_dim)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    if a.sliding_window:
-        w.add_sliding_window(a.sliding_window)
-    if a.is_moe:
-        w.add_expert_count(a.n_experts or 0)
-        w.add_expert_used_count(a.n_experts_per_token or 0)
-        w.add_expert_feed_forward_length(a.expert_intermediate_size or 0)
-    tokens, types, merges = byte_vocab(a.vocab_size)
-    if len(tokens) < a.vocab_size:
-        pad = a.vocab_size - len(tokens)
-        tokens += [f"<|unused{i}|>" for i in range(pad)]
-        types += [5] * pad
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens[: a.vocab_size])
-    w.add_token_types(types[: a.vocab_size])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(len(tokens) - 2 if len(tokens) == a.vocab_size else a.vocab_size - 2)
-    w.add_eos_token_id(a.vocab_size - 1)
+    w = _writer(path, arch, file_type, name)
     for tname, shape, t in plan:
         w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
     w.write_header_to_file(path=path)
