@@ -31,7 +31,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "entrypoint"))
+sys.path.insert(0, str(ROOT))
 
+from bench.vllm_kv import read_validated  # noqa: E402
 from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp  # noqa: E402
 from gpu_preflight.memory.vllm import (  # noqa: E402
     VllmConfig,
@@ -71,18 +73,7 @@ class EvidenceError(ValueError):
 
 
 def load_entries(path: Path = LOGS) -> list[dict[str, Any]]:
-    from jsonschema import Draft202012Validator
-
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvidenceError(f"{path}: cannot be read as JSON: {e}") from e
-    errors = sorted(Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
-    if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path)
-        raise EvidenceError(f"{path}: {where or '(top)'}: {errors[0].message}")
-    entries: list[dict[str, Any]] = doc["entries"]
+    entries: list[dict[str, Any]] = read_validated(path, SCHEMA, EvidenceError)["entries"]
     ids = [e["id"] for e in entries]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

@@ -54,19 +54,25 @@ class ReferenceError(ValueError):
     """The reference file does not validate or names something the catalogs lack."""
 
 
-def load_reference(path: Path = REFERENCE) -> list[dict[str, Any]]:
+def read_validated(path: Path, schema_path: Path, error: type[ValueError]) -> dict[str, Any]:
+    """A JSON document validated against its schema; ``error`` names the file and the place."""
     from jsonschema import Draft202012Validator
 
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ReferenceError(f"{path}: cannot be read as JSON: {e}") from e
+        raise error(f"{path}: cannot be read as JSON: {e}") from e
     errors = sorted(Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path)
-        raise ReferenceError(f"{path}: {where or '(top)'}: {errors[0].message}")
-    rows: list[dict[str, Any]] = doc["rows"]
+        raise error(f"{path}: {where or '(top)'}: {errors[0].message}")
+    result: dict[str, Any] = doc
+    return result
+
+
+def load_reference(path: Path = REFERENCE) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = read_validated(path, SCHEMA, ReferenceError)["rows"]
     return rows
 
 
