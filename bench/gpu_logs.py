@@ -54,8 +54,9 @@ LOGS = ROOT / "bench" / "gpu_logs.json"
 SCHEMA = ROOT / "bench" / "gpu_logs.schema.json"
 GPUS = ROOT / "entrypoint" / "gpu_preflight" / "data" / "gpus.json"
 RESULTS = ROOT / "bench" / "results"
-# Buffers llama.cpp prints for host memory: plain, mmap'ed model file, pinned staging buffers.
-HOST_BUFFERS = ("CPU", "CPU_Mapped", "CUDA_Host", "CPU_REPACK", "Host")
+# Buffers llama.cpp prints for host memory: plain, mmap'ed model file, pinned staging buffers,
+# repacked weights (CPU_AARCH64 is CPU_REPACK's name before May 2025).
+HOST_BUFFERS = ("CPU", "CPU_Mapped", "CUDA_Host", "CPU_REPACK", "CPU_AARCH64", "Host")
 # llama.cpp prints MiB with 2 decimals, vLLM GiB with 2 (4 in old "took X GB" lines): a
 # prediction within the print rounding of the figure is not "under".
 LLAMA_ROUNDING_MIB = 0.01
@@ -92,7 +93,8 @@ def printed_numbers(entry: dict[str, Any]) -> list[float]:
     out: list[float] = []
     for v in p.values():
         if isinstance(v, dict):
-            out += [float(x) for x in v.values()]
+            for x in v.values():
+                out += [float(y) for y in x] if isinstance(x, list) else [float(x)]
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out.append(float(v))
     return out
@@ -124,7 +126,7 @@ def llama_weight_bytes(entry: dict[str, Any], spec: ModelSpec) -> int:
     src = art["weight_bytes_from"]
     if src == "model_buffers":
         model = entry["printed"]["model_mib"]
-        total = sum(model.values())
+        total = sum(_mib(v) for v in model.values())
         if spec.arch.tied_embeddings and entry["settings"].get("n_gpu_layers", -1) < 0:
             # Tied embeddings with the output layer on a GPU: llama.cpp loads token_embd a second
             # time there (llama-model.cpp, TENSOR_DUPLICATED); the host buffer holds the original.
@@ -229,8 +231,17 @@ class EntryResult:
     error: str | None = None
 
 
-def _host_sum(d: dict[str, float]) -> float | None:
-    vals = [v for k, v in d.items() if k in HOST_BUFFERS]
+def _mib(v: float | list[float]) -> float:
+    """A printed buffer: one figure, or several lines of the same buffer (summed)."""
+    return float(sum(v)) if isinstance(v, list) else float(v)
+
+
+def _get(d: dict[str, Any], name: str) -> float | None:
+    return None if name not in d else _mib(d[name])
+
+
+def _host_sum(d: dict[str, Any]) -> float | None:
+    vals = [_mib(v) for k, v in d.items() if k in HOST_BUFFERS]
     return sum(vals) if vals else None
 
 
@@ -261,9 +272,13 @@ def evaluate_llamacpp(entry: dict[str, Any]) -> EntryResult:
                 "compute": _host_sum(comp),
             }
         else:
-            printed = {"weights": model.get(name), "kv": kv.get(name), "compute": comp.get(name)}
+            printed = {
+                "weights": _get(model, name),
+                "kv": _get(kv, name),
+                "compute": _get(comp, name),
+            }
             if name in unacc:
-                printed["overhead"] = unacc[name]
+                printed["overhead"] = _mib(unacc[name])
         predicted = {
             "weights": dev.weights_bytes / MIB,
             "kv": dev.kv_cache_bytes / MIB,
@@ -286,7 +301,7 @@ def evaluate_llamacpp(entry: dict[str, Any]) -> EntryResult:
                 )
         buffers = [printed["weights"], printed["kv"], printed["compute"]]
         if name != "CPU" and all(v is not None for v in buffers):
-            total = sum(v for v in buffers if v is not None) + unacc.get(name, 0.0)
+            total = sum(v for v in buffers if v is not None) + (_get(unacc, name) or 0.0)
             # Without a printed overhead the logged total is the buffers alone: the predicted
             # total (with its CUDA overhead allowance) must cover at least that.
             res.comparisons.append(
@@ -596,8 +611,14 @@ FINDINGS = """\
 - **Compute buffer with CPU-resident weights.** Same function, the `1.off` branch: an op whose
   weight lives in host memory is run on the GPU when `ggml_backend_offload_op` says so
   (`ggml-cuda.cu`, `ggml_backend_cuda_device_offload_op`: batch >= `op_offload_min_batch_size`),
-  and the weight is copied into the GPU's compute buffer for the prompt batch. Partial -ngl and
-  --n-cpu-moe layouts carry that copy (the largest expert tensor set of one layer) on CUDA0.
+  and the weight is copied into the GPU's compute buffer for the prompt batch.
+  `ggml_backend_sched_split_graph` (pass 5) starts a new split at each such op "so the memory of
+  the previously offloaded weights can be reused": one tensor is resident at a time
+  (`qwen3-235b-a22b-q6k-3090-ot-ffn5-93-kvq8-b5269` CUDA0: 774 MiB against a 630 MiB expert
+  tensor and 1.9 GiB for the layer's three). An output layer left on the host is offloaded the
+  same way, so at `-ngl 0` CUDA0 computes the logits too (`qwen3-06b-orin-ngl0-b5489`: 423 MiB
+  with no layer on the GPU). `memory/llamacpp.py` counts half the largest host layer, or the
+  output weight and the logits, on CUDA0.
 - **Pipeline parallelism.** `src/llama-context.cpp`, the `llama_context` constructor: with more
   than one GPU, every layer and the output offloaded, `-sm layer`, the KV offloaded and no tensor
   overrides (so never with --n-cpu-moe), `ggml_backend_sched_new` (`ggml-backend.cpp`) keeps
@@ -613,6 +634,17 @@ FINDINGS = """\
   non-torch at TP 1 and 3.58 GiB at TP 2 on an H100, against 0.19 / 0.56 GiB modelled: the KV
   pool is over-predicted by 2.7 %. `memory/vllm.py` models V1 (0.10+); V0 rows are kept to show
   that its constants must stay keyed to the vLLM version the image pins.
+- **vLLM CUDA graphs.** Before v0.21 graphs are captured after the pool is sized (0.23-1.03 GiB
+  logged); from v0.21 (`gpu_worker.py` `determine_available_memory`,
+  `GPUModelRunner.profile_cudagraph_memory`) vLLM's own extrapolated estimate is taken out of the
+  budget. The model keeps 1 GiB, or 1.6 % of a rank's weights when larger
+  (`llmd-gpt-oss-120b-h100`: 1.03 GiB next to 64.4 GiB of weights).
+- **Spread.** 12 of the 30 llama.cpp entries are one ggml-org CI run (Pythia-2.8B on a V100:
+  11 quantizations at full offload, flash attention on and off, `-ngl 10`): they check the
+  weights across quantizations and the compute buffer once per setting, not 12 layouts.
+- **llm-d gpt-oss-120b.** Its summary row has no configuration section; the figures add up to
+  0.95 x 79.18 GiB (64.38 + 7.38 + 0.13 + 3.33 = 75.22), so it ran at utilization 0.95, not the
+  0.9 of the other rows. Read at 0.9 it looked like a 0.77 GiB under-prediction of the total.
 """
 
 
@@ -622,7 +654,8 @@ def markdown(results: list[EntryResult], s: dict[str, Any], n_llama: int, n_vllm
         "",
         f"Written by `python bench/gpu_logs.py` from `bench/gpu_logs.json`: {n_llama} llama.cpp "
         f"(CUDA) and {n_vllm} vLLM start-ups copied verbatim from public issues, pull requests, "
-        "READMEs and posts, each citing its source. No GPU and no engine run is involved: the "
+        "discussions, READMEs, posts and ggml-org's CI logs, each citing its source. No GPU and no "
+        "engine run is involved: the "
         "prediction is `estimate_llamacpp` / `estimate_vllm` given the entry's settings, the "
         "printed figures are the engine's own.",
         "",
@@ -766,8 +799,9 @@ def plot(results: list[EntryResult], path: Path) -> bool:
         labels = [f"{c.entry} {c.device} {c.component}" for c in cs]
         # Clip for readability: the worst values are in the tables.
         vals = [max(-100.0, min(100.0, c.error_pct or 0.0)) for c in cs]
+        # Grey first: a not-expressible entry is reported, not held to the dangerous side.
         colors = [
-            "tab:red" if c.dangerous else ("tab:gray" if not c.expressible else "tab:blue")
+            "tab:gray" if not c.expressible else ("tab:red" if c.dangerous else "tab:blue")
             for c in cs
         ]
         ax.bar(range(len(vals)), vals, color=colors)
@@ -775,7 +809,7 @@ def plot(results: list[EntryResult], path: Path) -> bool:
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels(labels, rotation=75, ha="right", fontsize=6)
         ax.set_ylabel("over-prediction % (clipped to +-100)")
-        ax.set_title(f"{title}; red: dangerous side, grey: not expressible")
+        ax.set_title(f"{title}; red: dangerous side (expressible), grey: not expressible")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -253,19 +253,74 @@ def kv_layer_cells(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
     return out
 
 
+def kv_row_widths(arch: ModelArch) -> tuple[int, int]:
+    """(K, V) elements one token stores in one attention layer's cache.
+
+    src/llama-kv-cache.cpp (the llama_kv_cache constructor): K of n_embd_k_gqa(il) and, unless
+    the model is MLA, V of n_embd_v_gqa(il). With MLA (deepseek2 with *_mla keys) there is no V
+    tensor at all (has_v = !is_mla) and K is the GGUF's key_length x head_count_kv = the latent
+    (kv_lora_rank) plus the rope key (qk_rope_head_dim) of one shared head.
+    """
+    if arch.is_mla:
+        assert arch.kv_lora_rank is not None and arch.qk_rope_head_dim is not None
+        return arch.kv_lora_rank + arch.qk_rope_head_dim, 0
+    return arch.n_kv_heads * arch.head_dim, arch.n_kv_heads * arch.v_head_dim
+
+
+def recurrent_state_bytes(arch: ModelArch) -> int:
+    """Bytes of one sequence's recurrent state in one gated DeltaNet layer (0 without any).
+
+    src/llama-memory-recurrent.cpp: per layer an r tensor of n_embd_r() and an s tensor of
+    n_embd_s() per cell, both GGML_TYPE_F32 (llama-model.cpp create_memory), with
+    n_embd_r = (ssm_d_conv - 1) x (ssm_d_inner + 2 x ssm_n_group x ssm_d_state) and
+    n_embd_s = ssm_d_state x ssm_d_inner (llama-hparams.cpp), i.e. the conv window over
+    q, k and v and the k x v state of every value head.
+    """
+    if not arch.recurrent_layers:
+        return 0
+    kd = (arch.linear_k_heads or 0) * (arch.linear_k_head_dim or 0)
+    vd = (arch.linear_v_heads or 0) * (arch.linear_v_head_dim or 0)
+    n_embd_r = ((arch.linear_conv_kernel or 1) - 1) * (vd + 2 * kd)
+    n_embd_s = (arch.linear_k_head_dim or 0) * vd
+    return 4 * (n_embd_r + n_embd_s)
+
+
+def recurrent_cells(cfg: LlamaCppConfig) -> int:
+    """Recurrent-state cells: one per sequence, max(1, n_seq_max) (llama-model.cpp
+    create_memory, recurrent_rs_size; n_rs_seq rollback snapshots are 0 without speculative
+    decoding), and llama-server's n_seq_max is -np."""
+    return max(1, cfg.parallel)
+
+
 def kv_layer_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
-    k_row = row_bytes(cfg.cache_type_k, arch.n_kv_heads * arch.head_dim)
-    v_row = row_bytes(cfg.cache_type_v, arch.n_kv_heads * arch.v_head_dim)
-    return [cells * (k_row + v_row) for cells in kv_layer_cells(arch, cfg)]
+    """Cache bytes each layer allocates on its device: K/V cells of attention layers, the
+    recurrent state of every sequence for gated DeltaNet layers, nothing for MTP blocks (the
+    main context's KV filter is il < n_layer(), llama-model.cpp create_memory)."""
+    k, v = kv_row_widths(arch)
+    k_row = row_bytes(cfg.cache_type_k, k)
+    v_row = row_bytes(cfg.cache_type_v, v) if v else 0
+    recurrent = set(arch.recurrent_layers)
+    state = recurrent_state_bytes(arch) * recurrent_cells(cfg)
+    out = []
+    for il, cells in enumerate(kv_layer_cells(arch, cfg)):
+        if il in recurrent:
+            out.append(state)
+        elif not arch.has_kv(il):
+            out.append(0)
+        else:
+            out.append(cells * (k_row + v_row))
+    return out
 
 
 def kv_bytes_per_token(
     arch: ModelArch, cache_type_k: str = "f16", cache_type_v: str = "f16"
 ) -> int:
-    """K+V bytes one token costs summed over all layers (sliding layers counted at full width)."""
-    k_row = row_bytes(cache_type_k, arch.n_kv_heads * arch.head_dim)
-    v_row = row_bytes(cache_type_v, arch.n_kv_heads * arch.v_head_dim)
-    return arch.n_layers * (k_row + v_row)
+    """K+V bytes one token costs summed over the attention layers (sliding layers counted at
+    full width; recurrent layers and MTP blocks cost nothing per token)."""
+    k, v = kv_row_widths(arch)
+    k_row = row_bytes(cache_type_k, k)
+    v_row = row_bytes(cache_type_v, v) if v else 0
+    return arch.kv_layer_count * (k_row + v_row)
 
 
 def _layer_devices(
@@ -304,10 +359,21 @@ def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: 
         ff = (arch.n_experts_per_token or 1) * (arch.expert_intermediate_size or 0) + (
             (arch.n_shared_experts or 0) * (arch.expert_intermediate_size or 0)
         )
+    q_out = 2 * q_dim
+    if arch.is_mla and arch.kv_lora_rank and arch.qk_rope_head_dim:
+        # MLA with the absorption (src/models/deepseek2.cpp): per head the projected q
+        # (head_dim), the absorbed query wk_b x q_nope ++ q_pe (kv_lora_rank + rope), the
+        # attention output in the latent (kv_lora_rank) and its wv_b decompression
+        # (v_head_dim). With 2 x heads x head_dim the compute came 64-478 MiB under
+        # llama-fit-params on DeepSeek-V3's dimensions (n_ubatch 512-2048, flash attention
+        # on/off); with these four it is 40-80 MiB over.
+        q_out = arch.n_heads * (
+            arch.head_dim + 2 * arch.kv_lora_rank + arch.qk_rope_head_dim + arch.v_head_dim
+        )
     # q and attention output, the FFN intermediate and two residual streams (ub x hidden):
     # without them, large ubatches without flash attention came in 24-32 MiB under
     # llama-fit-params on gemma-2 and gpt-oss (n_ubatch 4096 and 16384).
-    base = ub * 4 * (2 * q_dim + ff + 2 * arch.hidden_size) + COMPUTE_SLACK
+    base = ub * 4 * (q_out + ff + 2 * arch.hidden_size) + COMPUTE_SLACK
     streams = context_cells(cfg)[2]
     tokens_per_stream = max(1, ub // streams)
     # the KQ mask (f32; cast to f16 for flash attention), and a second one over the sliding
@@ -325,6 +391,12 @@ def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: 
             + n_kv * tokens_per_stream * streams * arch.n_heads * 4
             + (n_kv + n_kv_swa) * ub * 4
         )
+        if arch.is_mla and arch.kv_lora_rank:
+            # MLA's V is a view of the K cache, so without flash attention llama-graph.cpp
+            # build_attn_mha makes a transposed copy of it (ggml_cont(ggml_transpose(v))),
+            # at least f16 wide
+            elem = max(2, CACHE_TYPES.get(cfg.cache_type_k, (1, 2))[1])
+            attn += n_kv * streams * arch.kv_lora_rank * elem
     rows = ub if cfg.n_outputs is None else min(ub, cfg.n_outputs)
     # MoE graphs leave a routed-expert intermediate (ub x k x n_ff_exp, f32) and a hidden state
     # of the last layer where ggml-alloc cannot reuse them for the logits, so they add to the
@@ -398,10 +470,20 @@ def estimate_llamacpp(
     _, per, _ = context_cells(cfg)
     # Op offload (ggml-backend.cpp ggml_backend_sched_backend_id_from_cur, "1.off"): with weights
     # in host RAM, a prompt batch of at least GGML_OP_OFFLOAD_MIN_BATCH (32) rows runs their ops
-    # on the first GPU (ggml-cuda.cu ggml_backend_cuda_device_offload_op), which copies those
-    # weights into its compute buffer, one layer's split at a time. So that GPU's compute buffer
-    # holds the largest layer's host-resident weights on top of its activations, and a GPU with
-    # no layers at all (-ngl 0) still gets a context and a compute buffer.
+    # on the first GPU (ggml-cuda.cu ggml_backend_cuda_device_offload_op), which copies each such
+    # weight into its compute buffer. ggml_backend_sched_split_graph (pass 5) starts a new split
+    # at every op whose weight lives elsewhere "so the memory of the previously offloaded weights
+    # can be reused", and with one copy per input (no pipeline parallelism, which tensor overrides
+    # and host layers turn off) the copy is freed after its split: the compute buffer holds the
+    # largest single host-resident weight tensor, not a whole layer (Qwen3-235B-A22B Q6_K, experts
+    # on the CPU: CUDA0 774 MiB against 630 MiB for one expert tensor and 1.9 GiB for a layer's
+    # three; bench/results/gpu-logs.md). The layout has per-layer totals only, so half of a
+    # layer's host-resident bytes stands for its largest tensor (a layer's routed experts are
+    # three tensors, Q4_K_M's Q6_K ffn_down_exps being the largest at 42 %; a dense layer's
+    # biggest matrix is under a third of it). An output layer left on the host (-ngl 0) is
+    # offloaded the same way: CUDA0 then computes the logits too, next to a copy of the output
+    # weight (Qwen3-0.6B at -ngl 0: 423 MiB = 297 MiB of logits + the 122 MiB tied output).
+    # A GPU with no layers at all (-ngl 0) still gets a context and a compute buffer.
     host_layer = 0
     for il in range(n_layers):
         if layer_dev[il] < 0:
@@ -409,6 +491,9 @@ def estimate_llamacpp(
         elif il < cfg.n_cpu_moe:
             host_layer = max(host_layer, layout.per_layer_expert_bytes[il])
     offload = n_dev > 0 and cfg.op_offload and host_layer > 0 and effective_ubatch(cfg) >= 32
+    host_tensor = -(-host_layer // 2)
+    out_copy = (layout.output_bytes or layout.token_embd_bytes) if out_dev < 0 else 0
+    weight_copy = max(host_tensor, out_copy) if offload else 0
     # Pipeline parallelism (src/llama-context.cpp, the llama_context constructor): on with more
     # than one device, every layer and the output offloaded, a layer split, the KV offloaded and
     # no tensor overrides (--n-cpu-moe is one). The scheduler then keeps GGML_SCHED_MAX_COPIES (4)
@@ -424,9 +509,10 @@ def estimate_llamacpp(
     devices = []
     for d in range(n_dev):
         on = any(x == d for x in layer_dev) or out_dev == d or (offload and d == 0)
-        comp = compute_bytes(arch, cfg, per, with_output=out_dev == d) if on else 0
+        logits = out_dev == d or (offload and d == 0 and out_dev < 0)
+        comp = compute_bytes(arch, cfg, per, with_output=logits) if on else 0
         if offload and d == 0:
-            comp += host_layer
+            comp += weight_copy
         if on:
             comp += copies
         over = CUDA_OVERHEAD if on else 0
@@ -460,8 +546,11 @@ def estimate_llamacpp(
         )
     if offload:
         notes.append(
-            f"op offload: CUDA0's compute buffer holds {host_layer // MIB} MiB of host-resident "
-            "weights copied in for prompt batches (the largest layer's; --no-op-offload avoids it)"
+            f"op offload: CUDA0's compute buffer holds {weight_copy // MIB} MiB of host-resident "
+            "weights copied in for prompt batches (the largest tensor, bounded by half the largest "
+            "host layer"
+            + (", or the output layer" if out_copy else "")
+            + "; --no-op-offload avoids it)"
         )
     if not layout.exact:
         notes.append("weight placement derived from the architecture (no file header read)")
@@ -534,16 +623,18 @@ def with_draft(target: Estimate, draft: Estimate, draft_label: str) -> Estimate:
 
 
 def checkpoint_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> int:
-    """Host RAM one context checkpoint of one slot takes: the sliding-window layers' KV.
+    """Host RAM one context checkpoint of one slot takes: what cannot be rolled back.
 
-    llama-server saves a slot's partial state (LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the SWA cache,
-    which cannot be rolled back) as a checkpoint in host RAM, up to --ctx-checkpoints per slot
-    (tools/server/server-context.cpp create_checkpoint; common.h n_ctx_checkpoints = 32). 0 for a
-    model without sliding-window layers: it makes none.
+    llama-server saves a slot's partial state (LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) as a
+    checkpoint in host RAM, up to --ctx-checkpoints per slot (tools/server/server-context.cpp
+    create_checkpoint; common.h n_ctx_checkpoints = 32), for models with sliding-window layers
+    (the SWA cache) or recurrent layers (llama-memory-hybrid.cpp state_write: the recurrent
+    state of the sequence, the attention KV left out). 0 for a model with neither.
     """
+    total = recurrent_state_bytes(arch) * len(arch.recurrent_layers)
     if not arch.sliding_window or not arch.sliding_window_layers:
-        return 0
+        return total
     _, _, streams = context_cells(cfg)
     per_layer = kv_layer_bytes(arch, cfg)
     swa = set(arch.sliding_window_layers)
-    return sum(b for il, b in enumerate(per_layer) if il in swa) // max(1, streams)
+    return total + sum(b for il, b in enumerate(per_layer) if il in swa) // max(1, streams)

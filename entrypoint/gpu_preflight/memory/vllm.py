@@ -75,11 +75,36 @@ def non_torch_tp_bytes(tensor_parallel_size: int) -> int:
 # dominates for the default max_num_seqs: per logit it holds fp32 logits, the temperature-scaled
 # copy, top-k/top-p sort values and int64 indices, softmax and cumsum. The logged peaks give 38-39
 # bytes per logit on an H100 (1024 rows: Llama-3.1-8B 4.76 GiB, Qwen3-32B 5.64 GiB, gpt-oss-20b
-# 7.38 GiB; llm-d-benchmark) and on an A100 (256 rows of Llama-3.1-8B: 1.44 GiB).
-SAMPLER_BYTES_PER_LOGIT = 38
+# 7.38 GiB; llm-d-benchmark) and on an A100 (256 rows of Llama-3.1-8B: 1.44 GiB); 39, the upper
+# end, because 38 put Llama-3.3-70B (4.84 GiB logged) and Qwen3-32B 0.07 / 0.01 GiB under.
+# These are pre-0.17 profiles (vLLM 0.11-0.13): one public report measured a ~60 % lower peak
+# from 0.17 on, so for the image's 0.32 this errs high (a smaller modelled KV pool), never low.
+SAMPLER_BYTES_PER_LOGIT = 39
 ACTIVATION_FIXED_BYTES = 128 * MIB
-# CUDA graphs (decode sizes up to 512): logged 0.23-1.02 GiB for 8B-27B models.
+# CUDA graphs. Before v0.21 they are captured after the KV pool is sized (gpu_model_runner.py
+# capture_model, "Graph capturing finished ... took X GiB"), on top of the budget: 0.23-1.02 GiB
+# logged for 8B-27B models (decode sizes up to 512). From v0.21 (the image pins 0.32)
+# Worker.determine_available_memory (vllm/v1/worker/gpu_worker.py) subtracts
+# GPUModelRunner.profile_cudagraph_memory's estimate from the budget instead: it captures the two
+# largest graphs of each mode against a throwaway KV cache and extrapolates first + (n - 1) x
+# second ("Estimated CUDA graph memory: X GiB total"). Published 0.21+ estimates are 0.17-0.36
+# GiB per rank at TP 2-4 (gpustack/runner PR 251 on 0.27.1, noonghunna/club-3090 issue 127, vllm
+# PR 30515), a third to a sixth of this 1 GiB, but the estimate grows with the layers and the
+# capture sizes (n graphs per mode) and vLLM issues 45178 / 50780 / 53013 show it overshooting
+# the real pool several times; under-estimating it promises KV that vLLM does not allocate, so
+# 1 GiB stays until a 0.32 start-up on a lent GPU measures it (issue 12 item 5). Large
+# checkpoints need more than 1 GiB: the largest pool in bench/gpu_logs.json is gpt-oss-120b's
+# 1.03 GiB next to 64.4 GiB of weights (llm-d-benchmark, H100), hence 1.6 % of a rank's weights
+# as a floor.
 CUDA_GRAPH_BYTES = 1 * GIB
+CUDA_GRAPH_WEIGHT_FRACTION = 0.016
+
+
+def cuda_graph_bytes(weights_per_rank_bytes: int) -> int:
+    """CUDA graph memory one rank holds (before v0.21) or reserves in the budget (0.21+)."""
+    return max(CUDA_GRAPH_BYTES, math.ceil(weights_per_rank_bytes * CUDA_GRAPH_WEIGHT_FRACTION))
+
+
 # Bytes vLLM holds per byte of checkpoint. MXFP4 experts are re-laid out (padded, swizzled) on
 # load: gpt-oss-20b 12.8 GiB on disk -> 13.72 GiB logged, gpt-oss-120b 60.7 -> 64.4-66.0 GiB.
 LOAD_FACTOR: dict[str, float] = {"mxfp4": 1.09}
@@ -92,6 +117,13 @@ WEIGHT_EXTRA_BYTES = 96 * MIB
 MARGIN_FIXED_BYTES = 256 * MIB
 UTILIZATION_SAFETY_BYTES = 256 * MIB
 UTILIZATION_CAP = 0.92
+# Architectures whose replicated weights weights_per_rank counts on every rank (MLA low-rank
+# projections, MoE routers).
+_REPLICATED_ARCHS = ("deepseek2", "glm4moe", "qwen3next")
+# The smallest kernel block of vLLM's CUDA attention backends (FlashAttention MultipleOf(16),
+# FlashInfer 16/32/64, Triton MultipleOf(16): get_supported_kernel_block_sizes), which
+# _align_hybrid_block_size rounds a hybrid model's block size to.
+HYBRID_KERNEL_BLOCK = 16
 # The drafter's own CUDA graphs (it captures decode graphs of its layers for every batch size).
 # Not measured: half the target's allowance, on the high side for a draft a tenth the size.
 DRAFT_CUDA_GRAPH_BYTES = 512 * MIB
@@ -143,6 +175,10 @@ class VllmConfig:
     # --kv-cache-memory-bytes: the KV pool is exactly this, and gpu_memory_utilization is not
     # used for it (vllm/v1/worker/gpu_worker.py determine_available_memory).
     kv_cache_memory_bytes: int | None = None
+    # vLLM's default for generative models, hybrids included (ModelConfig
+    # is_prefix_caching_supported); for those it sets mamba_cache_mode "align" (models/config.py
+    # MambaModelConfig), which keeps 2 state blocks per request and recurrent layer group.
+    prefix_caching: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,10 +193,15 @@ class KvLayout:
     group_size: int  # layers per group: blocks are shared by one layer of each group
     full_groups: int
     sliding_groups: int
+    # Hybrid linear-attention models: recurrent (gated DeltaNet) layers, whose state page is
+    # padded to page_bytes, in state_groups groups; each holds state_blocks of them per request.
+    state_layers: int = 0
+    state_groups: int = 0
+    state_blocks: int = 0
 
     @property
     def n_groups(self) -> int:
-        return self.full_groups + self.sliding_groups
+        return self.full_groups + self.sliding_groups + self.state_groups
 
 
 @dataclass(frozen=True)
@@ -234,42 +275,92 @@ def kv_heads_per_rank(n_kv_heads: int, tp: int) -> int:
 def kv_bytes_per_token(
     spec: ModelSpec, kv_cache_dtype: str = "auto", tp: int = 1, draft: VllmDraft | None = None
 ) -> int:
-    """K+V bytes one token takes on one rank, over all layers (sliding-window ones at full width)."""
+    """K+V bytes one token takes on one rank, over the attention layers (sliding-window ones at
+    full width; recurrent layers hold a per-sequence state instead, see state_bytes)."""
     archs = (spec.arch, draft.spec.arch) if draft else (spec.arch,)
-    return sum(a.n_layers * _page_bytes(a, 1, tp, kv_cache_dtype) for a in archs)
+    return sum(a.kv_layer_count * _page_bytes(a, 1, tp, kv_cache_dtype) for a in archs)
 
 
 def _page_bytes(arch: ModelArch, block_size: int, tp: int, kv_cache_dtype: str) -> int:
-    """One block of one layer on one rank: K and V of every token in the block."""
+    """One block of one layer on one rank: K and V of every token in the block.
+
+    MLA (deepseek_v2/v3): vllm/model_executor/layers/attention/mla_attention.py
+    MLAAttention.get_kv_cache_spec makes an MLAAttentionSpec of num_kv_heads=1 and
+    max_tp_shards=1 (every rank holds it whole), head_size = kv_lora_rank + qk_rope_head_dim
+    and head_size_v = 0 (vllm/v1/kv_cache_interface.py), so a token costs the latent plus the
+    rope key once per layer, whatever the head count.
+    """
+    if arch.is_mla:
+        assert arch.kv_lora_rank is not None and arch.qk_rope_head_dim is not None
+        width = arch.kv_lora_rank + arch.qk_rope_head_dim
+        return block_size * width * kv_dtype_bytes(kv_cache_dtype)
     heads = kv_heads_per_rank(arch.n_kv_heads, tp)
     return block_size * heads * (arch.head_dim + arch.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
+
+
+def state_bytes(arch: ModelArch, tp: int) -> int:
+    """One sequence's state in one gated DeltaNet layer on one rank (0 without such layers).
+
+    vllm/model_executor/layers/mamba/mamba_utils.py MambaStateShapeCalculator.
+    gated_delta_net_state_shape: a conv state of (conv_kernel - 1) x conv_dim / tp with
+    conv_dim = 2 x key heads x key head size + value heads x value head size, and a temporal
+    state of value heads / tp x value head size x key head size; both in the model dtype
+    (gated_delta_net_state_dtype with mamba_cache_dtype / mamba_ssm_cache_dtype "auto").
+    """
+    if not arch.recurrent_layers:
+        return 0
+    kh, vh = arch.linear_k_heads or 0, arch.linear_v_heads or 0
+    kdim, vdim = arch.linear_k_head_dim or 0, arch.linear_v_head_dim or 0
+    conv_dim = 2 * kh * kdim + vh * vdim
+    if conv_dim % tp or vh % tp:
+        raise VllmConfigError(
+            f"tensor_parallel_size {tp} does not divide the model's {vh} linear-attention value "
+            f"heads and conv width {conv_dim}; vLLM accepts a divisor of both"
+        )
+    conv = ((arch.linear_conv_kernel or 1) - 1) * conv_dim // tp
+    temporal = vh // tp * vdim * kdim
+    return (conv + temporal) * MODEL_DTYPE_BYTES
+
+
+def hybrid_block_size(arch: ModelArch, cfg: VllmConfig) -> int:
+    """The block size vLLM uses: raised for hybrid models until an attention page holds a
+    recurrent state (vllm/platforms/interface.py Platform._align_hybrid_block_size:
+    attn_block_size = align x cdiv(mamba_page, align x attention page of one token), align the
+    backend's smallest kernel block, 16 for FlashAttention / FlashInfer / Triton), whatever
+    --block-size says; the state page is then padded to the attention page."""
+    state = state_bytes(arch, cfg.tensor_parallel_size)
+    if not state:
+        return cfg.block_size
+    one = _page_bytes(arch, 1, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
+    align = max(HYBRID_KERNEL_BLOCK, cfg.block_size)
+    need = align * math.ceil(state / (align * one))
+    return max(cfg.block_size, need)
 
 
 def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
     """vLLM's KV cache groups for this model (kv_cache_utils.get_kv_cache_groups)."""
     if cfg.block_size < 1:
         raise VllmConfigError(f"block_size must be >= 1, got {cfg.block_size}")
+    if arch.recurrent_layers:
+        return _hybrid_state_layout(arch, cfg)
     page = _page_bytes(arch, cfg.block_size, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
+    n_kv = arch.kv_layer_count
     sliding = len(arch.sliding_window_layers) if arch.sliding_window else 0
-    full = arch.n_layers - sliding
+    full = n_kv - sliding
     if cfg.draft is not None:
         # Target and draft layers of one attention type form one group whose page is the sum of
         # every layer's page (UniformTypeKVCacheSpecs in vllm/v1/kv_cache_interface.py).
         _check_draft(arch, cfg)
         d = cfg.draft.spec.arch
         d_page = _page_bytes(d, cfg.block_size, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
-        both = page * arch.n_layers + d_page * d.n_layers
-        return KvLayout(both, cfg.block_size, arch.n_layers + d.n_layers, 0, None, 1, 1, 0)
+        both = page * n_kv + d_page * d.kv_layer_count
+        return KvLayout(both, cfg.block_size, n_kv + d.kv_layer_count, 0, None, 1, 1, 0)
     if sliding == 0 or not cfg.hybrid_kv_cache:
         # One group of every layer; with the hybrid manager off, sliding layers count as full.
-        return KvLayout(page, cfg.block_size, arch.n_layers, 0, None, arch.n_layers, 1, 0)
+        return KvLayout(page, cfg.block_size, n_kv, 0, None, n_kv, 1, 0)
     if full == 0:
         return KvLayout(page, cfg.block_size, 0, sliding, arch.sliding_window, sliding, 0, 1)
-    # _get_kv_cache_groups_uniform_page_size: the smaller type count is the group size, unless
-    # the counts are within 1.5x of each other (gpt-oss 12 + 12), then the larger one is.
-    group = min(full, sliding)
-    if max(full, sliding) < group * 1.5:
-        group = max(full, sliding)
+    group = _group_size(full, sliding)
     return KvLayout(
         page,
         cfg.block_size,
@@ -279,6 +370,46 @@ def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
         group,
         math.ceil(full / group),
         math.ceil(sliding / group),
+    )
+
+
+def _group_size(*counts: int) -> int:
+    # _get_kv_cache_groups_uniform_page_size: the smaller type count is the group size, unless
+    # the counts are within 1.5x of each other (gpt-oss 12 + 12), then the larger one is.
+    group = min(counts)
+    if max(counts) < group * 1.5:
+        group = max(counts)
+    return group
+
+
+def _hybrid_state_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
+    """Full-attention + gated DeltaNet layers (qwen3_next): both kinds in groups of equal size
+    over pages of one size (the state page padded to the attention page), one block pool."""
+    if cfg.draft is not None or not cfg.hybrid_kv_cache or arch.sliding_window_layers:
+        raise VllmConfigError(
+            "a hybrid linear-attention model with a draft model, sliding-window layers or "
+            "--disable-hybrid-kv-cache-manager is not modelled; accepted: the hybrid KV cache "
+            "manager, no draft model"
+        )
+    block = hybrid_block_size(arch, cfg)
+    page = _page_bytes(arch, block, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
+    full = arch.kv_layer_count
+    state = len(arch.recurrent_layers)
+    group = _group_size(full, state) if full else state
+    # MambaSpec.max_memory_usage_bytes: 2 pages in "align" mode (prefix caching), else 1.
+    blocks = 2 if cfg.prefix_caching else 1
+    return KvLayout(
+        page,
+        block,
+        full,
+        0,
+        None,
+        group,
+        math.ceil(full / group),
+        0,
+        state_layers=state,
+        state_groups=math.ceil(state / group),
+        state_blocks=blocks,
     )
 
 
@@ -307,6 +438,8 @@ def request_blocks(layout: KvLayout, max_model_len: int, max_num_batched_tokens:
     """Blocks (of one layer per group) one request of max_model_len needs, summed over groups."""
     bs = layout.block_size
     full = math.ceil(max_model_len / bs)
+    if layout.state_groups:
+        return full * layout.full_groups + layout.state_blocks * layout.state_groups
     if layout.sliding_window is None:
         return full * layout.full_groups
     # SlidingWindowSpec.max_memory_usage_bytes: window - 1 + one chunk of prefill, +1 block for
@@ -350,6 +483,21 @@ def weights_per_rank(spec: ModelSpec, art: Artifact, tp: int) -> int:
         kv_proj = a.n_layers * a.hidden_size * a.n_kv_heads * (a.head_dim + a.v_head_dim)
         # Each rank keeps one whole K/V head instead of a 1/tp share of them.
         per_rank += kv_proj * bytes_per_param * (1 / a.n_kv_heads - 1 / tp)
+    if tp > 1 and spec.params_b > 0 and a.architecture in _REPLICATED_ARCHS:
+        # Every rank holds these whole instead of a 1/tp share: MLA's low-rank q/kv "a"
+        # projections (deepseek_v2.py DeepSeekV2FusedQkvAProjLinear disable_tp=True,
+        # kv_a_proj_with_mqa ReplicatedLinear) and the MoE routers (GateLinear, a
+        # ReplicatedLinear, kept in the model dtype).
+        bytes_per_param = total / (spec.params_b * 1e9)
+        trunk = a.n_layers - a.n_nextn_layers
+        lowrank = 0
+        if a.is_mla and a.kv_lora_rank and a.qk_rope_head_dim:
+            lowrank = (
+                trunk * a.hidden_size * ((a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim)
+            )
+        routers = (trunk - a.n_dense_layers) * (a.n_experts or 0) * a.hidden_size
+        replicated = lowrank * bytes_per_param + routers * MODEL_DTYPE_BYTES
+        per_rank += replicated * (1 - 1 / tp)
     return math.ceil(per_rank)
 
 
@@ -426,7 +574,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     weights = max(0, weights - cfg.cpu_offload_bytes)
     act = activation_bytes(spec.arch, cfg)
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp)
-    graphs = 0 if cfg.enforce_eager else CUDA_GRAPH_BYTES
+    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights)
     if graphs and cfg.draft is not None:
         graphs += DRAFT_CUDA_GRAPH_BYTES
     inside = graphs if cfg.cudagraph_in_budget else 0
@@ -549,6 +697,14 @@ def estimate_vllm(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> Estimate:
             f"speculative decoding: draft {cfg.draft.spec.id} ({cfg.draft.artifact.quant}), "
             f"{cfg.draft.num_speculative_tokens} tokens per step; its weights, KV pages and "
             "graphs are included"
+        )
+    if layout.state_groups:
+        notes.append(
+            f"hybrid KV cache: {layout.full_layers} full-attention + {layout.state_layers} "
+            f"linear-attention layers in {layout.n_groups} groups of {layout.group_size}, "
+            f"block size {layout.block_size} (raised so a page holds one recurrent state of "
+            f"{state_bytes(spec.arch, cfg.tensor_parallel_size)} bytes), "
+            f"{layout.state_blocks} state block(s) per request and linear-attention group"
         )
     if layout.sliding_groups:
         notes.append(

@@ -106,8 +106,19 @@ def _proportional_split(gpus: tuple[GpuTarget, ...]) -> tuple[float, ...]:
 def _room_split(fit: LlamaFit) -> tuple[float, ...]:
     """Layers in proportion to the room each GPU has for them: its usable memory less what it
     holds whatever its share (its compute buffer, runtime overhead, and on the last GPU the
-    output layer, which llama.cpp puts with the last layers, src/llama-model.cpp load_tensors).
-    A split in proportion to free memory alone overflows the smaller card of a mixed pair."""
+    output layer). A split in proportion to free memory alone overflows the smaller card of a
+    mixed pair.
+
+    Where the output layer and the biggest compute buffer go is llama.cpp's rule, not -mg's: in
+    layer split mode src/llama-model.cpp ``load_tensors`` assigns the output layer
+    ``get_layer_buft_list(n_layer)``, the device past the last split point, i.e. the last device
+    with a share of the layers, and that device also computes the logits (the output phase of
+    its compute buffer). ``--main-gpu`` is read only for --split-mode none (src/llama.cpp
+    ``llama_model_load_from_file_impl`` keeps that one device) and row; in layer mode it moves
+    nothing (tests/memory/test_vulkan_main_gpu.py checks both on two lavapipe devices). So the
+    planner never writes -mg (a user's -mg is passed as given): the card that holds the output
+    and the logits is the last one, and its share here is what is left after them, so that card
+    has the room for them whichever card it is."""
     lo = context_range(fit.spec, fit.w)[0]
     e = fit.worst(lo, -1, 0)
     layout = fit.art.layout
@@ -569,9 +580,16 @@ def _offload_placement(
                 a = mid
         return -1, b
     ncmoe = n_layers if spec.arch.is_moe else 0
-    if not f.fits(ctx, 0, ncmoe):
+    # Small -ngl values are not monotonic: at -ngl 0 the output layer stays on the host and is
+    # op-offloaded to the first GPU for prompt batches (its logits and a copy of its weight,
+    # memory/llamacpp.py), and the first few offloaded slots (the output among them) can all
+    # land on one GPU of a split. So look for the first -ngl that fits among the smallest few
+    # before bisecting upward, where more layers only cost more.
+    lowest = range(min(n_layers + 1, len(f.gpus) + 3))
+    first = next((n for n in lowest if f.fits(ctx, n, ncmoe)), None)
+    if first is None:
         return None
-    a, b = 0, n_layers + 1  # fits(a), not fits(b) (b = all layers + output)
+    a, b = first, n_layers + 1  # fits(a), not fits(b) (b = all layers + output)
     while b - a > 1:
         mid = (a + b) // 2
         if f.fits(ctx, mid, ncmoe):
