@@ -10,6 +10,14 @@ utils/_http.py ``hf_raise_for_status``):
 - ``HEAD`` and ``GET /{org}/{name}/resolve/{rev}/{path}``: the file, with ``Range: bytes=a-b``
   (206 + ``Content-Range``), ``ETag``, ``X-Repo-Commit``, ``X-Linked-Size``, ``X-Linked-Etag``,
   ``Content-Length``, ``Accept-Ranges``;
+- ``GET /api/models/{org}/{name}/refs`` (``branches[].name`` / ``targetCommit``) and
+  ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]?recursive=true`` (``type``, ``path``,
+  ``size``, ``oid`` and ``lfs.oid`` / ``lfs.size``): what llama.cpp's ``-hf`` downloader asks
+  before it downloads (common/hf-cache.cpp ``get_repo_commit`` / ``get_repo_files`` in the
+  llama.cpp that llama-cpp-python 0.3.36 vendors; huggingface_hub's ``list_repo_refs`` /
+  ``list_repo_tree`` read the same). Every file is listed as an LFS file whose ``lfs.oid`` is
+  the ``X-Linked-Etag`` its resolve answers, so llama.cpp (blob named by ``lfs.oid``) and
+  huggingface_hub (blob named by that etag) write the same ``blobs/`` entry;
 - errors the way the Hub sends them (the ``X-Error-Code`` header is what huggingface_hub maps to
   its exception classes): an unknown repo is 401 without a token and 404 with one
   (``RepoNotFound``), an unknown revision 404 ``RevisionNotFound``, an unknown file 404
@@ -200,6 +208,16 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(repo.slow_s)
             if repo is None:
                 return self._not_found(head)
+            if rest == ["refs"]:
+                body = json.dumps(_refs(repo)).encode()
+                return self._send(200, body, {"Content-Type": "application/json"}, head)
+            if rest[:1] == ["tree"] and len(rest) >= 2:
+                tree_snap = repo.snapshot(rest[1])
+                if tree_snap is None:
+                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {rest[1]}", head)
+                recursive = (parse_qs(url.query).get("recursive") or [""])[0] in ("true", "1")
+                body = json.dumps(_tree(tree_snap, "/".join(rest[2:]), recursive)).encode()
+                return self._send(200, body, {"Content-Type": "application/json"}, head)
             rev = "main"
             if rest[:1] == ["revision"] and len(rest) == 2:
                 rev = rest[1]
@@ -244,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _file(self, f: Path, snap: Snapshot, head: bool) -> None:
         size = f.stat().st_size
-        etag = hashlib.sha256(f"{f}:{size}".encode()).hexdigest()
+        etag = _etag(f)
         headers = {
             "ETag": f'"{etag}"',
             "X-Linked-Etag": f'"{etag}"',
@@ -284,6 +302,59 @@ class _Handler(BaseHTTPRequestHandler):
                     left -= len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client read what it wanted and hung up
+
+
+def _etag(f: Path) -> str:
+    # 64 hex digits, as an LFS file's sha256 (the Hub's X-Linked-Etag): not the content's hash
+    # (the files may be GB of sparse holes), but fixed per file.
+    return hashlib.sha256(f"{f}:{f.stat().st_size}".encode()).hexdigest()
+
+
+def _refs(repo: FakeRepo) -> dict[str, Any]:
+    """GET /api/models/{repo}/refs as the Hub answers it (huggingface_hub hf_api.list_repo_refs
+    reads ``branches`` / ``tags`` / ``converts``; llama.cpp's get_repo_commit reads
+    ``branches[].name`` and ``targetCommit``). Every revision but main is shown as a tag."""
+
+    def ref(name: str, kind: str) -> dict[str, str]:
+        return {
+            "name": name,
+            "ref": f"refs/{kind}/{name}",
+            "targetCommit": repo.revisions[name].sha,
+        }
+
+    return {
+        "branches": [ref("main", "heads")],
+        "tags": [ref(n, "tags") for n in repo.revisions if n != "main"],
+        "converts": [],
+    }
+
+
+def _tree(snap: Snapshot, under: str, recursive: bool) -> list[dict[str, Any]]:
+    """GET /api/models/{repo}/tree/{rev}[/{under}][?recursive=true]: the entries under a folder
+    (all levels when ``recursive``), folders as ``directory`` entries, sorted by path. Every
+    file is an LFS file (``lfs.oid`` = its X-Linked-Etag; the ``oid`` a fixed git blob id)."""
+    prefix = f"{under.strip('/')}/" if under.strip("/") else ""
+    out: dict[str, dict[str, Any]] = {}
+    for path, f in snap.files.items():
+        if not path.startswith(prefix):
+            continue
+        rel = path[len(prefix) :].split("/")
+        if not recursive and len(rel) > 1:
+            d = prefix + rel[0]
+            out[d] = {"type": "directory", "oid": _sha(d, snap.sha), "size": 0, "path": d}
+            continue
+        for i in range(1, len(rel)):
+            d = prefix + "/".join(rel[:i])
+            out[d] = {"type": "directory", "oid": _sha(d, snap.sha), "size": 0, "path": d}
+        size = f.stat().st_size
+        out[path] = {
+            "type": "file",
+            "oid": _sha(path, snap.sha),
+            "size": size,
+            "lfs": {"oid": _etag(f), "size": size, "pointerSize": 134},
+            "path": path,
+        }
+    return [out[k] for k in sorted(out)]
 
 
 def _info(repo: FakeRepo, snap: Snapshot, expand: list[str] | None) -> dict[str, Any]:

@@ -372,3 +372,45 @@ def write_gguf_plan(
     with open(path, "r+b") as f:
         f.truncate(GGUFWriter.ggml_pad(start, w.data_alignment) + total)
     return path
+
+
+def write_gguf_kvs(
+    path: Path,
+    architecture: str,
+    kvs: list[tuple[str, str, object]],
+    plan: list[tuple[str, tuple[int, ...], GGMLQuantizationType]],
+    vocab: int | None = None,
+) -> Path:
+    """A sparse GGUF with exactly these metadata keys (``(key, kind, value)``, kind a GGUFWriter
+    ``add_<kind>`` such as ``uint32``/``string``/``array``) and tensors (numpy shape, type): for
+    architectures whose keys ``_writer`` does not write (MLA, MTP blocks, gated DeltaNet).
+    ``vocab``: also a byte-level tokenizer of that many tokens, so llama.cpp can load the file."""
+    w = GGUFWriter(str(path), architecture)
+    for key, kind, value in kvs:
+        getattr(w, f"add_{kind}")(key, value)
+    if vocab is not None:
+        tokens, types, merges = byte_vocab(vocab)
+        pad = vocab - len(tokens)
+        tokens += [f"<|unused{i}|>" for i in range(max(0, pad))]
+        types += [5] * max(0, pad)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens[:vocab])
+        w.add_token_types(types[:vocab])
+        w.add_token_merges(merges)
+        w.add_bos_token_id(vocab - 2)
+        w.add_eos_token_id(vocab - 1)
+    for tname, shape, t in plan:
+        w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
+    w.write_header_to_file(path=path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    assert w.fout is not None
+    fout = w.fout[0]
+    fout.flush()
+    start = fout.tell()
+    total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
+    w.close()
+    with open(path, "r+b") as f:
+        f.truncate(GGUFWriter.ggml_pad(start, w.data_alignment) + total)
+    return path

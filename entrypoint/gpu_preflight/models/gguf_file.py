@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
+
 from gpu_preflight.boundedio import FileInputError, NumberRule, check_regular, shorten
 from gpu_preflight.models.errors import ModelFileError
 from gpu_preflight.models.gguf_header import (
@@ -53,7 +55,23 @@ _KEY_RULE = {
     "expert_used_count": "n_experts_per_token",
     "expert_feed_forward_length": "expert_intermediate_size",
     "expert_shared_count": "n_shared_experts",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
+    "nextn_predict_layers": "n_nextn_layers",
+    "leading_dense_block_count": "n_dense_layers",
+    "attention.kv_lora_rank": "kv_lora_rank",
+    "attention.q_lora_rank": "q_lora_rank",
+    "attention.key_length_mla": "head_dim",
+    "attention.value_length_mla": "head_dim_v",
+    "rope.dimension_count": "qk_rope_head_dim",
+    "ssm.conv_kernel": "linear_conv_kernel",
+    "ssm.state_size": "linear_k_head_dim",
+    "ssm.group_count": "linear_k_heads",
+    "ssm.time_step_rank": "linear_v_heads",
+    "ssm.inner_size": "intermediate_size",
+    "full_attention_interval": "n_layers",
 }
+# llama-arch.cpp LLM_KV_ATTENTION_RECURRENT_LAYERS; the gguf package has no constant for it.
+RECURRENT_LAYERS_KEY = "{arch}.attention.recurrent_layers"
 _FILE_TYPE_RULE = NumberRule(0, 1 << 16)
 _PATTERN_RULE = NumberRule(0, MAX_LAYERS)
 
@@ -150,9 +168,13 @@ def _open(path: Path) -> GGUFHeader:
     return header
 
 
-def _layer_tensors(path: Path, tensors: list[TensorInfo], n_layers: int, key: str) -> None:
+def _layer_tensors(
+    path: Path, tensors: list[TensorInfo], n_layers: int, key: str, n_nextn: int = 0
+) -> None:
     """The declared shape must agree with the tensor table: every block 0..n-1 has tensors, none
-    beyond (llama.cpp refuses both: llama_model_loader's "wrong number of tensors")."""
+    beyond (llama.cpp refuses both: llama_model_loader's "wrong number of tensors"). MTP blocks
+    (the last n_nextn) may be absent: llama.cpp loads a trunk-only file (llama-model.cpp
+    trunk_only: the MTP tensors are TENSOR_NOT_REQUIRED)."""
     seen: set[int] = set()
     for t in tensors:
         m = _BLK.match(t.name)
@@ -164,7 +186,7 @@ def _layer_tensors(path: Path, tensors: list[TensorInfo], n_layers: int, key: st
                     f"blk.0 to blk.{n_layers - 1}."
                 )
             seen.add(i)
-    if len(seen) < n_layers:
+    if len(seen & set(range(n_layers - n_nextn))) < n_layers - n_nextn:
         raise ModelFileError(
             f"{path}: {key} declares {n_layers} layers but the file has tensors for "
             f"{len(seen)} of them (a GGUF has blk.N tensors for every layer)."
@@ -198,8 +220,20 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
     n_kv = _int(head, f"{a}.attention.head_count_kv", n_head, where) or n_head
     head_dim = _int(head, f"{a}.attention.key_length", None, where) or default_dim
     head_dim_v = _int(head, f"{a}.attention.value_length", head_dim, where)
+    n_nextn = _int(head, Keys.LLM.NEXTN_PREDICT_LAYERS.format(arch=a), 0, where) or 0
+    if n_nextn >= n_layers:
+        raise ModelFileError(
+            f"{path}: {a}.nextn_predict_layers {n_nextn} is not below {a}.block_count "
+            f"{n_layers}. Accepted: fewer MTP layers than blocks."
+        )
+    mla = _mla(head, a, where)
+    if mla is not None:
+        # The GGUF's key/value lengths are the cache's (latent + rope, latent) and its
+        # head_count_kv is 1; the per-head widths are the *_mla keys (llama-hparams.cpp
+        # n_embd_head_k_mla). ModelArch keeps the config's view: every head, nope+rope / v.
+        n_kv, head_dim, head_dim_v = n_head, mla[0], mla[1]
     tensors = [t for r in readers for t in r.tensors]
-    _layer_tensors(path, tensors, n_layers, f"{a}.block_count")
+    _layer_tensors(path, tensors, n_layers, f"{a}.block_count", n_nextn)
     by_name = {t.name: t for t in tensors}
     tokens = _value(head, "tokenizer.ggml.tokens")
     embd = by_name.get("token_embd.weight")
@@ -230,6 +264,9 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
                 if n or a in SWA_PATTERN
                 else ()
             )
+    recurrent, linear = _recurrent(head, a, n_layers, n_nextn, where)
+    shexp = _int(head, Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH.format(arch=a), None, where)
+    n_shared = _int(head, f"{a}.expert_shared_count", None, where)
     arch = ModelArch(
         architecture=a,
         n_layers=n_layers,
@@ -247,19 +284,39 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         n_experts=n_expert,
         n_experts_per_token=_int(head, f"{a}.expert_used_count", None, where),
         expert_intermediate_size=_int(head, f"{a}.expert_feed_forward_length", None, where),
-        n_shared_experts=_int(head, f"{a}.expert_shared_count", None, where),
+        n_shared_experts=n_shared if n_shared is not None else (1 if shexp else None),
+        shared_expert_intermediate_size=shexp,
+        n_dense_layers=(
+            _int(head, Keys.LLM.LEADING_DENSE_BLOCK_COUNT.format(arch=a), 0, where) or 0
+            if n_expert
+            else 0
+        ),
+        kv_lora_rank=mla[2] if mla else None,
+        qk_rope_head_dim=mla[3] if mla else None,
+        q_lora_rank=mla[4] if mla else None,
+        n_nextn_layers=n_nextn,
+        recurrent_layers=recurrent,
+        linear_conv_kernel=linear.get("linear_conv_kernel"),
+        linear_k_heads=linear.get("linear_k_heads"),
+        linear_v_heads=linear.get("linear_v_heads"),
+        linear_k_head_dim=linear.get("linear_k_head_dim"),
+        linear_v_head_dim=linear.get("linear_v_head_dim"),
     )
     check_arch(arch, f"{path} (architecture derived from its header)")
     per_layer = [0] * n_layers
     per_expert = [0] * n_layers
-    tok = out = other = 0
+    tok = out = other = skipped = 0
     types: dict[str, int] = {}
     for t in tensors:
         nb = t.n_bytes
         tname = t.type_name
         types[tname] = types.get(tname, 0) + nb
         m = _BLK.match(t.name)
-        if m:
+        if m and int(m.group(1)) >= n_layers - n_nextn:
+            # MTP block: created with TENSOR_SKIP unless llama-server loads the MTP draft
+            # (--spec-type draft-mtp sets load_mtp); not loaded, so not counted.
+            skipped += nb
+        elif m:
             i = int(m.group(1))
             per_layer[i] += nb
             if _EXPERT.search(t.name):
@@ -271,7 +328,16 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         else:
             other += nb
     total = tok + out + other + sum(per_layer)
-    layout = WeightLayout(total, tok, out, tuple(per_layer), tuple(per_expert), other, exact=True)
+    layout = WeightLayout(
+        total,
+        tok,
+        out,
+        tuple(per_layer),
+        tuple(per_expert),
+        other,
+        exact=True,
+        skipped_bytes=skipped,
+    )
     quant = _quant_name(head, types)
     artifact = Artifact(
         engine="llama.cpp",
@@ -284,6 +350,78 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         layout=layout,
     )
     return arch, artifact
+
+
+def _mla(header: GGUFHeader, a: str, where: str) -> tuple[int, int, int, int, int | None] | None:
+    """(k head, v head, kv_lora_rank, rope dim, q_lora_rank) of an MLA file, or None.
+
+    llama.cpp treats a file as MLA when both {arch}.attention.key_length_mla and
+    value_length_mla are set (llama-hparams.cpp is_mla); older deepseek2 GGUFs without them run
+    as plain multi-head attention with a K and a V of every head, as their head counts say.
+    """
+    k = _int(header, Keys.Attention.KEY_LENGTH_MLA.format(arch=a), None, where)
+    v = _int(header, Keys.Attention.VALUE_LENGTH_MLA.format(arch=a), None, where)
+    if not k or not v:
+        return None
+    rank = _int(header, Keys.Attention.KV_LORA_RANK.format(arch=a), None, where)
+    rope = _int(header, Keys.Rope.DIMENSION_COUNT.format(arch=a), None, where)
+    if not rank or not rope:
+        raise ModelFileError(
+            f"{where}: an MLA GGUF ({a}.attention.key_length_mla is set) without "
+            f"{a}.attention.kv_lora_rank or {a}.rope.dimension_count. Accepted: both set."
+        )
+    q_rank = _int(header, Keys.Attention.Q_LORA_RANK.format(arch=a), None, where)
+    return k, v, rank, rope, q_rank or None
+
+
+def _recurrent(
+    header: GGUFHeader, a: str, n_layers: int, n_nextn: int, where: str
+) -> tuple[tuple[int, ...], dict[str, int | None]]:
+    """The gated DeltaNet layers of a qwen3next file and their state sizes.
+
+    src/models/qwen3next.cpp load_arch_hparams: {arch}.attention.recurrent_layers when present,
+    else every trunk layer but each {arch}.full_attention_interval-th (default 4); the sizes
+    from {arch}.ssm.* (group_count = key heads, time_step_rank = value heads, state_size = key
+    head size, inner_size = value heads x value head size).
+    """
+    if a != "qwen3next":
+        return (), {}
+    trunk = n_layers - n_nextn
+    flags = _value(header, RECURRENT_LAYERS_KEY.format(arch=a))
+    if isinstance(flags, list) and flags:
+        if len(flags) < n_layers or not all(isinstance(x, (bool, int)) for x in flags):
+            raise ModelFileError(
+                f"{where}: {RECURRENT_LAYERS_KEY.format(arch=a)}: {shorten(flags)}. Accepted: "
+                f"one flag per block ({n_layers})."
+            )
+        layers = tuple(i for i in range(trunk) if flags[i])
+    else:
+        interval = _int(header, Keys.LLM.FULL_ATTENTION_INTERVAL.format(arch=a), 4, where) or 4
+        layers = tuple(i for i in range(trunk) if (i + 1) % interval != 0)
+
+    def need(key: str) -> int:
+        v = _int(header, key.format(arch=a), None, where)
+        if not v:
+            raise ModelFileError(
+                f"{where}: a {a} GGUF without {key.format(arch=a)}. Accepted: the ssm.* sizes "
+                "of its gated DeltaNet layers."
+            )
+        return v
+
+    v_heads = need(Keys.SSM.TIME_STEP_RANK)
+    inner = need(Keys.SSM.INNER_SIZE)
+    if inner % v_heads:
+        raise ModelFileError(
+            f"{where}: {a}.ssm.inner_size {inner} is not a multiple of {a}.ssm.time_step_rank "
+            f"{v_heads}. Accepted: value heads x value head size."
+        )
+    return layers, {
+        "linear_conv_kernel": need(Keys.SSM.CONV_KERNEL),
+        "linear_k_heads": need(Keys.SSM.GROUP_COUNT),
+        "linear_v_heads": v_heads,
+        "linear_k_head_dim": need(Keys.SSM.STATE_SIZE),
+        "linear_v_head_dim": inner // v_heads,
+    }
 
 
 _FTYPE = {

@@ -45,6 +45,21 @@ DTYPE_BYTES = {
 }
 _LAYER = re.compile(r"\.layers\.([0-9]+)\.")
 _EXPERT = re.compile(r"\.experts\.")
+# The vision tower and projector of a multimodal checkpoint (Gemma 3, Mistral 3 / Pixtral, LLaVA:
+# vision_tower.* and multi_modal_projector.*; Qwen2.5-VL: visual.*; newer transformers layouts
+# put them under model.). vLLM loads them with the language model, so they are weights too.
+_VISION = re.compile(
+    r"^(model\.)?(vision_tower|visual|multi_modal_projector|vision_model|mm_projector|"
+    r"vision_embed_tokens|embed_vision)\."
+)
+# MLA configs: DeepSeek-V2/V3 (transformers DeepseekV3Config; vLLM deepseek_v2.py reads the same
+# keys). The KV is the latent plus the rope key whatever num_key_value_heads says.
+_MLA_TYPES = ("deepseek_v2", "deepseek_v3")
+# Models whose checkpoints carry MTP blocks vLLM does not load: DeepSeek-V3 and GLM-4.5 store
+# them as layers num_hidden_layers.. (vllm/model_executor/models/utils.py
+# get_spec_layer_idx_from_weight_name / skip_spec_layers), Qwen3-Next under mtp.
+# (qwen3_next.py hf_to_vllm_mapper {"mtp.": None}).
+_MTP_PREFIX = {"qwen3_next": "mtp."}
 
 
 MAX_SHARDS = 4096  # safetensors shards in one checkpoint (the largest real ones have ~160)
@@ -107,6 +122,35 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         )
     if model_type not in HF_MODEL_TYPES:
         raise ModelFileError(unknown_architecture("model_type", model_type, where))
+    head_dim_v: int | None = None
+    kv_lora = rope = q_lora = None
+    if model_type in _MLA_TYPES:
+        kv_lora = need("kv_lora_rank", "kv_lora_rank")
+        rope = need("qk_rope_head_dim", "qk_rope_head_dim")
+        nope = need("head_dim", "qk_nope_head_dim")
+        head_dim = nope + rope
+        head_dim_v = need("head_dim_v", "v_head_dim")
+        q_lora = value("q_lora_rank", ("q_lora_rank",), None)  # null in DeepSeek-V2-Lite
+    _only_one(c, where, "moe_layer_freq", 1)
+    if model_type == "qwen3_next":
+        _only_one(c, where, "decoder_sparse_step", 1)
+        if c.get("mlp_only_layers"):
+            raise ModelFileError(
+                f"{where}: mlp_only_layers: {shorten(c.get('mlp_only_layers'))}. Accepted: [] "
+                "(every layer MoE, as Qwen3-Next ships)."
+            )
+    recurrent: tuple[int, ...] = ()
+    linear: dict[str, int | None] = {}
+    if model_type == "qwen3_next":
+        recurrent = _linear_layers(c, n_layers, where)
+        for field, key in (
+            ("linear_conv_kernel", "linear_conv_kernel_dim"),
+            ("linear_k_heads", "linear_num_key_heads"),
+            ("linear_v_heads", "linear_num_value_heads"),
+            ("linear_k_head_dim", "linear_key_head_dim"),
+            ("linear_v_head_dim", "linear_value_head_dim"),
+        ):
+            linear[field] = need(field, key)
     use_sw = c.get("use_sliding_window", True) is not False
     sw = value("sliding_window", ("sliding_window",), None) if use_sw else None
     layer_types = c.get("layer_types")
@@ -131,8 +175,18 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
             swa_layers = tuple(i for i in range(n_layers) if (i + 1) % p != 0)
         else:
             swa_layers = tuple(range(n_layers))  # Mistral-style: every layer windowed
-    n_experts = value("n_experts", ("num_local_experts", "num_experts"), None)
+    n_experts = value("n_experts", ("num_local_experts", "num_experts", "n_routed_experts"), None)
     inter = value("intermediate_size", ("intermediate_size",), 0) or 0
+    # DeepSeek-V2/V3 and GLM-4.5: the first first_k_dense_replace layers keep a dense MLP of
+    # intermediate_size (vLLM deepseek_v2.py / glm4_moe.py DecoderLayer: layer_idx >=
+    # first_k_dense_replace is MoE).
+    n_dense = (value("n_dense_layers", ("first_k_dense_replace",), 0) or 0) if n_experts else 0
+    shared = value("n_shared_experts", ("n_shared_experts",), None) or None
+    shared_width = value(
+        "shared_expert_intermediate_size", ("shared_expert_intermediate_size",), None
+    )
+    if shared is None and shared_width:
+        shared = 1  # Qwen3-Next / Qwen2-MoE: one shared expert of that width
     arch = ModelArch(
         architecture=HF_MODEL_TYPES[model_type],
         n_layers=n_layers,
@@ -140,7 +194,8 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         n_heads=heads,
         n_kv_heads=kv,
         head_dim=head_dim,
-        intermediate_size=inter if not n_experts else 0,
+        head_dim_v=head_dim_v if head_dim_v is not None and head_dim_v != head_dim else None,
+        intermediate_size=inter if not n_experts or n_dense else 0,
         vocab_size=need("vocab_size", "vocab_size"),
         tied_embeddings=bool(c.get("tie_word_embeddings", False)),
         max_position_embeddings=value("max_position_embeddings", ("max_position_embeddings",), 4096)
@@ -153,9 +208,50 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         ),
         expert_intermediate_size=value("expert_intermediate_size", ("moe_intermediate_size",), None)
         or ((inter or None) if n_experts else None),
-        n_shared_experts=value("n_shared_experts", ("n_shared_experts",), None) or None,
+        n_shared_experts=shared,
+        shared_expert_intermediate_size=shared_width,
+        n_dense_layers=n_dense,
+        kv_lora_rank=kv_lora,
+        qk_rope_head_dim=rope,
+        q_lora_rank=q_lora,
+        recurrent_layers=recurrent,
+        has_vision=isinstance(c.get("vision_config"), dict),
+        linear_conv_kernel=linear.get("linear_conv_kernel"),
+        linear_k_heads=linear.get("linear_k_heads"),
+        linear_v_heads=linear.get("linear_v_heads"),
+        linear_k_head_dim=linear.get("linear_k_head_dim"),
+        linear_v_head_dim=linear.get("linear_v_head_dim"),
     )
     return check_arch(arch, where)
+
+
+def _only_one(c: dict[str, Any], where: str, key: str, accepted: int) -> None:
+    """A layout key the memory model supports only at its usual value (every real config)."""
+    v = c.get(key)
+    if v is not None and v != accepted:
+        raise ModelFileError(f"{where}: {key}: {shorten(v)}. Accepted: {accepted}.")
+
+
+def _linear_layers(c: dict[str, Any], n_layers: int, where: str) -> tuple[int, ...]:
+    """Qwen3-Next's gated DeltaNet layers: layer_types "linear_attention", or where absent every
+    layer but each full_attention_interval-th (transformers Qwen3NextConfig builds layer_types
+    so; vLLM qwen3_next.py reads config.layer_types)."""
+    types = c.get("layer_types")
+    if isinstance(types, list):
+        if len(types) != n_layers or not all(
+            t in ("linear_attention", "full_attention") for t in types
+        ):
+            raise ModelFileError(
+                f"{where}: layer_types: {shorten(types)}. Accepted: num_hidden_layers "
+                f'({n_layers}) entries, each "linear_attention" or "full_attention".'
+            )
+        return tuple(i for i, t in enumerate(types) if t == "linear_attention")
+    raw = c.get("full_attention_interval", 4)
+    try:
+        interval = int(SWA_PATTERN_RULE.check(raw, where, "full_attention_interval"))
+    except FileInputError as exc:
+        raise ModelFileError(str(exc)) from exc
+    return tuple(i for i in range(n_layers) if (i + 1) % interval != 0)
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -209,7 +305,12 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
         )
     per_layer = [0] * arch.n_layers
     per_expert = [0] * arch.n_layers
-    tok = out = other = 0
+    tok = out = other = vision = skipped = 0
+    model_type = str(cfg.get("model_type", ""))
+    mtp_prefix = _MTP_PREFIX.get(model_type)
+    mtp_layers = isinstance(cfg.get("num_nextn_predict_layers"), int) and bool(
+        cfg.get("num_nextn_predict_layers")
+    )
     for f in files:
         try:
             check_regular(f)  # safe_open on a FIFO would block
@@ -223,10 +324,17 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
                     dtype = sl.get_dtype()
                     nb = math.prod(sl.get_shape()) * DTYPE_BYTES.get(dtype, 1)
                     m = _LAYER.search(name)
-                    if m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
+                    if _VISION.match(name):
+                        vision += nb
+                        other += nb
+                    elif mtp_prefix and name.startswith(mtp_prefix):
+                        skipped += nb
+                    elif m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
                         per_layer[int(m.group(1))] += nb
                         if _EXPERT.search(name):
                             per_expert[int(m.group(1))] += nb
+                    elif m and mtp_layers:
+                        skipped += nb  # an MTP block (layer >= num_hidden_layers)
                     elif "embed_tokens" in name or name.endswith("wte.weight"):
                         tok += nb
                     elif "lm_head" in name:
@@ -246,7 +354,17 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
         .replace("bfloat16", "bf16")
         .replace("float16", "fp16")
     )
-    layout = WeightLayout(total, tok, out, tuple(per_layer), tuple(per_expert), other, exact=True)
+    layout = WeightLayout(
+        total,
+        tok,
+        out,
+        tuple(per_layer),
+        tuple(per_expert),
+        other,
+        exact=True,
+        vision_bytes=vision,
+        skipped_bytes=skipped,
+    )
     art = Artifact(
         engine="vllm",
         repo=str(path),

@@ -34,7 +34,26 @@ ARCH_RULES: dict[str, NumberRule] = {
     "n_experts_per_token": NumberRule(1, 2**14),
     "expert_intermediate_size": NumberRule(1, 2**20),
     "n_shared_experts": NumberRule(0, 2**10),
+    "shared_expert_intermediate_size": NumberRule(1, 2**20),
+    "n_dense_layers": NumberRule(0, MAX_LAYERS),
+    "kv_lora_rank": NumberRule(1, 2**16),
+    "qk_rope_head_dim": NumberRule(1, 2**14),
+    "q_lora_rank": NumberRule(1, 2**16),
+    "n_nextn_layers": NumberRule(0, 16),
+    "linear_conv_kernel": NumberRule(1, 64),
+    "linear_k_heads": NumberRule(1, 2**14),
+    "linear_v_heads": NumberRule(1, 2**14),
+    "linear_k_head_dim": NumberRule(1, 2**14),
+    "linear_v_head_dim": NumberRule(1, 2**14),
 }
+# The fields a hybrid model's recurrent (gated DeltaNet) layers are sized from.
+LINEAR_FIELDS = (
+    "linear_conv_kernel",
+    "linear_k_heads",
+    "linear_v_heads",
+    "linear_k_head_dim",
+    "linear_v_head_dim",
+)
 
 
 def check_arch(arch: ModelArch, origin: str) -> ModelArch:
@@ -54,6 +73,47 @@ def check_arch(arch: ModelArch, origin: str) -> ModelArch:
             )
         for i in arch.sliding_window_layers:
             layers.check(i, origin, "sliding_window_layers[]")
+        for i in arch.recurrent_layers:
+            layers.check(i, origin, "recurrent_layers[]")
+        if arch.recurrent_layers:
+            missing = [f for f in LINEAR_FIELDS if getattr(arch, f) is None]
+            if missing:
+                raise FileInputError(
+                    origin,
+                    f"has linear-attention layers but no {missing[0]}",
+                    "the gated DeltaNet sizes (linear_conv_kernel_dim, linear_num_key_heads, "
+                    "linear_num_value_heads, linear_key_head_dim, linear_value_head_dim)",
+                    key=missing[0],
+                )
+        if arch.n_nextn_layers >= arch.n_layers:
+            raise FileInputError(
+                origin,
+                f"{arch.n_nextn_layers} MTP layers of {arch.n_layers}",
+                "fewer MTP (nextn) layers than layers",
+                key="n_nextn_layers",
+            )
+        if arch.n_dense_layers > arch.n_layers:
+            raise FileInputError(
+                origin,
+                f"{arch.n_dense_layers} leading dense layers of {arch.n_layers}",
+                "at most n_layers",
+                key="n_dense_layers",
+            )
+        if bool(arch.kv_lora_rank) != bool(arch.qk_rope_head_dim):
+            raise FileInputError(
+                origin,
+                "has only one of kv_lora_rank and qk_rope_head_dim",
+                "both (multi-head latent attention) or neither",
+                key="kv_lora_rank",
+            )
+        if arch.qk_rope_head_dim and arch.qk_rope_head_dim >= arch.head_dim:
+            raise FileInputError(
+                origin,
+                f"qk_rope_head_dim {arch.qk_rope_head_dim} is not below the q/k head size "
+                f"{arch.head_dim}",
+                "qk_nope_head_dim + qk_rope_head_dim with qk_nope_head_dim >= 1",
+                key="qk_rope_head_dim",
+            )
         if (
             arch.n_experts_per_token
             and arch.n_experts
@@ -133,6 +193,7 @@ class ParamCounts:
     expert_per_layer: tuple[int, ...]  # routed experts (all of them)
     norms_per_layer: int
     other: int  # final norm
+    skipped_layers: int = 0  # trailing MTP blocks: not loaded, no norms either
 
     @property
     def total(self) -> int:
@@ -142,40 +203,103 @@ class ParamCounts:
             + sum(self.attn_per_layer)
             + sum(self.dense_ffn_per_layer)
             + sum(self.expert_per_layer)
-            + self.norms_per_layer * len(self.attn_per_layer)
+            + self.norms_per_layer * (len(self.attn_per_layer) - self.skipped_layers)
             + self.other
         )
 
 
-def count_params(a: ModelArch) -> ParamCounts:
+def _attention_params(a: ModelArch) -> int:
+    """q/k/v/o (and biases) of one full-attention layer."""
     h = a.hidden_size
     q = a.n_heads * a.head_dim
+    if a.is_mla and a.kv_lora_rank and a.qk_rope_head_dim:
+        # DeepSeek-V2/V3 (transformers modeling_deepseek_v3): q_a/q_b through q_lora_rank (or
+        # one q_proj), kv_a_proj_with_mqa to the latent plus the rope key, kv_b back to every
+        # head's nope key and value, the two low-rank norms, and o_proj.
+        nope = a.head_dim - a.qk_rope_head_dim
+        qp = (h + 1 + q) * a.q_lora_rank if a.q_lora_rank else h * q
+        kv = h * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank
+        kv += a.kv_lora_rank * a.n_heads * (nope + a.v_head_dim)
+        return qp + kv + a.n_heads * a.v_head_dim * h
     kv = a.n_kv_heads * a.head_dim + a.n_kv_heads * a.v_head_dim
-    attn = h * q + h * kv + q * h
-    if a.architecture in ("qwen2", "gpt-oss"):
-        attn += q + kv  # q/k/v biases
+    if a.architecture == "qwen3next":
+        q *= 2  # attn_output_gate: q_proj also produces the output gate
+    attn = h * q + h * kv + a.n_heads * a.head_dim * h
+    if a.architecture in ("qwen2", "gpt-oss", "glm4moe"):
+        attn += q + kv  # q/k/v biases (GLM-4.5 attention_bias)
     if a.architecture == "gpt-oss":
         attn += h + a.n_heads  # o bias and attention sinks
-    dense = 3 * h * a.intermediate_size if not a.is_moe else 0
+    if a.architecture == "qwen3next":
+        attn += 2 * a.head_dim  # q/k norms
+    return attn
+
+
+def _linear_attention_params(a: ModelArch) -> int:
+    """One gated DeltaNet layer (transformers modeling_qwen3_next Qwen3NextGatedDeltaNet)."""
+    h = a.hidden_size
+    kd = (a.linear_k_heads or 0) * (a.linear_k_head_dim or 0)
+    vd = (a.linear_v_heads or 0) * (a.linear_v_head_dim or 0)
+    nv = a.linear_v_heads or 0
+    conv_dim = 2 * kd + vd
+    return (
+        h * (2 * kd + 2 * vd)  # in_proj_qkvz
+        + h * 2 * nv  # in_proj_ba
+        + conv_dim * (a.linear_conv_kernel or 0)  # conv1d (no bias)
+        + 2 * nv  # A_log, dt_bias
+        + (a.linear_v_head_dim or 0)  # gated RMSNorm
+        + vd * h  # out_proj
+    )
+
+
+def count_params(a: ModelArch) -> ParamCounts:
+    h = a.hidden_size
+    attn = _attention_params(a)
+    linear = _linear_attention_params(a) if a.recurrent_layers else 0
+    recurrent = set(a.recurrent_layers)
+    dense_ffn = 3 * h * a.intermediate_size
+    moe_dense = 0
     experts = 0
     if a.is_moe and a.n_experts and a.expert_intermediate_size:
         experts = a.n_experts * 3 * h * a.expert_intermediate_size + h * a.n_experts  # + router
         if a.n_shared_experts:
-            dense += a.n_shared_experts * 3 * h * a.expert_intermediate_size
+            width = a.shared_expert_intermediate_size or a.expert_intermediate_size
+            moe_dense += a.n_shared_experts * 3 * h * width
+            if a.architecture == "qwen3next":
+                moe_dense += h  # shared_expert_gate
         if a.architecture == "gpt-oss":
             experts += a.n_experts * (2 * a.expert_intermediate_size + h) + a.n_experts  # biases
-    norms = 2 * h + (2 * a.head_dim if a.architecture in ("qwen3", "qwen3moe", "gemma3") else 0)
+        if a.architecture in ("deepseek2", "glm4moe"):
+            experts += a.n_experts  # e_score_correction_bias
+    norms = 2 * h + (
+        2 * a.head_dim if a.architecture in ("qwen3", "qwen3moe", "gemma3", "glm4moe") else 0
+    )
     if a.architecture in ("gemma2", "gemma3"):
         norms += 2 * h  # pre- and post-FFN norms
     n = a.n_layers
+    trunk = n - a.n_nextn_layers
+    attn_l, dense_l, exp_l = [], [], []
+    for il in range(n):
+        if il >= trunk:  # MTP blocks: not loaded
+            attn_l.append(0)
+            dense_l.append(0)
+            exp_l.append(0)
+            continue
+        attn_l.append(linear if il in recurrent else attn)
+        if not a.is_moe or il < a.n_dense_layers:
+            dense_l.append(dense_ffn)
+            exp_l.append(0)
+        else:
+            dense_l.append(moe_dense)
+            exp_l.append(experts)
     return ParamCounts(
         embed=a.vocab_size * h,
         output=0 if a.tied_embeddings else a.vocab_size * h,
-        attn_per_layer=(attn,) * n,
-        dense_ffn_per_layer=(dense,) * n,
-        expert_per_layer=(experts,) * n,
+        attn_per_layer=tuple(attn_l),
+        dense_ffn_per_layer=tuple(dense_l),
+        expert_per_layer=tuple(exp_l),
         norms_per_layer=norms,
         other=h,
+        skipped_layers=a.n_nextn_layers,
     )
 
 
@@ -211,11 +335,13 @@ def derive_layout(arch: ModelArch, quant: str, engine: str) -> WeightLayout:
         embd_bpw = out_bpw = norm_bpw = 16.0
     per_layer = []
     per_expert = []
-    for attn, dense, exp in zip(
-        c.attn_per_layer, c.dense_ffn_per_layer, c.expert_per_layer, strict=True
+    trunk = arch.n_layers - arch.n_nextn_layers
+    for il, (attn, dense, exp) in enumerate(
+        zip(c.attn_per_layer, c.dense_ffn_per_layer, c.expert_per_layer, strict=True)
     ):
         e = _bytes(exp, expert_bpw)
-        per_layer.append(_bytes(attn + dense, bpw) + e + _bytes(c.norms_per_layer, norm_bpw))
+        norms = _bytes(c.norms_per_layer, norm_bpw) if il < trunk else 0
+        per_layer.append(_bytes(attn + dense, bpw) + e + norms)
         per_expert.append(e)
     embd = _bytes(c.embed, embd_bpw)
     out = _bytes(c.output, out_bpw)
@@ -240,13 +366,25 @@ def scale_layout(layout: WeightLayout, total_bytes: int) -> WeightLayout:
     per_expert = tuple(int(x * f) for x in layout.per_layer_expert_bytes)
     embd, out = int(layout.token_embd_bytes * f), int(layout.output_bytes * f)
     other = total_bytes - embd - out - sum(per_layer)
-    return WeightLayout(total_bytes, embd, out, per_layer, per_expert, max(0, other), layout.exact)
+    return WeightLayout(
+        total_bytes,
+        embd,
+        out,
+        per_layer,
+        per_expert,
+        max(0, other),
+        layout.exact,
+        int(layout.vision_bytes * f),
+        layout.skipped_bytes,
+    )
 
 
-# The architectures the memory models know: a KV of layers x KV heads x head size (with sliding
-# windows and routed experts where the family has them). Anything else is refused by name, never
-# planned as a look-alike: MLA (deepseek_v2/v3), hybrid linear-attention or SSM layers (qwen3_next,
-# Mamba hybrids) and glm4_moe need their own KV formulas. HF config.json model_type -> our name.
+# The architectures the memory models know, each with its own KV rule: layers x KV heads x head
+# size (with sliding windows and routed experts where the family has them); multi-head latent
+# attention for deepseek_v2/v3 (one latent + rope key per token and layer); gated DeltaNet layers
+# with a per-sequence recurrent state instead of KV for qwen3_next. Anything else is refused by
+# name, never planned as a look-alike. HF config.json model_type -> our name (the GGUF
+# general.architecture of the same family, llama.cpp's LLM_ARCH_NAMES).
 HF_MODEL_TYPES = {
     "llama": "llama",
     "mistral": "llama",
@@ -259,10 +397,26 @@ HF_MODEL_TYPES = {
     "gemma3_text": "gemma3",
     "phi3": "phi3",
     "gpt_oss": "gpt-oss",
+    "deepseek_v2": "deepseek2",
+    "deepseek_v3": "deepseek2",
+    "glm4_moe": "glm4moe",
+    "qwen3_next": "qwen3next",
 }
-# GGUF general.architecture values (llama.cpp's LLM_ARCH_NAMES) of the same families.
+# GGUF general.architecture values of the same families.
 GGUF_ARCHITECTURES = frozenset(
-    {"llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "gpt-oss"}
+    {
+        "llama",
+        "qwen2",
+        "qwen3",
+        "qwen3moe",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "gpt-oss",
+        "deepseek2",
+        "glm4moe",
+        "qwen3next",
+    }
 )
 
 

@@ -37,10 +37,55 @@ class ModelArch:
     n_experts_per_token: int | None = None
     expert_intermediate_size: int | None = None
     n_shared_experts: int | None = None
+    # Shared-expert FFN width where it differs from expert_intermediate_size (qwen3_next's
+    # shared_expert_intermediate_size); None: expert_intermediate_size.
+    shared_expert_intermediate_size: int | None = None
+    # MoE models whose first layers keep a dense FFN of intermediate_size (DeepSeek-V2/V3 and
+    # GLM-4.5 first_k_dense_replace; GGUF {arch}.leading_dense_block_count).
+    n_dense_layers: int = 0
+    # Multi-head latent attention (deepseek_v2/v3): the cache holds one latent of kv_lora_rank
+    # plus the shared rope key of qk_rope_head_dim per token and layer, not heads x head_dim.
+    # head_dim / head_dim_v stay the per-head q/k (nope + rope) and v widths of the config.
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    q_lora_rank: int | None = None
+    # Multi-token-prediction blocks stored after the trunk (GGUF {arch}.nextn_predict_layers):
+    # the last n_nextn_layers of n_layers. Neither engine loads them by default nor gives them
+    # KV (llama-model.cpp: TENSOR_SKIP unless load_mtp; the KV filter il < n_layer()). HF
+    # configs count only the trunk in num_hidden_layers, so there it is 0.
+    n_nextn_layers: int = 0
+    # Hybrid linear attention (qwen3_next gated DeltaNet): these layers keep a fixed-size
+    # recurrent state per sequence (a conv state and an ssm state) instead of a KV cache.
+    recurrent_layers: tuple[int, ...] = ()
+    linear_conv_kernel: int | None = None
+    linear_k_heads: int | None = None
+    linear_v_heads: int | None = None
+    linear_k_head_dim: int | None = None
+    linear_v_head_dim: int | None = None
+    # A vision tower (config.json vision_config) whose weights the checkpoint holds.
+    has_vision: bool = False
 
     @property
     def v_head_dim(self) -> int:
         return self.head_dim_v if self.head_dim_v is not None else self.head_dim
+
+    @property
+    def is_mla(self) -> bool:
+        return bool(self.kv_lora_rank)
+
+    def has_kv(self, il: int) -> bool:
+        """Whether layer il has an attention KV cache (not an MTP block, not recurrent)."""
+        if il >= self.n_layers - self.n_nextn_layers:
+            return False
+        return il not in self.recurrent_layers
+
+    @property
+    def kv_layer_count(self) -> int:
+        return sum(1 for il in range(self.n_layers) if self.has_kv(il))
+
+    @property
+    def recurrent_layer_count(self) -> int:
+        return len(self.recurrent_layers)
 
     @property
     def is_moe(self) -> bool:
@@ -64,6 +109,11 @@ class WeightLayout:
     per_layer_expert_bytes: tuple[int, ...]  # the routed-expert share of each block (0 for dense)
     other_bytes: int  # norms and anything outside the blocks
     exact: bool
+    # Of other_bytes: the vision tower and projector a multimodal checkpoint holds (vLLM loads
+    # them); 0 for text-only models.
+    vision_bytes: int = 0
+    # Bytes in the files that the engine does not load (MTP blocks), left out of total_bytes.
+    skipped_bytes: int = 0
 
 
 @dataclass(frozen=True)
