@@ -9,6 +9,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v losetup >/dev/null || need+=(mount)
+# `docker-compose config` (v1, Debian's package; needs no daemon) validates what `gpu-preflight compose` writes.
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 # Vulkan build of llama.cpp on Mesa's software driver (lavapipe), for .ci/llama-cpp-vulkan.sh.
 for pkg in mesa-vulkan-drivers libvulkan-dev glslc glslang-tools spirv-headers; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")

@@ -55,6 +55,18 @@ def test_mixed_cards_get_one_server_each_and_mig_one_per_leaf():
     assert all(s.plan.verdict == "ship" for s in mig.servers)
 
 
+def test_mixed_cards_get_one_server_where_it_beats_the_best_card_alone():
+    # vLLM pipeline parallel over an A100 80 GB and an A100 40 GB gives a longer context than the
+    # 80 GB card alone: one service with both cards; the plan carries its layer partition.
+    stack = build_stack(profile_for("a100-80gb,a100-40gb"), [], _planner())
+    assert stack.layout == "one server" and [s.devices for s in stack.servers] == [("0", "1")]
+    p = stack.servers[0].plan
+    assert p.engine == "vllm" and "VLLM_PP_LAYER_PARTITION" in p.env
+    doc = compose_document(stack)
+    ids = doc["services"]["llm"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert ids["device_ids"] == ["0", "1"]
+
+
 def _llm_total(stack) -> int:
     p = stack.servers[0].plan
     return sum(d.total_bytes for d in p.predicted.devices if d.device != "CPU")
@@ -123,3 +135,61 @@ def test_the_yaml_parses_back():
     assert doc["services"]["llm"]["deploy"]["resources"]["reservations"]["devices"][0][
         "device_ids"
     ] == ["0", "1"]
+
+
+def _compose_cli() -> list[str] | None:
+    """`docker compose` (the v2 plugin) or Debian 12's `docker-compose` (v1): both check a file
+    with `config` alone, without a daemon. None when neither is installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker"):
+        r = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if r.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def _stacks() -> list[tuple[str, list[str]]]:
+    written = [(p.name, ["--file", str(p)]) for p in FILES]
+    made = [
+        ("mixed pair", ["compose", "--simulate", "rtx-4090,rtx-3060"]),
+        ("8x H100", ["compose", "--simulate", "8xh100-sxm"]),
+        ("MIG", ["compose", "--simulate", "a100-80gb:3x2g.20gb"]),
+        ("asr+tts", ["compose", "--simulate", "t4", "--with", "asr:4:2", "--with", "tts:2:1"]),
+    ]
+    return written + made
+
+
+@pytest.mark.parametrize("name,how", _stacks(), ids=[n for n, _ in _stacks()])
+def test_docker_compose_config_accepts_what_compose_writes(name, how, tmp_path):
+    import subprocess
+
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip(
+            "neither `docker compose` nor `docker-compose` is installed (.ci/system-deps.sh)"
+        )
+    if how[0] == "--file":
+        path = Path(how[1])
+    else:
+        r = CliRunner().invoke(main, how)
+        assert r.exit_code == 0, r.output
+        path = tmp_path / "compose.yaml"
+        path.write_text(r.output)
+    # The co-resident services' images are the user's to name (a required variable).
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "ASR_IMAGE": "asr:1", "TTS_IMAGE": "tts:1"}
+    r2 = subprocess.run(
+        [*cli, "--file", str(path), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert r2.returncode == 0, f"{name}: {r2.stderr}"

@@ -2,8 +2,9 @@
 co-resident services (speech recognition, text-to-speech ...) that take priority over it. Pure.
 
 Layout: identical GPUs get one server over all of them (tensor parallel or a layer split); mixed
-cards get one server per card, each planning for its own memory; MIG gets one server per leaf, by
-MIG UUID. Co-resident services are placed on their GPU first, in priority order: their needs are
+cards get one server over all of them where the planner finds that beats the best card alone (a
+layer split, or vLLM pipeline parallel), else one server per card, each planning for its own
+memory; MIG gets one server per leaf, by MIG UUID. Co-resident services are placed on their GPU first, in priority order: their needs are
 reserved (PREFLIGHT_RESERVE_GB) and the LLM, always the lowest priority, plans in the rest. A
 higher-priority service is never planned out for the LLM; when the services alone do not fit
 their GPU, the answer names the one to drop. On a restart the LLM re-plans against what is free
@@ -159,6 +160,26 @@ def build_stack(
         )
         return Stack(
             (server,), tuple(services), "one server", "identical GPUs: one server over all of them"
+        )
+    # Mixed cards: one server over all of them where the planner found that beats the best card
+    # alone (a llama.cpp layer split, or vLLM pipeline parallel with each card's own layer share:
+    # plan/search.py _against_one_card); otherwise one server per card.
+    whole = planner(profile, max(reserves))
+    if whole.verdict == "ship" and len(whole.targets) == len(gpus):
+        server = Server(
+            "llm",
+            tuple(str(g.index) for g in gpus),
+            tuple(g.index for g in gpus),
+            max(reserves),
+            port,
+            whole,
+        )
+        return Stack(
+            (server,),
+            tuple(services),
+            "one server",
+            "mixed cards: one server over all of them gives a larger model or a longer context "
+            "than the best card alone",
         )
     servers = []
     for g, r in zip(gpus, reserves, strict=True):

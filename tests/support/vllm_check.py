@@ -7,7 +7,8 @@ max_model_len, tensor parallel and the speculative config. The server itself is 
 serve command's dispatch is replaced by the check. The CPU platform is selected because argument
 parsing needs one and this machine has no GPU.
 
-Input: a JSON file [{"argv": [...], "engine_config": bool}, ...]. Output: one "RESULT {json}"
+Input: a JSON file [{"argv": [...], "engine_config": bool, "env": {...}}, ...] ("env": what the
+plan adds to the engine's environment, set for that case only). Output: one "RESULT {json}"
 line per entry with "ok", "stage" and "error".
 """
 
@@ -52,6 +53,19 @@ def _check(args: object) -> None:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
     )
+    if ea.pipeline_parallel_size > 1:
+        # The layers each stage builds, as vLLM computes them (VLLM_PP_LAYER_PARTITION read by
+        # get_pp_indices; a partition of the wrong length or sum is its ValueError).
+        import vllm.envs as envs
+        from vllm.distributed.utils import get_pp_indices
+
+        n = ea.create_model_config().hf_config.num_hidden_layers
+        pp = ea.pipeline_parallel_size
+        state.update(
+            stage="pp_indices",
+            pp_partition_env=envs.VLLM_PP_LAYER_PARTITION,
+            pp_indices=[list(get_pp_indices(n, r, pp)) for r in range(pp)],
+        )
     if state.get("want_engine_config"):
         cfg = ea.create_engine_config()
         spec = cfg.speculative_config
@@ -67,10 +81,16 @@ serve.ServeSubcommand.cmd = staticmethod(_check)  # type: ignore[method-assign]
 
 with open(sys.argv[1]) as f:
     cases = json.load(f)
+added: list[str] = []
 for case in cases:
     state.clear()
     state["want_engine_config"] = bool(case.get("engine_config"))
     sys.argv = list(case["argv"])
+    # The variables the plan adds to the engine's environment (plan.json "env"), for this case only.
+    for key in added:
+        os.environ.pop(key, None)
+    added = list(case.get("env", {}))
+    os.environ.update(case.get("env", {}))
     err = io.StringIO()
     result: dict[str, object]
     try:

@@ -51,6 +51,8 @@ class Wants:
     n_cpu_moe: int | None = None
     gpu_memory_utilization: float | None = None  # user pin (vLLM)
     tensor_parallel: int | None = None
+    pipeline_parallel: int | None = None  # user pin (vLLM -pp); None: the planner's
+    pp_layer_partition: str | None = None  # user pin (VLLM_PP_LAYER_PARTITION)
     reserve_bytes: int = 0
     n_batch: int = 2048  # llama.cpp common.h defaults
     n_ubatch: int = 512

@@ -84,6 +84,8 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
         n_cpu_moe=ncmoe,
         gpu_memory_utilization=o.value("gpu_memory_utilization"),
         tensor_parallel=_int(o, "tensor_parallel"),
+        pipeline_parallel=_int(o, "pipeline_parallel"),
+        pp_layer_partition=o.value("pp_layer_partition"),
         reserve_bytes=int(float(reserve) * 2**30) if reserve is not None else 0,
         n_batch=_int(o, "batch") or 2048,
         n_ubatch=_int(o, "ubatch") or 512,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,10 @@ class Tier:
     speculative: bool
     engines: tuple[str, ...]
     parallel: int
+    # KV cache types the planner may fall back to, per engine and in order, when a named model
+    # fits at no slot count with the engine's default type (issue 13, degrade step 3). A user's
+    # own KV type is never replaced. Absent: no fallback (a user's older tier file keeps working).
+    kv_cache_degrade: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def min_vram_bytes(self) -> int:

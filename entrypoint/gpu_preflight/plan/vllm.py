@@ -16,6 +16,13 @@ from gpu_preflight.memory.vllm import (
     estimate_vllm,
     max_model_len_that_fits,
 )
+from gpu_preflight.memory.vllm_pipeline import (
+    Stage,
+    estimate_vllm_pipeline,
+    max_model_len_pipeline,
+    partition_layers,
+    pipeline_refusal,
+)
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import (
     CONTEXT_STEP,
@@ -63,6 +70,20 @@ class VllmSettings:
     speculative_config: Mapping[str, Any] | None = None  # the user's own, as given
     served_model_name: str | None = None  # None: the model's id
     revision: str | None = None  # the Hub commit the plan read the model at
+    pipeline_parallel_size: int = 1
+    # Layers per pipeline stage, carried to vLLM as VLLM_PP_LAYER_PARTITION (vllm_env); empty
+    # with one stage.
+    pp_layer_partition: tuple[int, ...] = ()
+
+
+PP_PARTITION_ENV = "VLLM_PP_LAYER_PARTITION"  # vllm/envs.py; read by get_pp_indices
+
+
+def vllm_env(s: VllmSettings) -> dict[str, str]:
+    """The variables the plan adds to vLLM's environment: the layer partition it planned with."""
+    if s.pipeline_parallel_size > 1 and s.pp_layer_partition:
+        return {PP_PARTITION_ENV: ",".join(str(n) for n in s.pp_layer_partition)}
+    return {}
 
 
 def tp_sizes(spec: ModelSpec, n: int) -> list[int]:
@@ -114,6 +135,216 @@ def vllm_config(
 
 
 def fit_vllm(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    w: Wants,
+    draft: Draft | None = None,
+) -> FitResult:
+    """vLLM on these devices: the largest identical group (tensor parallel), or, on cards that
+    differ, pipeline parallel over all of them where that gives the longer context."""
+    group = _fit_group(spec, art, gpus, w, draft)
+    if not _pipeline_eligible(gpus, w, draft):
+        return group
+    pp = fit_vllm_pipeline(spec, art, gpus, w)
+    if isinstance(pp, Fit) and (not isinstance(group, Fit) or pp.context > group.context):
+        if isinstance(group, Fit):
+            why = (
+                f"it gives {pp.context} tokens x {pp.parallel}, against {group.context} on "
+                f"{len(group.gpus)} identical GPU(s)"
+            )
+        else:
+            why = f"the identical GPUs alone do not fit it ({_tail(group.reason)})"
+        return replace(
+            pp, notes=(*pp.notes, f"pipeline parallel over all {len(gpus)} cards: {why}")
+        )
+    if isinstance(group, Miss) and isinstance(pp, Miss):
+        return replace(group, reason=f"{group.reason}; pipeline parallel: {_tail(pp.reason)}")
+    if isinstance(group, Fit) and isinstance(pp, Fit):
+        parts = pp.settings.pp_layer_partition if isinstance(pp.settings, VllmSettings) else ()
+        partition = ",".join(map(str, parts))
+        why = (
+            f"pipeline parallel over all {len(gpus)} cards (VLLM_PP_LAYER_PARTITION={partition}) "
+            f"gives {pp.context} tokens x {pp.parallel}, no longer than {group.context} on "
+            f"{len(group.gpus)} identical GPU(s): not taken"
+        )
+        return replace(group, notes=(*group.notes, why))
+    return group
+
+
+def _tail(reason: str) -> str:
+    """A miss reason without its leading "model quant (engine): " label."""
+    return reason.split("): ", 1)[-1]
+
+
+def _pipeline_eligible(gpus: tuple[GpuTarget, ...], w: Wants, draft: Draft | None) -> bool:
+    if len(gpus) < 2 or any(g.mig for g in gpus) or draft is not None:
+        return False
+    if w.pipeline_parallel is not None or w.cpu_offload_gb or w.kv_cache_memory_bytes is not None:
+        return False  # the user's -pp, or settings the stage model does not cover
+    return len({(g.name, g.total_bytes) for g in gpus}) > 1
+
+
+def _user_partition(w: Wants) -> tuple[int, ...] | None:
+    if w.pp_layer_partition is None:
+        return None
+    return tuple(int(x) for x in w.pp_layer_partition.split(","))
+
+
+def pipeline_layouts(
+    spec: ModelSpec, gpus: tuple[GpuTarget, ...], w: Wants
+) -> list[tuple[int, tuple[tuple[GpuTarget, ...], ...]]]:
+    """(tensor parallel size, stages) over all these GPUs, largest tensor parallel first.
+
+    vLLM runs rank pp_rank x tp + tp_rank on cuda:rank (multiproc_executor.py), so a stage is tp
+    consecutive CUDA ordinals, and one tensor parallel size serves every stage: tensor parallel
+    within groups of identical cards, pipeline parallel across them, where the order allows."""
+    ordered = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
+    n = len(ordered)
+    sizes = [w.tensor_parallel] if w.tensor_parallel else tp_sizes(spec, n)
+    out = []
+    for tp in sizes:
+        if tp < 1 or n % tp or not 2 <= n // tp <= spec.arch.n_layers:
+            continue
+        stages = tuple(ordered[i * tp : (i + 1) * tp] for i in range(n // tp))
+        if all(len({(g.name, g.total_bytes) for g in st}) == 1 for st in stages):
+            out.append((tp, stages))
+    return out
+
+
+def fit_vllm_pipeline(
+    spec: ModelSpec, art: Artifact, gpus: tuple[GpuTarget, ...], w: Wants
+) -> FitResult:
+    """Pipeline parallel over every card, each stage's layers sized to its card's room."""
+    name = label(spec, art, "vllm")
+
+    def miss(why: str) -> Miss:
+        return Miss(spec, art, "vllm", f"{name}: {why}")
+
+    layouts = pipeline_layouts(spec, gpus, w)
+    if not layouts:
+        return miss(
+            f"pipeline parallel over {len(gpus)} cards needs stages of identical consecutive "
+            "cards whose count divides the attention heads"
+        )
+    kv_dtype = w.cache_type_k or "auto"
+    lo, hi = context_range(spec, w)
+    last: Miss | None = None
+    for tp, stages in layouts:
+        ordered = tuple(g for st in stages for g in st)
+        if any(
+            g.compute_capability is not None and g.compute_capability < MIN_COMPUTE_CAPABILITY_VLLM
+            for g in ordered
+        ):
+            return miss("vLLM needs compute capability 7.0+ on every card")
+        # One --gpu-memory-utilization for every card: the fraction the tightest one allows.
+        gmu = w.gpu_memory_utilization or min(
+            choose_gpu_memory_utilization(
+                g.total_bytes,
+                g.free_bytes,
+                w.reserve_bytes + g.margin_bytes,
+                tensor_parallel_size=max(2, tp),  # NCCL between stages, before the snapshot
+                enforce_eager=bool(w.enforce_eager),
+                cudagraph_in_budget=VLLM_CUDAGRAPH_IN_BUDGET,
+            )
+            for g in ordered
+        )
+        if gmu <= 0:
+            return miss("no memory left for vLLM on one of the cards")
+        over = [g for g in ordered if gmu * g.total_bytes > g.free_bytes - w.reserve_bytes]
+        if over:
+            return miss(
+                f"--gpu-memory-utilization {gmu:.2f} asks for {gib(gmu * over[0].total_bytes)} "
+                f"but {gib(over[0].free_bytes - w.reserve_bytes)} is free on {over[0].label}"
+            )
+        cfg = vllm_config(spec, ordered[0], w, gmu, tp, hi, None)
+        cards = [Stage(st[0].total_bytes, 1, st[0].reserved_bytes) for st in stages]
+        user = _user_partition(w)
+        if user is not None and len(user) != len(stages):
+            last = miss(
+                f"VLLM_PP_LAYER_PARTITION={w.pp_layer_partition} has {len(user)} stages, "
+                f"pipeline parallel {len(stages)} x tensor parallel {tp} over these cards needs "
+                f"{len(stages)}"
+            )
+            continue
+        try:
+            parts = user or partition_layers(spec, art, cfg, cards)
+            plan_stages = tuple(replace(c, layers=k) for c, k in zip(cards, parts, strict=True))
+            best = max_model_len_pipeline(spec, art, cfg, plan_stages, w.parallel, hi)
+        except VllmConfigError as err:
+            return miss(str(err))
+        ctx = (best if w.fixed_context else round_ctx(best)) if best >= CONTEXT_STEP else 0
+        if ctx < lo or (w.fixed_context and ctx < hi):
+            why = pipeline_refusal(
+                spec, art, replace(cfg, max_model_len=lo), plan_stages, w.parallel
+            )
+            last = miss(
+                f"pipeline parallel {len(stages)} x tensor parallel {tp} "
+                f"(VLLM_PP_LAYER_PARTITION={','.join(map(str, parts))}, "
+                f"--gpu-memory-utilization {gmu:.2f}): {why or 'no context fits'} "
+                f"(KV {kv_dtype}, {w.parallel} x {lo} tokens needed)"
+            )
+            continue
+        if w.fixed_context:
+            ctx = hi
+        e = estimate_vllm_pipeline(spec, art, replace(cfg, max_model_len=ctx), plan_stages)
+        settings = VllmSettings(
+            max_model_len=ctx,
+            gpu_memory_utilization=gmu,
+            tensor_parallel_size=tp,
+            max_num_seqs=w.parallel,
+            kv_cache_dtype=kv_dtype,
+            quantization=w.quantization,
+            enforce_eager=w.enforce_eager,
+            max_num_batched_tokens=w.max_num_batched_tokens,
+            block_size=w.block_size,
+            dtype=w.dtype,
+            pipeline_parallel_size=len(stages),
+            pp_layer_partition=parts,
+        )
+        return Fit(
+            spec=spec,
+            artifact=art,
+            engine="vllm",
+            mode="gpu",
+            context=ctx,
+            parallel=w.parallel,
+            estimate=e,
+            gpus=ordered,
+            budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(ordered)},
+            forecast=_pipeline_forecast(spec, art, e, ctx, ordered, tp),
+            settings=settings,
+        )
+    assert last is not None
+    return last
+
+
+def _pipeline_forecast(
+    spec: ModelSpec, art: Artifact, e: Estimate, ctx: int, gpus: tuple[GpuTarget, ...], tp: int
+) -> DecodeForecast | None:
+    """A token passes the stages in turn, so their read times add up; the tp ranks of one stage
+    read their shares at once, so a stage takes its slowest rank's time."""
+    if any(not g.bandwidth_gb_s for g in gpus):
+        return None
+    share = 1.0
+    if spec.arch.is_moe and spec.arch.n_experts and spec.arch.n_experts_per_token:
+        share = moe_read_fraction(art, spec.arch.n_experts_per_token / spec.arch.n_experts)
+    pool = max(1, e.kv_capacity_tokens or ctx)
+    seconds, total = 0.0, 0
+    for s in range(0, len(gpus), tp):
+        reads = [
+            int(d.weights_bytes * share) + d.kv_cache_bytes * min(ctx, pool) // pool
+            for d in e.devices[s : s + tp]
+        ]
+        bws = [g.bandwidth_gb_s or 0.0 for g in gpus[s : s + tp]]
+        seconds += max(r / (b * 1e9) for r, b in zip(reads, bws, strict=True))
+        total += reads[0]
+    if seconds <= 0:
+        return None
+    return forecast_decode(total, 0, total / seconds / 1e9, None)
+
+
+def _fit_group(
     spec: ModelSpec,
     art: Artifact,
     gpus: tuple[GpuTarget, ...],
@@ -266,6 +497,8 @@ def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, .
     argv += [_flag("gpu_memory_utilization"), f"{s.gpu_memory_utilization:g}"]
     if s.tensor_parallel_size > 1 or o.get("tensor_parallel") is not None:
         argv += [_flag("tensor_parallel"), str(s.tensor_parallel_size)]
+    if s.pipeline_parallel_size > 1 or o.get("pipeline_parallel") is not None:
+        argv += [_flag("pipeline_parallel"), str(s.pipeline_parallel_size)]
     argv += [_flag("parallel"), str(s.max_num_seqs)]
     if s.kv_cache_dtype != "auto" or o.get("kv_cache_type") is not None:
         argv += [_flag("kv_cache_type"), s.kv_cache_dtype]
