@@ -181,7 +181,7 @@ def test_tiers_gpus_estimate_matrix(cli):
 
 def test_run_dry_run_writes_profile_and_plan_and_keeps_secrets_out(cli, tmp_path, monkeypatch):
     called = []
-    monkeypatch.setattr(launch, "exec_engine", lambda argv, env: called.append(argv))
+    monkeypatch.setattr(launch, "exec_engine", lambda argv, env, **kw: called.append(argv))
     env = {
         "PREFLIGHT_PROFILE_DIR": str(tmp_path),
         "PREFLIGHT_BENCH": "off",
@@ -202,7 +202,7 @@ def test_run_dry_run_writes_profile_and_plan_and_keeps_secrets_out(cli, tmp_path
 
 def test_run_execs_the_planned_argv_with_secrets_in_env_only(cli, tmp_path, monkeypatch):
     called = []
-    monkeypatch.setattr(launch, "exec_engine", lambda argv, env: called.append((argv, dict(env))))
+    monkeypatch.setattr(launch, "exec_engine", lambda argv, env, **kw: called.append((argv, dict(env))))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "llama-server").write_text("#!/bin/sh\n")
@@ -229,7 +229,7 @@ def test_run_missing_engine_is_exit_2_naming_binary(cli, tmp_path):
 
 def test_run_refusal_exits_3_without_exec(cli, tmp_path, monkeypatch):
     called = []
-    monkeypatch.setattr(launch, "exec_engine", lambda argv, env: called.append(argv))
+    monkeypatch.setattr(launch, "exec_engine", lambda argv, env, **kw: called.append(argv))
     env = {
         "PREFLIGHT_PROFILE_DIR": str(tmp_path),
         "PREFLIGHT_BENCH": "off",

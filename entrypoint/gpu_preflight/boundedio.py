@@ -43,6 +43,8 @@ LIMITS: dict[str, int] = {
     "scenario": 4 * MIB,
     "config": 4 * MIB,
     "safetensors-index": 32 * MIB,
+    "receipt": 1 * MIB,  # a real receipt is ~4 KiB
+    "plan": 4 * MIB,
 }
 MAX_DEPTH = 64  # JSON nesting; the schemas here need at most 6
 MAX_INT_DIGITS = 40  # 2**128 has 39 digits; no count or size in these files comes near

@@ -15,6 +15,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,9 +298,124 @@ def _mask_prefixes(text: str, value: str) -> str:
         i = k
 
 
-def exec_engine(argv: tuple[str, ...], env: Mapping[str, str]) -> None:
-    """Replace this process with the engine, so it receives the container's signals directly."""
+def exec_engine(
+    argv: tuple[str, ...], env: Mapping[str, str], receipt: ReceiptJob | None = None
+) -> None:
+    """Replace this process with the engine, so it receives the container's signals directly.
+
+    ``receipt``: fork the receipt's watcher first (``start_receipt_watcher``); the engine is still
+    this PID.
+    """
+    if receipt is not None:
+        start_receipt_watcher(receipt, env)
     # exec discards Python's buffers: what the summary printed must be out before it.
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], list(argv), dict(env))
+
+
+# ---------------------------------------------------------------------------------------------
+# The receipt: a watcher forked before the exec (docs/receipts.md says why this mechanism)
+
+
+@dataclass(frozen=True)
+class ReceiptJob:
+    """What the watcher needs: where the engine answers, the plan it runs, where to write."""
+
+    base_url: str
+    plan: Any  # plan.types.Plan (kept untyped here: launch must not import the planner)
+    profile: Any  # probe.types.Profile
+    profile_dir: Path
+    timeout_s: float
+    max_tokens: int
+
+
+def write_receipt(directory: Path, doc: Mapping[str, Any], key_id: str, name: str) -> WriteResult:
+    """receipt.json beside the plan, and the same document in receipts/<key>/ for calibration.
+
+    The history copy goes first: a receipt.json always has its history entry. Older history files
+    of the key beyond the kept number are removed (receipt/document.py ``stale_files``).
+    """
+    from gpu_preflight.receipt.document import HISTORY_DIR, RECEIPT_FILE, stale_files
+
+    hist = write_set(directory / HISTORY_DIR / key_id, {name: doc})
+    if not hist.committed:
+        return hist
+    for old in stale_files(directory, key_id):
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return write_set(directory, {RECEIPT_FILE: doc})
+
+
+def _watch(job: ReceiptJob, engine_pid: int, env: Mapping[str, str], started_at: float) -> None:
+    from gpu_preflight.receipt.document import history_name, receipt_to_dict
+    from gpu_preflight.receipt.render import summary_lines
+    from gpu_preflight.receipt.take import Request, take
+
+    def say(line: str) -> None:
+        os.write(1, (f"gpu-preflight receipt: {scrub(line, env)}\n").encode())
+
+    try:
+        receipt = take(
+            Request(
+                base_url=job.base_url,
+                plan=job.plan,
+                plan_file=str(job.profile_dir / "plan.json"),
+                profile=job.profile,
+                pid=engine_pid,
+                timeout_s=job.timeout_s,
+                max_tokens=job.max_tokens,
+                alive=lambda: os.getppid() == engine_pid,
+                watcher_pid=os.getpid(),
+                started_at=started_at,
+            )
+        )
+        written = write_receipt(
+            job.profile_dir,
+            receipt_to_dict(receipt),
+            receipt.key.id,
+            history_name(receipt),
+        )
+        for line in summary_lines(receipt):
+            say(line)
+        say(written.message if written.committed else f"warning: {written.message}")
+    except Exception as exc:  # a failed receipt is a warning, never a crash of anything else
+        say(f"warning: the receipt failed ({type(exc).__name__}: {str(exc)[:200]})")
+
+
+def start_receipt_watcher(job: ReceiptJob, env: Mapping[str, str]) -> int | None:
+    """Fork the watcher; the caller then execs the engine in this process (PID 1 stays the engine).
+
+    The child takes the receipt, then sleeps until the engine exits (its parent changes), so it
+    never lingers as a zombie under an engine that does not reap children. Returns the child's PID
+    in the parent (None where fork is not possible: the engine then starts without a receipt).
+    """
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    engine_pid = os.getpid()
+    started_at = time.monotonic()
+    try:
+        child = os.fork()
+    except OSError:
+        return None
+    if child:
+        return child
+    # -- the watcher --------------------------------------------------------------------------
+    code = 0
+    try:
+        # The container's signals are the engine's: Ctrl-C or a signal to the group only ends us.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with contextlib.suppress(OSError):
+            os.nice(5)  # the engine comes first on a CPU-only machine
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        _watch(job, engine_pid, env, started_at)
+        while os.getppid() == engine_pid:
+            time.sleep(5)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)

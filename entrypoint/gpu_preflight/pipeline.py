@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from gpu_preflight.models.errors import ModelError
 from gpu_preflight.models.hub import parse_hub_ref, resolve_hub_model
 from gpu_preflight.models.resolve import known_model, resolve_model
 from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.plan.calibrate import calibrate, receipt_key, widening
 from gpu_preflight.plan.common import DRAFT_TOKENS, Draft
 from gpu_preflight.plan.document import plan_to_dict
 from gpu_preflight.plan.flags import FlagValueError
@@ -35,6 +36,8 @@ from gpu_preflight.plan.types import Plan
 from gpu_preflight.probe.collect import collect_hardware
 from gpu_preflight.probe.types import Profile
 from gpu_preflight.profile import make_profile, profile_to_dict
+from gpu_preflight.receipt.document import load_history
+from gpu_preflight.receipt.types import Receipt
 
 # llama-server's default file for `-hf org/repo` without a tag (common/download.cpp: "latest",
 # which the Hub resolves to Q4_K_M when the repo has it).
@@ -84,21 +87,44 @@ def prepare(
 
 
 def plan_on(
-    inputs: Inputs, profile: Profile, engines_available: Sequence[str], all_devices: bool = False
+    inputs: Inputs,
+    profile: Profile,
+    engines_available: Sequence[str],
+    all_devices: bool = False,
+    history: Sequence[Receipt] = (),
 ) -> Plan:
     """The one planning path (pure): plan, run, estimate and matrix all come through here.
 
     ``all_devices``: exactly these devices together (estimate's command), never one card of them.
+    ``history``: the receipts kept in the profile volume (``run``): a shortfall they measured for
+    the chosen model on this GPU widens the margin and the plan is made again with it; the decode
+    band of a same-key plan is calibrated from them (plan/calibrate.py).
     """
-    return plan(
-        profile,
-        inputs.catalogue,
-        inputs.tiers,
-        inputs.overrides,
-        inputs.model,
-        tuple(engines_available),
-        all_devices,
-    )
+
+    def once(widen: tuple[int, int]) -> Plan:
+        return plan(
+            profile,
+            inputs.catalogue,
+            inputs.tiers,
+            inputs.overrides,
+            inputs.model,
+            tuple(engines_available),
+            all_devices,
+            widen,
+        )
+
+    result = once((0, 0))
+    if not history or result.verdict != "ship":
+        return result
+    widened = widening(history, receipt_key(result).memory_id)
+    if widened.any:
+        again = once((widened.gpu_bytes, widened.host_bytes))
+        if again.verdict != "ship" or receipt_key(again).memory_id != receipt_key(result).memory_id:
+            # With the wider margin the model no longer fits as chosen: that is the plan now
+            # (smaller, or refused with the reason), never the one the receipt disproved.
+            return calibrate(again, history, widened) if again.verdict == "ship" else again
+        result = again
+    return calibrate(result, history, widened)
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,44 @@ class Started:
     plan: Plan
     profile_dir: launch.ProfileDir
     dry_run: bool
+    overrides: Overrides | None = None
+
+
+def _argv_value(argv: Sequence[str], *names: str) -> str | None:
+    for i, tok in enumerate(argv):
+        for n in names:
+            if tok == n and i + 1 < len(argv):
+                return argv[i + 1]
+            if tok.startswith(n + "="):
+                return tok.split("=", 1)[1]
+    return None
+
+
+def engine_url(plan: Plan) -> str:
+    """Where the planned engine answers, from this machine (its --host / --port, or the defaults)."""
+    argv = plan.argv
+    host = _argv_value(argv, "--host") or "127.0.0.1"
+    port = _argv_value(argv, "--port") or ("8080" if plan.engine == "llama.cpp" else "8000")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # the server listens everywhere; ask it on loopback
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def receipt_job(started: Started) -> launch.ReceiptJob | None:
+    """The receipt watcher's job for a shipped plan (None with PREFLIGHT_RECEIPT=off)."""
+    o = started.overrides
+    if o is None or not receipts_on(o) or started.plan.verdict != "ship":
+        return None
+    return launch.ReceiptJob(
+        base_url=engine_url(started.plan),
+        plan=started.plan,
+        profile=started.profile,
+        profile_dir=started.profile_dir.path,
+        timeout_s=float(o.value("receipt_timeout", 1800.0)),
+        max_tokens=int(o.value("receipt_tokens", 128)),
+    )
 
 
 def start(env: Mapping[str, str], engine_argv: Sequence[str], dry_run: bool) -> Started:
@@ -121,9 +185,25 @@ def start(env: Mapping[str, str], engine_argv: Sequence[str], dry_run: bool) -> 
     pdir = launch.choose_profile_dir(env)
     opts = probe_options(env, None, None, pdir.path)
     profile = make_profile(collect_hardware(env, opts))
-    result = plan_on(inputs, profile, launch.available_engines(env))
+    history = load_history(pdir.path) if receipts_on(inputs.overrides) else None
+    result = plan_on(
+        inputs, profile, launch.available_engines(env), history=history.receipts if history else ()
+    )
+    if history is not None and history.skipped:
+        result = replace(
+            result,
+            warnings=(
+                *result.warnings,
+                *(f"receipt left out of calibration: {s}" for s in history.skipped[:5]),
+            ),
+        )
     result = check_with_engine(inputs, result, env)
-    return Started(profile, result, pdir, dry)
+    return Started(profile, result, pdir, dry, inputs.overrides)
+
+
+def receipts_on(o: Overrides) -> bool:
+    """PREFLIGHT_RECEIPT: on by default; off stops both the receipt and calibration from them."""
+    return str(o.value("receipt", "on")) != "off"
 
 
 def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> Plan:

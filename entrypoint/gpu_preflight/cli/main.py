@@ -366,6 +366,58 @@ def tiers(as_json: bool) -> None:
 
 @main.command(
     epilog="\b\nExamples:\n"
+    "  gpu-preflight receipt                    the engine this container runs\n"
+    "  gpu-preflight receipt --url http://gpu-box:8080 --json\n"
+    "  gpu-preflight receipt --log engine.log   add llama.cpp's logged buffers (run it with -lv 4)"
+)
+@json_option
+@click.option("--url", metavar="URL", help="Where the engine answers (default: from plan.json).")
+@click.option("--pid", type=click.IntRange(1), help="The engine's PID (default: found by its argv).")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=60.0,
+    type=click.FloatRange(1, 86400),
+    show_default=True,
+    help="Seconds to wait for /health.",
+)
+@click.option(
+    "--tokens", default=128, type=click.IntRange(8, 4096), show_default=True, help="Per stream."
+)
+@click.option(
+    "--log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The engine's start-up log, for llama.cpp's per-buffer figures.",
+)
+@click.option("--no-write", is_flag=True, help="Print only; leave receipt.json as it is.")
+def receipt(
+    as_json: bool,
+    url: str | None,
+    pid: int | None,
+    timeout_s: float,
+    tokens: int,
+    log: Path | None,
+    no_write: bool,
+) -> None:
+    """Measure the running engine against its plan: memory per device, decode speed, peaks.
+
+    Reads plan.json (and profile.json) from PREFLIGHT_PROFILE_DIR, waits for the engine's /health,
+    reads its own figures (/props, /metrics), runs a short fixed decode workload (one stream, then
+    the planned parallel count), and writes receipt.json plus a copy under receipts/ that later
+    plans calibrate from. The image does this by itself once the engine is healthy
+    (PREFLIGHT_RECEIPT=off stops it). Exit 0: complete or partial; 4: failed (never healthy).
+    """
+    from gpu_preflight.cli.receipt_cmd import run_receipt
+
+    code = run_receipt(
+        dict(os.environ), url, pid, timeout_s, tokens, log, as_json, write=not no_write
+    )
+    if code:
+        sys.exit(code)
+
+
+@main.command(
+    epilog="\b\nExamples:\n"
     "  gpu-preflight compose > compose.yaml              this machine\n"
     "  gpu-preflight compose --simulate rtx-4090,rtx-3060 --out mixed.yaml\n"
     "  gpu-preflight compose --simulate rtx-4090 --with asr:4:2 --with tts:2:1"

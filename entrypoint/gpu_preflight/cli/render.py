@@ -150,12 +150,27 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             extra.append(f"KV capacity {p.kv_capacity_tokens} tokens")
         if p.max_concurrency is not None:
             extra.append(f"max concurrency {p.max_concurrency:.1f}x at {plan.context} tokens")
+        cal = plan.calibration
         if p.decode_tok_s_low is not None:
+            how = (
+                f", calibrated from {cal.decode_receipts} receipt"
+                f"{'s' if cal.decode_receipts != 1 else ''}"
+                if cal is not None and cal.decode_receipts
+                else ""
+            )
             extra.append(
-                f"decode forecast {p.decode_tok_s_low}-{p.decode_tok_s_high} tok/s (1 stream)"
+                f"decode forecast {p.decode_tok_s_low}-{p.decode_tok_s_high} tok/s (1 stream{how})"
             )
         extra.append(f"{p.kv_bytes_per_token} KV bytes/token")
         console.print("  " + "; ".join(extra))
+        if cal is not None:
+            # What earlier receipts said: the widened margin and the last receipt's figures.
+            for n in p.notes:
+                if n.startswith(("last receipt", "margin widened", "the receipt of")):
+                    console.print(escape(f"  {n}"), soft_wrap=True)
+        if plan.env:  # what the plan adds to the engine's environment (VLLM_PP_LAYER_PARTITION)
+            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items())
+            console.print(escape(f"  env: {env}"), soft_wrap=True)
         console.print(
             escape("  argv: " + shlex.join(argv if argv is not None else plan.argv)), soft_wrap=True
         )

@@ -47,5 +47,7 @@ def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run:
     except PreflightError as exc:
         click.echo(f"gpu-preflight: error: {exc}", err=True)
         return exc.exit_code
-    launch.exec_engine(result.argv, pipeline.engine_env(env, result))
+    launch.exec_engine(
+        result.argv, pipeline.engine_env(env, result), receipt=pipeline.receipt_job(started)
+    )
     return EXIT_OK  # not reached: exec replaced this process

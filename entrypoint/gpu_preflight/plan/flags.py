@@ -428,6 +428,34 @@ FLAGS: tuple[Flag, ...] = (
         "llama-fit-params is in the image)",
     ),
     Flag(
+        "receipt",
+        P,
+        (),
+        "PREFLIGHT_RECEIPT",
+        Choice(("on", "off"), _ON_OFF),
+        "setting",
+        "measure the running engine against the plan once it is healthy (receipt.json), and "
+        "calibrate later plans from those receipts",
+    ),
+    Flag(
+        "receipt_timeout",
+        P,
+        (),
+        "PREFLIGHT_RECEIPT_TIMEOUT",
+        Float(1.0, 86400.0, "of seconds"),
+        "setting",
+        "how long the receipt waits for the engine to become healthy (default 1800)",
+    ),
+    Flag(
+        "receipt_tokens",
+        P,
+        (),
+        "PREFLIGHT_RECEIPT_TOKENS",
+        Int(8, 4096, unit="of tokens"),
+        "setting",
+        "tokens each stream of the receipt's decode workload asks for (default 128)",
+    ),
+    Flag(
         "bench",
         P,
         (),
@@ -895,6 +923,16 @@ FLAGS: tuple[Flag, ...] = (
         Int(1, 1),
         "modelled",
         "pipeline parallel stages (only 1 is modelled yet)",
+    ),
+    Flag(
+        "pp_layer_partition",
+        P,
+        (),
+        "VLLM_PP_LAYER_PARTITION",
+        Text(r"[0-9]{1,4}( *, *[0-9]{1,4}){0,63}", "layers per stage, comma-separated", 320),
+        "modelled",
+        "vLLM's layers per pipeline stage (get_pp_indices); the planner sets it where it plans "
+        "pipeline parallel on cards that differ, and plans with yours where you set it",
     ),
     Flag("parallel", V, ("--max-num-seqs",), None, Int(1, 4096), "planner", "sequences at once"),
     Flag(

@@ -15,8 +15,9 @@ Selection, in order:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from gpu_preflight.memory.llamacpp import CACHE_TYPES
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import Fit, FitResult, Miss, Wants, gib
 from gpu_preflight.plan.draft import with_draft
@@ -124,6 +125,87 @@ def _fewer_slots(w: Wants, o: Overrides, tier: Tier) -> list[Wants]:
     return out
 
 
+# vLLM's fp8 KV cache is a fallback only where the GPU has fp8 units (Ada, Hopper and newer):
+# vLLM 0.32's Triton attention refuses it below SM 8.9 ("native FP8 (fp8e4nv) requires SM89+",
+# v1/attention/backends/triton_attn.py TritonAttentionImpl), FlashAttention takes it on SM 9.0
+# and 10.0 only (fa_utils.py flash_attn_supports_kv_cache_dtype), and the fallback must never
+# turn a plan into one that does not start.
+FP8_KV_MIN_CC = (8, 9)
+ENGINE_DEFAULT_KV = {"llama.cpp": "f16", "vllm": "auto"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attempt of the degrade ladder: these engines, asked for these wants."""
+
+    engines: tuple[str, ...]
+    wants: Wants
+    kv: str | None = None  # the KV type this step fell back to (None: the engine's default)
+
+
+def _kv_fallbacks(
+    spec: ModelSpec,
+    tier: Tier,
+    o: Overrides,
+    engines: Sequence[str],
+    gpus: Sequence[GpuTarget],
+    w: Wants,
+) -> list[tuple[str, str]]:
+    """(engine, KV type) the tier lets a named model fall back to, in order; none when pinned."""
+    if any(o.get(k) is not None for k in ("kv_cache_type", "cache_type_k", "cache_type_v")):
+        return []
+    out = []
+    for engine in engines:
+        for kv in tier.kv_cache_degrade.get(engine, ()):
+            block = CACHE_TYPES.get(kv, (1, 0))[0] if engine == "llama.cpp" else 1
+            if spec.arch.head_dim % block or spec.arch.v_head_dim % block:
+                continue  # a quantized row is whole blocks (ggml_row_size): this model's are not
+            if engine == "vllm":
+                ccs = [g.compute_capability for g in gpus]
+                if not ccs or any(cc is None or cc < FP8_KV_MIN_CC for cc in ccs):
+                    continue
+            if engine == "llama.cpp" and w.flash_attn == "off" and kv != "bf16":
+                continue  # a quantized V cache needs flash attention (llama-context.cpp)
+            out.append((engine, kv))
+    return out
+
+
+def _ladder(
+    spec: ModelSpec,
+    w: Wants,
+    o: Overrides,
+    tier: Tier,
+    engines: Sequence[str],
+    gpus: Sequence[GpuTarget],
+) -> list[Step]:
+    """The documented degrade order for a named model (docs/configuration.md): the tier's slots
+    halved down to 1, each fitted at the largest context down to the tier's minimum; then each
+    KV cache type the tier allows, with the slots tried again from the tier's count down. Offload
+    (step 4) is the caller's outer loop. A pinned value is never stepped."""
+    steps = [Step(tuple(engines), tw) for tw in _fewer_slots(w, o, tier)]
+    for engine, kv in _kv_fallbacks(spec, tier, o, engines, gpus, w):
+        kw = replace(w, cache_type_k=kv, cache_type_v=kv)
+        steps += [Step((engine,), tw, kv) for tw in _fewer_slots(kw, o, tier)]
+    return steps
+
+
+def _degrade_notes(fit: Fit, step: Step, w: Wants, tier: Tier) -> Fit:
+    notes = []
+    if step.wants.parallel != w.parallel:
+        notes.append(
+            f"parallel slots: {step.wants.parallel} instead of tier {tier.id}'s {w.parallel}, "
+            "which did not fit (set PREFLIGHT_PARALLEL to pin it)"
+        )
+    if step.kv is not None:
+        default = ENGINE_DEFAULT_KV.get(fit.engine, "the default")
+        notes.append(
+            f"KV cache type: {step.kv} instead of {fit.engine}'s default {default}, which did not "
+            f"fit at any slot count down to 1 and context down to {w.min_context}; tier {tier.id} "
+            "allows it (kv_cache_degrade; set PREFLIGHT_KV_CACHE_TYPE to pin a type)"
+        )
+    return replace(fit, notes=(*fit.notes, *notes)) if notes else fit
+
+
 def _why_no_gpu(profile: Profile, targets: Targets) -> str:
     notes = list(profile.hardware.gpus.notes) + list(targets.notes)
     return notes[0] if notes else "no GPU was found"
@@ -144,12 +226,15 @@ def plan(
     model: ModelRequest | None = None,
     engines_available: Iterable[str] = ("vllm", "llama.cpp"),
     all_devices: bool = False,
+    widen: tuple[int, int] = (0, 0),
 ) -> Plan:
-    """``all_devices``: plan on exactly the devices given (estimate), never one card of them."""
+    """``all_devices``: plan on exactly the devices given (estimate), never one card of them.
+    ``widen``: (GPU, host) bytes kept free on top of the margins, from receipts (plan/calibrate.py).
+    """
     available = frozenset(engines_available)
     reserve_gib = overrides.value("reserve_gib")
     reserve = int(float(reserve_gib) * 2**30) if reserve_gib is not None else 0
-    targets = build_targets(profile, reserve)
+    targets = build_targets(profile, reserve, *widen)
     gpus = planning_gpus(targets)
     has_gpu = bool(gpus)
     usable = sum(g.usable_bytes for g in gpus)
@@ -178,27 +263,28 @@ def plan(
 
     misses: list[Miss] = []
     fit: Fit | None = None
+    kv_step: str | None = None
     if model is not None:
         # Degrade in a documented order before refusing (issue 13), never touching a pinned
         # value: the tier's parallel slots first, down to 1, then (inside each fit) the context
-        # down to the tier's minimum, then offload to host RAM.
+        # down to the tier's minimum, then the KV cache type where the tier allows it, then
+        # offload to host RAM.
         for allow_offload in (False, True):
-            for tw in _fewer_slots(w, overrides, tier):
+            for step in _ladder(model.spec, w, overrides, tier, engines, gpus):
                 fit, m = _try(
-                    model.spec, model.quant, engines, gpus, targets, tw, allow_offload, model
+                    model.spec,
+                    model.quant,
+                    step.engines,
+                    gpus,
+                    targets,
+                    step.wants,
+                    allow_offload,
+                    model,
                 )
                 misses += m
                 if fit:
-                    if tw.parallel != w.parallel:
-                        fit = replace(
-                            fit,
-                            notes=(
-                                *fit.notes,
-                                f"parallel slots: {tw.parallel} instead of tier {tier.id}'s "
-                                f"{w.parallel}, which did not fit (set PREFLIGHT_PARALLEL to pin "
-                                "it)",
-                            ),
-                        )
+                    fit = _degrade_notes(fit, step, w, tier)
+                    kv_step = step.kv
                     break
             if fit or not has_gpu:
                 break
@@ -247,6 +333,9 @@ def plan(
         result = refuse(tier, dedupe([m.reason for m in misses]), misses)
     else:
         result = ship(profile, targets, tier, tier_src, overrides, fit, model)
+        if kv_step is not None:
+            sources = {**result.sources, "kv_cache_type": f"tier:{tier.id} (kv_cache_degrade)"}
+            result = replace(result, sources=sources)
     if all_devices or any(
         overrides.get(k) is not None
         for k in ("tensor_split", "split_mode", "main_gpu", "tensor_parallel")
@@ -281,20 +370,29 @@ def _against_one_card(
     biggest = max(gpus, key=lambda g: g.free_bytes or 0)
     alone = plan(only(profile, [biggest]), catalog, tiers, overrides, model, available, True)
     a, b = _size(result, catalog), _size(alone, catalog)
+    over = _over(result, len(gpus))
     if result.verdict == "ship" and a >= b:
-        why = (
-            f"one server over all {len(gpus)} cards ({_said(result)}), not GPU {biggest.index} "
-            f"alone ({_said(alone)}): it gives a larger model or a longer context"
-        )
+        if len(result.targets) < len(gpus):
+            why = (
+                f"{over} ({_said(result)}); GPU {biggest.index} alone: {_said(alone)}; run one "
+                "container per card to use the others (gpu-preflight compose writes that stack)"
+            )
+            return _with_note(result, why)
+        better = "it gives a larger model or a longer context" if a > b else "it is no smaller"
+        why = f"{over} ({_said(result)}), not GPU {biggest.index} alone ({_said(alone)}): {better}"
         return _with_note(result, why)
     if alone.verdict != "ship":
         return result
     why = (
-        f"GPU {biggest.index} alone ({_said(alone)}) beats one server over all {len(gpus)} "
-        f"cards ({_said(result)}); run one container per card to use the others "
-        "(gpu-preflight compose writes that stack)"
+        f"GPU {biggest.index} alone ({_said(alone)}) beats {over} ({_said(result)}); run one "
+        "container per card to use the others (gpu-preflight compose writes that stack)"
     )
     return _with_note(replace(alone, warnings=(*alone.warnings, why)), why)
+
+
+def _over(p: Plan, n: int) -> str:
+    used = len(p.targets) if p.verdict == "ship" else n
+    return f"one server over all {n} cards" if used >= n else f"one server on {used} of {n} cards"
 
 
 def _said(p: Plan) -> str:

@@ -19,7 +19,7 @@ from gpu_preflight.plan.request import DEFAULT_MIN_TOK_S, ModelRequest
 from gpu_preflight.plan.targets import GpuTarget, Targets
 from gpu_preflight.plan.tiers import Tier
 from gpu_preflight.plan.types import DraftChoice, ModelChoice, Plan, PlannedDevice, Prediction
-from gpu_preflight.plan.vllm import VllmSettings, vllm_argv
+from gpu_preflight.plan.vllm import VllmSettings, vllm_argv, vllm_env
 from gpu_preflight.probe.types import Profile
 
 PLAN_SCHEMA_VERSION = 1
@@ -52,6 +52,11 @@ def _draft_choice(fit: Fit) -> DraftChoice | None:
         weight_bytes=c.weight_bytes,
         tokens=fit.draft.tokens,
     )
+
+
+def _floor(o: Overrides) -> float | None:
+    floor = float(o.value("min_tok_s", DEFAULT_MIN_TOK_S))
+    return floor if floor > 0 else None
 
 
 def prediction(fit: Fit, gpus: tuple[GpuTarget, ...]) -> Prediction:
@@ -219,9 +224,9 @@ def ship(
         context=fit.context,
         parallel=fit.parallel,
         argv=argv,
-        env={},
+        env=vllm_env(s) if isinstance(s, VllmSettings) else {},
         env_unset=tuple(o.consumed_env) if fit.engine == "llama.cpp" else (),
-        predicted=prediction(fit, fit.gpus),
+        predicted=replace(prediction(fit, fit.gpus), decode_floor_tok_s=_floor(o)),
         tier=tier.id,
         tier_label=tier.label,
         targets=tuple(g.label for g in fit.gpus) or ("CPU (host RAM)",),

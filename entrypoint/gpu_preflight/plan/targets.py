@@ -65,7 +65,7 @@ def _cc(text: str | None) -> tuple[int, int] | None:
 
 
 def _leaves(
-    dev: GpuDevice, reserve: int, position: int | None
+    dev: GpuDevice, reserve: int, position: int | None, extra_margin: int = 0
 ) -> tuple[list[GpuTarget], list[str]]:
     """The device's plannable leaves. ``position``: the ordinal to assume for a profile written
     before ordinals were recorded (None: use the recorded ones)."""
@@ -91,7 +91,7 @@ def _leaves(
             if dev.memory_bandwidth_gb_s and dev.total_bytes:
                 # A MIG slice gets the memory controllers of its memory slices: bandwidth ~ its share.
                 bw = dev.memory_bandwidth_gb_s * mig.total_bytes / dev.total_bytes
-            margin = gpu_margin(mig.total_bytes)
+            margin = gpu_margin(mig.total_bytes) + extra_margin
             out.append(
                 GpuTarget(
                     label=f"{mig.name or 'MIG device'} on {name} (GPU {dev.index}, MIG {mig.mig_index})",
@@ -123,7 +123,7 @@ def _leaves(
             f"GPU {dev.index} ({name}): not visible to CUDA in this process, not planned on"
         )
         return [], notes
-    margin = gpu_margin(dev.total_bytes)
+    margin = gpu_margin(dev.total_bytes) + extra_margin
     target = GpuTarget(
         label=f"{name} (GPU {dev.index})",
         name=name,
@@ -141,7 +141,11 @@ def _leaves(
     return [target], notes
 
 
-def build_targets(profile: Profile, reserve_bytes: int) -> Targets:
+def build_targets(
+    profile: Profile, reserve_bytes: int, extra_gpu_margin: int = 0, extra_host_margin: int = 0
+) -> Targets:
+    """``extra_*_margin``: kept free on top of the fixed margins because a receipt measured more
+    than its plan predicted (plan/calibrate.py ``widening``)."""
     hw = profile.hardware
     gpus: list[GpuTarget] = []
     notes: list[str] = []
@@ -154,7 +158,7 @@ def build_targets(profile: Profile, reserve_bytes: int) -> Targets:
     if legacy:
         notes.append("the profile records no CUDA ordinals: devices taken in their listed order")
     for pos, dev in enumerate(hw.gpus.devices):
-        leaves, why = _leaves(dev, reserve_bytes, pos if legacy else None)
+        leaves, why = _leaves(dev, reserve_bytes, pos if legacy else None, extra_gpu_margin)
         gpus += leaves
         notes += why
     for err in hw.gpus.errors:
@@ -166,7 +170,8 @@ def build_targets(profile: Profile, reserve_bytes: int) -> Targets:
     host_usable = None
     if avail is not None:
         total = mem.effective_total_bytes or avail
-        host_usable = max(0, avail - max(HOST_MARGIN_MIN, int(total * HOST_MARGIN_FRACTION)))
+        host_margin = max(HOST_MARGIN_MIN, int(total * HOST_MARGIN_FRACTION)) + extra_host_margin
+        host_usable = max(0, avail - host_margin)
     host = HostTarget(
         usable_bytes=host_usable,
         pinned_ceiling_bytes=hw.pinned.ceiling_bytes,

@@ -59,6 +59,7 @@ class Prediction:
     decode_tok_s_low: float | None
     decode_tok_s_high: float | None
     notes: tuple[str, ...] = ()
+    decode_floor_tok_s: float | None = None  # PREFLIGHT_MIN_TOKS, what a receipt's floor check uses
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,18 @@ class Alternative:
     # The overrides that make it ship (in place of the user's own model, engine, context, slot,
     # layer and KV settings: plan/refusal.py ALTERNATIVE_REPLACES).
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What earlier receipts in the profile volume changed in this plan (plan/calibrate.py)."""
+
+    key_id: str
+    memory_key_id: str
+    decode_receipts: int  # same-key receipts the decode band was calibrated from (0: roofline)
+    memory_receipts: int  # receipts of this model on this GPU that were checked for shortfalls
+    gpu_margin_added_bytes: int  # kept free on every GPU because a receipt measured more
+    host_margin_added_bytes: int
 
 
 @dataclass(frozen=True)
@@ -98,3 +111,4 @@ class Plan:
     # Variables removed from the engine's environment: the user's LLAMA_ARG_* now carried on argv.
     env_unset: tuple[str, ...] = ()
     alternatives: tuple[Alternative, ...] = field(default=())
+    calibration: Calibration | None = None

@@ -53,6 +53,12 @@ class _Handle:
     parent: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    usedGpuMemory: int
+
+
 class FakeNvml:
     """Module-like: the subset of pynvml the probe uses, driven by a scenario dict."""
 
@@ -173,6 +179,16 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeInstanceId(self, h: _Handle) -> int:
         return int(self._get(h, "compute_instance_id"))
+
+    # -- what a running engine uses (probe/usage.py) ------------------------------------
+    def nvmlDeviceGetComputeRunningProcesses(self, h: _Handle) -> list[_Process]:
+        return [_Process(int(p["pid"]), int(p["used_mib"]) * MIB) for p in self._get(h, "processes")]
+
+    def nvmlDeviceGetTemperature(self, h: _Handle, sensor: int = 0) -> float:
+        return float(self._get(h, "temperature_c"))
+
+    def nvmlDeviceGetPowerUsage(self, h: _Handle) -> int:
+        return int(self._get(h, "power_mw"))
 
 
 def _check_bounds(doc: dict[str, Any], origin: str) -> None:
