@@ -488,3 +488,16 @@ def test_llama_fit_params_reads_the_sparse_copy_like_the_file(hub, files, tmp_pa
         return llama_fit(argv, env={}).host
 
     assert fit(r.local_copy) == fit(files["q8"])
+
+
+def test_model_endpoint_and_hf_endpoint_agree_or_exit_2_naming_both():
+    """llama-server downloads from MODEL_ENDPOINT first: the plan reads where it will fetch."""
+    from gpu_preflight.models.hub import HubError, _settings
+
+    assert _settings({"MODEL_ENDPOINT": "http://127.0.0.1:9/"}).endpoint == "http://127.0.0.1:9"
+    same = {"MODEL_ENDPOINT": "http://h:1", "HF_ENDPOINT": "http://h:1/"}
+    assert _settings(same).endpoint == "http://h:1"
+    with pytest.raises(HubError, match="HF_ENDPOINT='http://a:1' and MODEL_ENDPOINT='http://b:2'"):
+        _settings({"HF_ENDPOINT": "http://a:1", "MODEL_ENDPOINT": "http://b:2"})
+    with pytest.raises(HubError, match="MODEL_ENDPOINT='ftp://x'"):
+        _settings({"MODEL_ENDPOINT": "ftp://x"})

@@ -23,6 +23,22 @@ DEFAULT_HOST_RAM_GIB = 64
 # Only the variables naming our own files reach an estimate: the shell's LLAMA_ARG_* or
 # PREFLIGHT_* must not change what "exactly this command" means.
 _FILE_VARIABLES = ("PREFLIGHT_MODELS_FILE", "PREFLIGHT_TIERS_FILE")
+# Where a model named on the Hub is read from: they locate the model, they do not change the
+# command (models/hub.py reads them).
+_HUB_VARIABLES = (
+    "HF_ENDPOINT",
+    "MODEL_ENDPOINT",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HUB_ETAG_TIMEOUT",
+    "HF_HUB_DOWNLOAD_TIMEOUT",
+    "HOME",
+)
 _ANY_GPU = "rtx-4090"  # a card to build a host from, whose GPUs are then removed (--cpu)
 
 
@@ -48,7 +64,7 @@ def run_estimate(
     cpu: bool,
     host_ram_gib: float | None,
 ) -> Plan:
-    files = {k: env[k] for k in _FILE_VARIABLES if k in env}
+    files = {k: env[k] for k in (*_FILE_VARIABLES, *_HUB_VARIABLES) if k in env}
     # Exactly the command: no catalog draft is added to it.
     files["PREFLIGHT_SPECULATIVE"] = "off"
     inputs = pipeline.prepare(files, engine_argv, options)

@@ -239,10 +239,22 @@ def _token(env: Mapping[str, str]) -> str | None:
 def _settings(env: Mapping[str, str]) -> _Settings:
     from huggingface_hub import constants
 
-    endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip().rstrip("/")
+    # llama-server downloads from MODEL_ENDPOINT before HF_ENDPOINT (common/common.cpp
+    # common_get_model_endpoint): the planner must read the facts where the engine will fetch
+    # the file, so the two spellings agree, or the start is refused naming both.
+    hf = (env.get("HF_ENDPOINT") or "").strip().rstrip("/")
+    model_ep = (env.get("MODEL_ENDPOINT") or "").strip().rstrip("/")
+    if hf and model_ep and hf != model_ep:
+        raise HubError(
+            f"HF_ENDPOINT={hf[:80]!r} and MODEL_ENDPOINT={model_ep[:80]!r} name different Hub "
+            "endpoints: llama-server downloads from MODEL_ENDPOINT, huggingface_hub (and the "
+            "plan) reads HF_ENDPOINT. Accepted: set one of them, or both to the same URL."
+        )
+    name = "HF_ENDPOINT" if hf else "MODEL_ENDPOINT"
+    endpoint = hf or model_ep or DEFAULT_ENDPOINT
     if not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", endpoint):
         raise HubError(
-            f"HF_ENDPOINT={endpoint[:80]!r} is not an http(s) URL. Accepted: e.g. "
+            f"{name}={endpoint[:80]!r} is not an http(s) URL. Accepted: e.g. "
             f"{DEFAULT_ENDPOINT} or http://127.0.0.1:8080."
         )
     cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
