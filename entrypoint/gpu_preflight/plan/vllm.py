@@ -76,6 +76,23 @@ class VllmSettings:
     pp_layer_partition: tuple[int, ...] = ()
 
 
+def _settings_for(w: Wants, ctx: int, gmu: float, tp: int, kv_dtype: str) -> VllmSettings:
+    """The settings every vLLM layout shares: the chosen context, budget, TP and KV type, and the
+    user's own values carried as given."""
+    return VllmSettings(
+        max_model_len=ctx,
+        gpu_memory_utilization=gmu,
+        tensor_parallel_size=tp,
+        max_num_seqs=w.parallel,
+        kv_cache_dtype=kv_dtype,
+        quantization=w.quantization,
+        enforce_eager=w.enforce_eager,
+        max_num_batched_tokens=w.max_num_batched_tokens,
+        block_size=w.block_size,
+        dtype=w.dtype,
+    )
+
+
 PP_PARTITION_ENV = "VLLM_PP_LAYER_PARTITION"  # vllm/envs.py; read by get_pp_indices
 
 
@@ -288,17 +305,8 @@ def fit_vllm_pipeline(
         if w.fixed_context:
             ctx = hi
         e = estimate_vllm_pipeline(spec, art, replace(cfg, max_model_len=ctx), plan_stages)
-        settings = VllmSettings(
-            max_model_len=ctx,
-            gpu_memory_utilization=gmu,
-            tensor_parallel_size=tp,
-            max_num_seqs=w.parallel,
-            kv_cache_dtype=kv_dtype,
-            quantization=w.quantization,
-            enforce_eager=w.enforce_eager,
-            max_num_batched_tokens=w.max_num_batched_tokens,
-            block_size=w.block_size,
-            dtype=w.dtype,
+        settings = replace(
+            _settings_for(w, ctx, gmu, tp, kv_dtype),
             pipeline_parallel_size=len(stages),
             pp_layer_partition=parts,
         )
@@ -440,17 +448,8 @@ def _fit_group(
             f"tensor parallel {tp} uses {tp} of {len(group)} identical GPUs "
             f"(attention heads {spec.arch.n_heads} must divide evenly)"
         )
-    settings = VllmSettings(
-        max_model_len=ctx,
-        gpu_memory_utilization=gmu,
-        tensor_parallel_size=tp,
-        max_num_seqs=w.parallel,
-        kv_cache_dtype=kv_dtype,
-        quantization=w.quantization,
-        enforce_eager=w.enforce_eager,
-        max_num_batched_tokens=w.max_num_batched_tokens,
-        block_size=w.block_size,
-        dtype=w.dtype,
+    settings = replace(
+        _settings_for(w, ctx, gmu, tp, kv_dtype),
         cpu_offload_gb=w.cpu_offload_gb,
         kv_cache_memory_bytes=w.kv_cache_memory_bytes,
     )
