@@ -184,19 +184,44 @@ def _writer(path: Path, arch: ModelArch, file_type: int, name: str) -> GGUFWrite
         w.add_expert_count(a.n_experts or 0)
         w.add_expert_used_count(a.n_experts_per_token or 0)
         w.add_expert_feed_forward_length(a.expert_intermediate_size or 0)
-    tokens, types, merges = byte_vocab(a.vocab_size)
-    if len(tokens) < a.vocab_size:
-        pad = a.vocab_size - len(tokens)
+    _add_tokenizer(w, a.vocab_size)
+    return w
+
+
+def _add_tokenizer(w: GGUFWriter, vocab: int) -> None:
+    """A byte-level tokenizer of exactly ``vocab`` tokens, so llama.cpp can load the file."""
+    tokens, types, merges = byte_vocab(vocab)
+    if len(tokens) < vocab:
+        pad = vocab - len(tokens)
         tokens += [f"<|unused{i}|>" for i in range(pad)]
-        types += [5] * pad  # USER_DEFINED: keeps the vocabulary exactly vocab_size long
+        types += [5] * pad  # USER_DEFINED: keeps the vocabulary exactly vocab long
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
-    w.add_token_list(tokens[: a.vocab_size])
-    w.add_token_types(types[: a.vocab_size])
+    w.add_token_list(tokens[:vocab])
+    w.add_token_types(types[:vocab])
     w.add_token_merges(merges)
-    w.add_bos_token_id(len(tokens) - 2 if len(tokens) == a.vocab_size else a.vocab_size - 2)
-    w.add_eos_token_id(a.vocab_size - 1)
-    return w
+    w.add_bos_token_id(vocab - 2)
+    w.add_eos_token_id(vocab - 1)
+
+
+def _write_sparse(
+    w: GGUFWriter, path: Path, plan: list[tuple[str, tuple[int, ...], GGMLQuantizationType]]
+) -> Path:
+    """Header, metadata and tensor infos of ``plan``; the tensor data a hole (truncated to size)."""
+    for tname, shape, t in plan:
+        w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
+    w.write_header_to_file(path=path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    assert w.fout is not None
+    fout = w.fout[0]
+    fout.flush()
+    start = fout.tell()
+    total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
+    w.close()
+    with open(path, "r+b") as f:
+        f.truncate(GGUFWriter.ggml_pad(start, w.data_alignment) + total)
+    return path
 
 
 def write_gguf(
@@ -358,20 +383,7 @@ def write_gguf_plan(
     as in ``write_gguf``; the tensor data is a hole (the file is truncated to its full size).
     """
     w = _writer(path, arch, file_type, name)
-    for tname, shape, t in plan:
-        w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
-    w.write_header_to_file(path=path)
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    assert w.fout is not None
-    fout = w.fout[0]
-    fout.flush()
-    start = fout.tell()
-    total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
-    w.close()
-    with open(path, "r+b") as f:
-        f.truncate(GGUFWriter.ggml_pad(start, w.data_alignment) + total)
-    return path
+    return _write_sparse(w, path, plan)
 
 
 def write_gguf_kvs(
@@ -389,28 +401,5 @@ def write_gguf_kvs(
     for key, kind, value in kvs:
         getattr(w, f"add_{kind}")(key, value)
     if vocab is not None:
-        tokens, types, merges = byte_vocab(vocab)
-        pad = vocab - len(tokens)
-        tokens += [f"<|unused{i}|>" for i in range(max(0, pad))]
-        types += [5] * max(0, pad)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(tokens[:vocab])
-        w.add_token_types(types[:vocab])
-        w.add_token_merges(merges)
-        w.add_bos_token_id(vocab - 2)
-        w.add_eos_token_id(vocab - 1)
-    for tname, shape, t in plan:
-        w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
-    w.write_header_to_file(path=path)
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    assert w.fout is not None
-    fout = w.fout[0]
-    fout.flush()
-    start = fout.tell()
-    total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
-    w.close()
-    with open(path, "r+b") as f:
-        f.truncate(GGUFWriter.ggml_pad(start, w.data_alignment) + total)
-    return path
+        _add_tokenizer(w, vocab)
+    return _write_sparse(w, path, plan)
