@@ -22,10 +22,11 @@ regex other than the expert pattern, -sm row, a fork, ...) are reported but not 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,25 @@ sys.path.insert(0, str(ROOT))
 from bench.vllm_kv import read_validated  # noqa: E402
 from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp  # noqa: E402
 from gpu_preflight.memory.vllm import (  # noqa: E402
+    CUDA_GRAPH_WEIGHT_FRACTION,
+    DRAFT_CUDA_GRAPH_BYTES,
     VllmConfig,
     budget,
+    cuda_graph_bytes,
+    cuda_graph_estimate,
     estimate_vllm,
     kv_capacity_tokens,
     kv_layout,
     kv_pool,
 )
 from gpu_preflight.models.catalog import load_catalog  # noqa: E402
-from gpu_preflight.models.layout import count_params, derive_layout, scale_layout  # noqa: E402
-from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec  # noqa: E402
+from gpu_preflight.models.layout import (  # noqa: E402
+    GGUF_BPW,
+    count_params,
+    derive_layout,
+    scale_layout,
+)
+from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout  # noqa: E402
 from gpu_preflight.serde import from_dict  # noqa: E402
 
 MIB = 2**20
@@ -62,7 +72,15 @@ HOST_BUFFERS = ("CPU", "CPU_Mapped", "CUDA_Host", "CPU_REPACK", "CPU_AARCH64", "
 LLAMA_ROUNDING_MIB = 0.01
 VLLM_ROUNDING_GIB = 0.005
 LLAMA_COMPONENTS = ("weights", "kv", "compute", "overhead", "total")
-VLLM_COMPONENTS = ("weights", "activation", "non_torch", "kv_pool", "kv_tokens", "total")
+VLLM_COMPONENTS = (
+    "weights",
+    "activation",
+    "non_torch",
+    "cuda_graph",
+    "kv_pool",
+    "kv_tokens",
+    "total",
+)
 # Components whose dangerous side is over-prediction (promising what the engine will not have).
 OVER_IS_DANGEROUS = {"kv_pool", "kv_tokens"}
 # What issue 12 (item 3) asks the evidence set to hold.
@@ -120,6 +138,28 @@ def spec_for(entry: dict[str, Any]) -> ModelSpec:
     )
 
 
+def proxy_layout(arch: ModelArch, quant: str) -> WeightLayout:
+    """derive_layout for an entry's architecture, with GPT-NeoX (Pythia) given its own tensors.
+
+    gptneox is no architecture the planner serves; its entries are proxies built from the log's
+    print_info lines. models/layout.py counts a gated FFN (gate, up, down), but llama.cpp's
+    src/models/gptneox.cpp loads ffn_up {n_embd, n_ff} and ffn_down {n_ff, n_embd} only, and a
+    bias on every matrix and norm (f32, 1-D tensors are never quantized). Counted as 3 matrices
+    the derived total was ~30 % too big, and scaling it to the printed buffers shrank token_embd.
+    """
+    layout = derive_layout(arch, quant, "llama.cpp")
+    if arch.architecture != "gptneox":
+        return layout
+    h, ff = arch.hidden_size, arch.intermediate_size
+    gate = int(h * ff * GGUF_BPW[quant.upper()] / 8)
+    # wqkv_b (3 x n_embd: no GQA in Pythia), wo_b, ffn_up_b, ffn_down_b, attn_norm_b, ffn_norm_b
+    biases = (3 * h + h + ff + h + 2 * h) * 4
+    per_layer = tuple(x - gate + biases for x in layout.per_layer_bytes)
+    other = layout.other_bytes + h * 4  # output_norm_b
+    total = layout.token_embd_bytes + layout.output_bytes + sum(per_layer) + other
+    return replace(layout, total_bytes=total, per_layer_bytes=per_layer, other_bytes=other)
+
+
 def llama_weight_bytes(entry: dict[str, Any], spec: ModelSpec) -> int:
     """Bytes of the GGUF's tensor data, from what the entry's log shows (or the catalog)."""
     art = entry["artifact"]
@@ -136,7 +176,7 @@ def llama_weight_bytes(entry: dict[str, Any], spec: ModelSpec) -> int:
         return int(art["file_size_gib"] * GIB)
     if src == "derived":
         quant = art.get("layout_quant", art["quant"])
-        return derive_layout(spec.arch, quant, "llama.cpp").total_bytes
+        return proxy_layout(spec.arch, quant).total_bytes
     for a in spec.artifacts:
         if a.engine == "llama.cpp" and a.quant.upper() == art["quant"].upper():
             return a.weight_bytes
@@ -146,9 +186,7 @@ def llama_weight_bytes(entry: dict[str, Any], spec: ModelSpec) -> int:
 def llama_artifact(entry: dict[str, Any], spec: ModelSpec) -> Artifact:
     art = entry["artifact"]
     total = llama_weight_bytes(entry, spec)
-    layout = scale_layout(
-        derive_layout(spec.arch, art.get("layout_quant", art["quant"]), "llama.cpp"), total
-    )
+    layout = scale_layout(proxy_layout(spec.arch, art.get("layout_quant", art["quant"])), total)
     return Artifact(
         engine="llama.cpp",
         repo=entry["model"].get("catalog_id", entry["model"].get("name", "")),
@@ -382,6 +420,49 @@ def printed_tokens(entry: dict[str, Any]) -> int | None:
     return None
 
 
+def cuda_graph_prediction(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> float | None:
+    """The modelled vLLM >= 0.21 CUDA graph estimate (GiB) for an entry that prints one.
+
+    The graph counts are the logged ones ('Profiling CUDA graph memory: PIECEWISE=N ...') where
+    the log shows them, else the ones vLLM 0.32 derives from max_num_seqs and
+    max_num_batched_tokens (memory/vllm.py cudagraph_capture_sizes); with speculative decoding the
+    logged figure includes the drafter's graphs, which the planner models as
+    DRAFT_CUDA_GRAPH_BYTES. The model needs only the architecture, not a checkpoint size.
+    """
+    p, s = entry["printed"], entry["settings"]
+    if "cuda_graph_estimate_gib" not in p:
+        return None
+    arch = spec_for(entry).arch
+    tp = s["tensor_parallel_size"]
+    weights = int(p.get("weights_gib", 0.0) * GIB)
+    graphs = p.get("cudagraph_graphs")
+    if graphs is not None:
+        # An unknown max_num_batched_tokens counts no recurrent-layer transient: the smallest
+        # figure the model can give, so the comparison errs towards "under".
+        est = max(
+            cuda_graph_estimate(
+                arch,
+                tensor_parallel_size=tp,
+                piecewise=graphs["piecewise"],
+                full=graphs.get("full", 0),
+                largest_capture=graphs["largest"],
+                max_num_batched_tokens=s.get("max_num_batched_tokens") or 0,
+            ),
+            math.ceil(weights * CUDA_GRAPH_WEIGHT_FRACTION),
+        )
+    else:
+        if s.get("max_num_seqs") is None or s.get("max_num_batched_tokens") is None:
+            raise EvidenceError(
+                f"{entry['id']}: without logged graph counts the estimate needs max_num_seqs and "
+                "max_num_batched_tokens"
+            )
+        cfg = replace(vllm_config(entry, gpus), cudagraph_in_budget=True)
+        est = cuda_graph_bytes(weights, arch=arch, cfg=cfg)
+    if s.get("speculative_method"):
+        est += DRAFT_CUDA_GRAPH_BYTES
+    return est / GIB
+
+
 def evaluate_vllm(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> EntryResult:
     s = entry["settings"]
     res = EntryResult(
@@ -393,9 +474,27 @@ def evaluate_vllm(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> Ent
         f"max_model_len {s['max_model_len']}, util {s.get('gpu_memory_utilization', '-')}, "
         f"kv {s['kv_cache_dtype']}{', eager' if s.get('enforce_eager') else ''}",
     )
+    graphs = cuda_graph_prediction(entry, gpus)
+    if graphs is not None:
+        res.comparisons.append(
+            Comparison(
+                entry["id"],
+                "vllm",
+                "CUDA0",
+                "cuda_graph",
+                graphs,
+                entry["printed"]["cuda_graph_estimate_gib"],
+                "GiB",
+                entry["expressible"],
+            )
+        )
     why_not = vllm_predictable(entry)
     if why_not:
-        res.setup += f"; no prediction ({why_not}): KV arithmetic only"
+        res.setup += f"; no prediction ({why_not}): " + (
+            "CUDA graph estimate and KV arithmetic only"
+            if graphs is not None
+            else "KV arithmetic only"
+        )
         return res
     spec, art = vllm_model(entry)
     assert art is not None
@@ -625,20 +724,28 @@ FINDINGS = """\
   `GGML_SCHED_MAX_COPIES` = 4 copies of every split's inputs ('pipeline parallelism enabled
   (n_copies=4)'), so a GPU's compute buffer does not shrink with its share of the layers
   (`command-r-35b-2gpu-4070ti-3090ti` CUDA0: 672.01 MiB printed, 644 predicted).
-- **Tied embeddings.** `src/llama-quant.cpp`, `llama_tensor_get_type_impl`: with tied embeddings
-  token_embd takes the output tensor's type (Q6_K in Q4_K_M files), and `load_tensors` loads it a
-  second time on the output device (`TENSOR_DUPLICATED`). `models/layout.py` sizes token_embd at
-  4.5 bpw for Q4_K_M whatever the tying: the host buffer is under by 25-34 % where no GGUF header
-  was read (gemma-2, Command-R).
+- **Tied embeddings and host weights.** `src/llama-quant.cpp`, `llama_tensor_get_type_impl`:
+  token_embd keeps the mixture's default type (Q4_K in Q4_K_M, Q2_K = 2.625 bpw in Q2_K), the
+  output (and a tied token_embd) is Q6_K unless the default is Q8_0, and `load_tensors` loads a
+  tied token_embd a second time on the output device (`TENSOR_DUPLICATED`). Where no GGUF header
+  is read, `models/layout.py` `scale_layout` fits the derived layout to the file size without
+  shrinking token_embd/output below that rule size (it used to scale them too: Command-R's host
+  buffer came out 1531 MiB against 1640.62 printed); the excess stays as over-prediction on
+  the output's device. The Pythia rows' proxy counts GPT-NeoX's own tensors (2-matrix FFN,
+  biases; `src/models/gptneox.cpp`), not the gated FFN `models/layout.py` assumes.
 - **vLLM V0 profiles.** The V0 rows (Dec 2024 `worker.py` profiler, PR 10511) count 1.79 GiB
   non-torch at TP 1 and 3.58 GiB at TP 2 on an H100, against 0.19 / 0.56 GiB modelled: the KV
   pool is over-predicted by 2.7 %. `memory/vllm.py` models V1 (0.10+); V0 rows are kept to show
   that its constants must stay keyed to the vLLM version the image pins.
 - **vLLM CUDA graphs.** Before v0.21 graphs are captured after the pool is sized (0.23-1.03 GiB
-  logged); from v0.21 (`gpu_worker.py` `determine_available_memory`,
-  `GPUModelRunner.profile_cudagraph_memory`) vLLM's own extrapolated estimate is taken out of the
-  budget. The model keeps 1 GiB, or 1.6 % of a rank's weights when larger
-  (`llmd-gpt-oss-120b-h100`: 1.03 GiB next to 64.4 GiB of weights).
+  logged); from v0.21 (`gpu_worker.py` `determine_available_memory`; the 0.32 default Model
+  Runner V2, `v1/worker/gpu/cudagraph_utils.py` `profile_cudagraph_memory`) vLLM's own estimate
+  is taken out of the budget: every PIECEWISE graph measured, FULL extrapolated from the two
+  largest. `memory/vllm.py` `cuda_graph_bytes` models it from 0.32's capture sizes: 32 MiB +
+  8 MiB a graph (12 MiB from TP 2) + the largest capture's activations + 1 KiB per recurrent
+  layer and batched token, never under 1.6 % of a rank's weights; the `cuda_graph` rows compare
+  it with every published 0.21+ estimate (speculative runs include the drafter's graphs: the
+  planner's 512 MiB drafter allowance is added). Pre-0.21 rows keep the 1 GiB allowance.
 - **Spread.** 12 of the 30 llama.cpp entries are one ggml-org CI run (Pythia-2.8B on a V100:
   11 quantizations at full offload, flash attention on and off, `-ngl 10`): they check the
   weights across quantizations and the compute buffer once per setting, not 12 layouts.

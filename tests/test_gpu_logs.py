@@ -153,3 +153,13 @@ def test_compute_buffers_of_expressible_entries_are_never_under() -> None:
         if r.expressible and r.engine == "llama.cpp" and c.component == "compute" and c.dangerous
     ]
     assert under == []
+
+
+def test_cuda_graph_estimate_is_never_under_a_published_021_figure() -> None:
+    """memory/vllm.py's vLLM 0.32 CUDA graph formula is at or above every 'Estimated CUDA graph
+    memory' figure of vLLM >= 0.21 in the evidence set (an under-estimate promises KV that vLLM
+    takes for graphs)."""
+    results, _, _ = run()
+    graphs = [c for r in results for c in r.comparisons if c.component == "cuda_graph"]
+    assert len(graphs) >= 8
+    assert [c.as_dict() for c in graphs if c.dangerous] == []

@@ -81,28 +81,160 @@ def non_torch_tp_bytes(tensor_parallel_size: int) -> int:
 # from 0.17 on, so for the image's 0.32 this errs high (a smaller modelled KV pool), never low.
 SAMPLER_BYTES_PER_LOGIT = 39
 ACTIVATION_FIXED_BYTES = 128 * MIB
-# CUDA graphs. Before v0.21 they are captured after the KV pool is sized (gpu_model_runner.py
-# capture_model, "Graph capturing finished ... took X GiB"), on top of the budget: 0.23-1.02 GiB
-# logged for 8B-27B models (decode sizes up to 512). From v0.21 (the image pins 0.32)
-# Worker.determine_available_memory (vllm/v1/worker/gpu_worker.py) subtracts
-# GPUModelRunner.profile_cudagraph_memory's estimate from the budget instead: it captures the two
-# largest graphs of each mode against a throwaway KV cache and extrapolates first + (n - 1) x
-# second ("Estimated CUDA graph memory: X GiB total"). Published 0.21+ estimates are 0.17-0.36
-# GiB per rank at TP 2-4 (gpustack/runner PR 251 on 0.27.1, noonghunna/club-3090 issue 127, vllm
-# PR 30515), a third to a sixth of this 1 GiB, but the estimate grows with the layers and the
-# capture sizes (n graphs per mode) and vLLM issues 45178 / 50780 / 53013 show it overshooting
-# the real pool several times; under-estimating it promises KV that vLLM does not allocate, so
-# 1 GiB stays until a 0.32 start-up on a lent GPU measures it (issue 12 item 5). Large
-# checkpoints need more than 1 GiB: the largest pool in bench/gpu_logs.json is gpt-oss-120b's
-# 1.03 GiB next to 64.4 GiB of weights (llm-d-benchmark, H100), hence 1.6 % of a rank's weights
-# as a floor.
+# CUDA graphs before v0.21: captured after the KV pool is sized (gpu_model_runner.py
+# capture_model, "Graph capturing finished ... took X GiB"), on top of the budget: 0.23-1.03 GiB
+# logged for 8B-120B models (decode sizes up to 512). The largest pool in bench/gpu_logs.json is
+# gpt-oss-120b's 1.03 GiB next to 64.4 GiB of weights (llm-d-benchmark, H100), hence 1.6 % of a
+# rank's weights as a floor, for every version. This allowance also stands in for 0.21+ when the
+# caller does not give the architecture and the settings (cuda_graph_bytes without arch/cfg).
 CUDA_GRAPH_BYTES = 1 * GIB
 CUDA_GRAPH_WEIGHT_FRACTION = 0.016
+# CUDA graphs from v0.21, keyed to the image's vLLM 0.32. Worker.determine_available_memory
+# (vllm/v1/worker/gpu_worker.py) takes the model runner's profile_cudagraph_memory() estimate out
+# of the KV budget ("Estimated CUDA graph memory: X GiB total"). With the default Model Runner V2
+# (vllm/v1/worker/gpu/cudagraph_utils.py profile_cudagraph_memory) it captures every PIECEWISE
+# graph against a throwaway KV cache and measures them, captures the two largest FULL graphs and
+# extrapolates first + (n_full - 1) x second (_extrapolate_full_graph_memory, at least 1 MiB per
+# graph). What it depends on: the number of captures (capture sizes below: max_num_seqs,
+# max_num_batched_tokens, the speculative query length, the GPU), the activations of the largest
+# capture (the pool the first capture allocates), tensor parallel, and for hybrid models with
+# recurrent (GDN) layers a transient that grows with max_num_batched_tokens (vllm issues 50780,
+# 52872). Not on the layer count: Qwen3-8B (36 layers) and a 64-layer hybrid both logged 0.52 GiB
+# for the same 51 + 35 graphs, 6.2 MiB a graph. enforce_eager / cudagraph_mode NONE: no graphs.
+#
+# The published 0.21+ estimates (bench/gpu_logs.json, component cuda_graph; gpu-logs.md lists
+# them) bound the constants, each set at or above every one of them:
+# - per graph: 8 MiB at TP 1 (6.2 MiB logged, a 29 % margin); 12 MiB from TP 2 on, where the
+#   custom all-reduce registers every graph's buffers ("Registering N cuda graph addresses").
+#   The TP 2-4 logs found are all speculative-decoding runs whose figure includes the drafter's
+#   graphs (13-27 MiB per target graph): the planner covers those with DRAFT_CUDA_GRAPH_BYTES.
+# - a fixed 32 MiB and the largest capture's forward activations (forward_bytes), the first
+#   capture's pool;
+# - recurrent layers: 1 KiB per layer and batched token (a 64-layer hybrid on an RTX 5090, 48 GDN
+#   layers: 0.52 -> 0.89 GiB going from 4096 to 8192 batched tokens, vllm issue 52872).
+# Large MoE and DP/EP deployments log far more (118.65 GiB at DP 4 / EP, vllm issue 53013;
+# 20.88 GiB with MTP in a fork); the planner serves neither.
+CG_BASE_BYTES = 32 * MIB
+CG_PER_GRAPH_BYTES = 8 * MIB
+CG_PER_GRAPH_TP_BYTES = 12 * MIB
+CG_RECURRENT_BYTES_PER_TOKEN = 1024
+# VllmConfig._set_cudagraph_sizes: the default ceiling of the capture sizes, 1024 on data-centre
+# Blackwell (device capability family 100: B200, B300, GB200, GB300), else 512.
+CG_MAX_CAPTURE = 512
+CG_MAX_CAPTURE_BLACKWELL = 1024
 
 
-def cuda_graph_bytes(weights_per_rank_bytes: int) -> int:
-    """CUDA graph memory one rank holds (before v0.21) or reserves in the budget (0.21+)."""
-    return max(CUDA_GRAPH_BYTES, math.ceil(weights_per_rank_bytes * CUDA_GRAPH_WEIGHT_FRACTION))
+def cudagraph_capture_sizes(
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    *,
+    decode_query_len: int = 1,
+    max_capture: int = CG_MAX_CAPTURE,
+) -> tuple[int, ...]:
+    """The token counts vLLM 0.32 captures graphs for when --cudagraph-capture-sizes is not given.
+
+    vllm/config/vllm.py VllmConfig._set_cudagraph_sizes: ceiling min(max_num_seqs x
+    decode_query_len x 2, 512 or 1024, max_num_batched_tokens); 1, 2, 4, multiples of 8 below 256,
+    multiples of 16 from 256; max_num_batched_tokens when under the ceiling; the uniform decode
+    sizes (max_num_seqs, or request counts x decode_query_len with speculative decoding).
+    """
+    seqs, q = max(1, max_num_seqs), max(1, decode_query_len)
+    top = min(seqs * q * 2, max_capture)
+    decode: list[int] = []
+    if q > 1:
+        reqs = min(seqs, max_capture)
+        counts = [n for n in (1, 2, 4) if n <= reqs]
+        counts += list(range(8, min(reqs + 1, 256), 8)) + list(range(256, reqs + 1, 16))
+        decode = sorted({n * q for n in {*counts, reqs} if n * q <= top})
+    elif seqs <= top:
+        decode = [seqs]
+    top = min(max_num_batched_tokens, top)
+    sizes = [n for n in (1, 2, 4) if n <= top]
+    if top >= 8:
+        sizes += list(range(8, min(top + 1, 256), 8))
+    if top >= 256:
+        sizes += list(range(256, top + 1, 16))
+    if max_num_batched_tokens <= top:
+        sizes.append(max_num_batched_tokens)
+    sizes += [n for n in decode if n <= max_num_batched_tokens]
+    return tuple(sorted(set(sizes)))
+
+
+def cudagraph_counts(
+    sizes: tuple[int, ...], max_num_seqs: int, decode_query_len: int = 1
+) -> tuple[int, int]:
+    """(PIECEWISE, FULL) graphs of FULL_AND_PIECEWISE, 0.32's default cudagraph_mode.
+
+    vllm/v1/worker/gpu/cudagraph_utils.py (CudaGraphManager): one PIECEWISE (mixed batch) graph
+    per capture size; one FULL (uniform decode) graph per size rounded up to the query length
+    that fits max_num_seqs requests and the largest capture size.
+    """
+    if not sizes:
+        return 0, 0
+    q = max(1, decode_query_len)
+    full = {
+        -(-s // q) * q
+        for s in sizes
+        if -(-s // q) * q <= min(sizes[-1], max_num_seqs * q) and -(-s // q) <= max_num_seqs
+    }
+    return len(sizes), len(full)
+
+
+def is_blackwell_datacenter(gpu_name: str | None) -> bool:
+    name = (gpu_name or "").upper()
+    return any(k in name for k in ("B200", "B300", "GB200", "GB300"))
+
+
+def cuda_graph_estimate(
+    arch: ModelArch,
+    *,
+    tensor_parallel_size: int,
+    piecewise: int,
+    full: int,
+    largest_capture: int,
+    max_num_batched_tokens: int,
+) -> int:
+    """profile_cudagraph_memory's estimate for given graph counts (see CG_PER_GRAPH_BYTES)."""
+    tp = max(1, tensor_parallel_size)
+    per_graph = CG_PER_GRAPH_TP_BYTES if tp > 1 else CG_PER_GRAPH_BYTES
+    return (
+        CG_BASE_BYTES
+        + (piecewise + full) * per_graph
+        + (forward_bytes(arch, largest_capture, tp) if largest_capture > 0 else 0)
+        + len(arch.recurrent_layers) * max_num_batched_tokens * CG_RECURRENT_BYTES_PER_TOKEN
+    )
+
+
+def cuda_graph_bytes(
+    weights_per_rank_bytes: int,
+    *,
+    arch: ModelArch | None = None,
+    cfg: VllmConfig | None = None,
+) -> int:
+    """CUDA graph memory one rank holds (before v0.21) or reserves in the budget (0.21+).
+
+    With the architecture and a config that counts graphs inside the budget (vLLM >= 0.21, the
+    image's 0.32) this is profile_cudagraph_memory's estimate, from the capture sizes the settings
+    give; otherwise the pre-0.21 allowance. Never below CUDA_GRAPH_WEIGHT_FRACTION of the weights.
+    The drafter's graphs are not included (DRAFT_CUDA_GRAPH_BYTES), its query length is.
+    """
+    floor = math.ceil(weights_per_rank_bytes * CUDA_GRAPH_WEIGHT_FRACTION)
+    if arch is None or cfg is None or not cfg.cudagraph_in_budget:
+        return max(CUDA_GRAPH_BYTES, floor)
+    tokens, seqs = batch_limits(cfg)
+    q = 1 + (cfg.draft.num_speculative_tokens if cfg.draft is not None else 0)
+    top = CG_MAX_CAPTURE_BLACKWELL if is_blackwell_datacenter(cfg.gpu_name) else CG_MAX_CAPTURE
+    sizes = cudagraph_capture_sizes(seqs, tokens, decode_query_len=q, max_capture=top)
+    pw, full = cudagraph_counts(sizes, seqs, q)
+    est = cuda_graph_estimate(
+        arch,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        piecewise=pw,
+        full=full,
+        largest_capture=sizes[-1] if sizes else 0,
+        max_num_batched_tokens=tokens,
+    )
+    return max(est, floor)
 
 
 # Bytes vLLM holds per byte of checkpoint. MXFP4 experts are re-laid out (padded, swizzled) on
@@ -227,9 +359,14 @@ def is_a100(gpu_name: str | None) -> bool:
 def default_batch_limits(gpu_total_bytes: int, gpu_name: str | None) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) that ``vllm serve`` picks when not given.
 
-    EngineArgs.get_batch_defaults: 8192 / 1024 on GPUs with >= 70 GiB that are not A100s, else
-    2048 / 256. With the name unknown a large card gets the larger (safer) defaults.
+    EngineArgs.get_batch_defaults (vLLM 0.32, vllm/engine/arg_utils.py): 16384 / 1024 on GPUs
+    with >= 160 GiB (B200/B300), 8192 / 1024 on GPUs with >= 70 GiB that are not A100s, else
+    2048 / 256. vLLM compares the CUDA total, a little below NVML's, so at the thresholds this
+    takes the larger defaults (the larger profiling pass). With the name unknown a large card
+    gets the larger (safer) defaults.
     """
+    if gpu_total_bytes >= 160 * GIB:
+        return 16384, 1024
     if gpu_total_bytes >= 70 * GIB and not is_a100(gpu_name):
         return 8192, 1024
     return 2048, 256
@@ -574,7 +711,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     weights = max(0, weights - cfg.cpu_offload_bytes)
     act = activation_bytes(spec.arch, cfg)
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp)
-    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights)
+    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights, arch=spec.arch, cfg=cfg)
     if graphs and cfg.draft is not None:
         graphs += DRAFT_CUDA_GRAPH_BYTES
     inside = graphs if cfg.cudagraph_in_budget else 0

@@ -144,20 +144,36 @@ GGUF_BPW = {
     "Q4_K_M": 4.89,
     "Q4_K_S": 4.58,
     "Q4_0": 4.5,
+    # the legacy single-type ftypes (ggml.c block_q4_1 / block_q5_0 / block_q5_1: 20, 22 and 24
+    # bytes per 32 weights); only their output is another type (Q6_K)
+    "Q4_1": 5.0,
+    "Q5_0": 5.5,
+    "Q5_1": 6.0,
     "IQ4_XS": 4.25,
     "Q3_K_M": 3.91,
     "Q2_K": 3.35,
     "MXFP4": 4.25,
 }
-# Token embeddings in k-quant files are stored at a lower type than the mixture's big tensors
-# (Q4_K_M keeps token_embd at Q4_K, output at Q6_K).
+# token_embd and output follow llama.cpp's quantizer rule exactly (src/llama-quant.cpp,
+# llama_tensor_get_type_impl and llama_ftype_get_default_type), so these are block sizes of one
+# ggml type each (ggml.c type_traits: bytes per block x 8 / weights per block), not averages:
+# - token_embd (untied) keeps the mixture's default type: Q4_K (4.5) in Q4_K_M/S, Q5_K (5.5) in
+#   Q5_K_M/S, Q3_K (3.4375) in Q3_K_M, Q2_K (2.625) in Q2_K, IQ4_XS (4.25); Q8_0 in MXFP4_MOE
+#   files (every non-expert tensor is Q8_0 there).
+# - output (and a tied token_embd: "for arches that share the same tensor between the token
+#   embeddings and the output, we quantize the token embeddings with the quantization of the
+#   output tensor") is Q6_K unless the default type is Q8_0 (then Q8_0); Q8_0 in MXFP4_MOE files
+#   and when the row (n_embd) is not a multiple of the type's block (QK_K = 256 for k-quants).
+# Checked on published model buffers (bench/gpu_logs.json, no GGUF header read): Pythia-2.8B's
+# token_embd 40.30 / 52.77 / 69.08 / 100.74 MiB in Q2_K / Q3_K / Q4_0 / Q6_K files, Command-R's
+# tied token_embd 1640.62 MiB = 256000 x 8192 x 6.5625 / 8.
 GGUF_EMBD_BPW = {
     "Q4_K_M": 4.5,
     "Q4_K_S": 4.5,
     "Q5_K_M": 5.5,
     "Q5_K_S": 5.5,
-    "Q3_K_M": 3.44,
-    "Q2_K": 3.35,
+    "Q3_K_M": 3.4375,
+    "Q2_K": 2.625,
     "IQ4_XS": 4.25,
     "MXFP4": 8.5,
 }
@@ -169,7 +185,26 @@ GGUF_OUTPUT_BPW = {
     "Q3_K_M": 6.5625,
     "Q2_K": 6.5625,
     "IQ4_XS": 6.5625,
+    "Q4_0": 6.5625,
+    "Q4_1": 6.5625,
+    "Q5_0": 6.5625,
+    "Q5_1": 6.5625,
+    "Q6_K": 6.5625,
     "MXFP4": 8.5,
+}
+# Mixtures whose default type has 256-weight blocks, with the type an untied token_embd falls back
+# to when n_embd is not a multiple of 256 (llama-quant.cpp tensor_type_fallback: Q4_K -> Q5_0,
+# Q5_K -> Q5_1, Q3_K / Q2_K -> Q4_0, IQ4_XS -> IQ4_NL, Q6_K -> Q8_0); the output goes to Q8_0.
+QK_K = 256
+GGUF_EMBD_FALLBACK_BPW = {
+    "Q4_K_M": 5.5,
+    "Q4_K_S": 5.5,
+    "Q5_K_M": 6.0,
+    "Q5_K_S": 6.0,
+    "Q3_K_M": 4.5,
+    "Q2_K": 4.5,
+    "IQ4_XS": 4.5,
+    "Q6_K": 8.5,
 }
 # vLLM checkpoints: linear layers quantized, embeddings/LM head/norms kept in bf16.
 # AWQ/GPTQ int4 with group size 128: 4 bits + a 16-bit scale and a 4-bit zero per 128 weights.
@@ -319,10 +354,15 @@ def derive_layout(arch: ModelArch, quant: str, engine: str) -> WeightLayout:
         if key == "MXFP4":
             bpw = 8.5  # gpt-oss GGUFs keep attention in Q8_0; only the experts are MXFP4
         out_bpw = GGUF_OUTPUT_BPW.get(key, bpw)
+        untied_embd_bpw = GGUF_EMBD_BPW.get(key, bpw)
+        if key in GGUF_EMBD_FALLBACK_BPW and arch.hidden_size % QK_K:
+            # rows of n_embd weights that no 256-block divides (Qwen2.5-0.5B: 896)
+            out_bpw = 8.5
+            untied_embd_bpw = GGUF_EMBD_FALLBACK_BPW[key]
         # A tied token_embd is quantized with the output's type (llama-quant.cpp
         # llama_tensor_get_type_impl: "for arches that share the same tensor between the token
         # embeddings and the output ..."), e.g. Q6_K in a Q4_K_M file.
-        embd_bpw = out_bpw if arch.tied_embeddings else GGUF_EMBD_BPW.get(key, bpw)
+        embd_bpw = out_bpw if arch.tied_embeddings else untied_embd_bpw
         norm_bpw = 32.0
     else:
         key = quant.lower()
@@ -358,21 +398,51 @@ def derive_layout(arch: ModelArch, quant: str, engine: str) -> WeightLayout:
 
 
 def scale_layout(layout: WeightLayout, total_bytes: int) -> WeightLayout:
-    """Scale a derived layout so it sums to a listed artifact size (keeps the proportions)."""
+    """Fit a derived layout to a listed artifact size, no part below what it can hold.
+
+    ``layout`` is derive_layout's: token_embd and output sized by llama.cpp's own type rule
+    (GGUF_EMBD_BPW / GGUF_OUTPUT_BPW; 16-bit in vLLM checkpoints), the repeating layers by the
+    mixture's average bits per weight, which is what the listed size corrects. Scaling every part
+    by ``f = listed / derived`` (as this did before) shrank token_embd below its real size when
+    f < 1, and token_embd is the host's weight buffer once layers are offloaded (Command-R 1531
+    MiB against 1640.62 printed, 1640.6 by the rule).
+
+    The listed size says how many bytes there are, not where the difference from the derived
+    total lies: in the layers' mixture (then token_embd/output are at their rule size) or in a
+    file whose token_embd/output depart from the rule (--token-embedding-type,
+    --output-tensor-type, hand-made mixtures). Each part is therefore sized as if the difference
+    were its own, so neither the host nor a GPU is under-predicted either way:
+
+    - token_embd, output: the larger of the rule size and the scaled share;
+    - layers (their expert share alike) and norms: the larger of the scaled share and what the
+      listed size leaves them after token_embd and output at their rule size.
+
+    Decision: the total is NOT held to the listed size; the excess, ``|1 - f| x (token_embd +
+    output)`` bytes, is kept as over-prediction (the safe side): with f < 1 on the output's
+    device (Command-R +109 MiB of 20.9 GiB, gemma-2-9B +50 MiB), with f > 1 on the host (Pythia
+    Q4_K +2.6 MiB). ``total_bytes`` of the result is the sum of its parts, at least the listed
+    size.
+    """
     if layout.total_bytes <= 0:
         return layout
     f = total_bytes / layout.total_bytes
-    per_layer = tuple(int(x * f) for x in layout.per_layer_bytes)
-    per_expert = tuple(int(x * f) for x in layout.per_layer_expert_bytes)
-    embd, out = int(layout.token_embd_bytes * f), int(layout.output_bytes * f)
-    other = total_bytes - embd - out - sum(per_layer)
+    layers = sum(layout.per_layer_bytes)
+    other = int(layout.other_bytes * f)
+    left = total_bytes - layout.token_embd_bytes - layout.output_bytes - other
+    g = max(f, left / layers) if layers > 0 else f
+    per_layer = tuple(int(x * g) for x in layout.per_layer_bytes)
+    per_expert = tuple(int(x * g) for x in layout.per_layer_expert_bytes)
+    embd = max(layout.token_embd_bytes, int(layout.token_embd_bytes * f))
+    out = max(layout.output_bytes, int(layout.output_bytes * f))
+    # the int() roundings go to the norms, so the parts never sum below the listed size
+    other = max(other, total_bytes - embd - out - sum(per_layer))
     return WeightLayout(
-        total_bytes,
+        embd + out + sum(per_layer) + other,
         embd,
         out,
         per_layer,
         per_expert,
-        max(0, other),
+        other,
         layout.exact,
         int(layout.vision_bytes * f),
         layout.skipped_bytes,
