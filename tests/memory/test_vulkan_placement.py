@@ -231,6 +231,18 @@ def flag(argv: tuple[str, ...], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+def as_vulkan(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The planner's argv with its --device names (CUDA<n>, the image's CUDA build) spelled as
+    this Vulkan build names the same devices, Vulkan<n>; nothing else changes. The planner writes
+    --device where another device order than the CUDA one plans more (plan/llamacpp.py
+    device_orders); llama.cpp's rows come in that order, as the planner's devices do."""
+    out = list(argv)
+    if "--device" in out:
+        i = out.index("--device") + 1
+        out[i] = ",".join("Vulkan" + n.removeprefix("CUDA") for n in out[i].split(","))
+    return tuple(out)
+
+
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     made: dict[str, Path] = {}
@@ -421,7 +433,7 @@ def test_planner_placement_matches_llama_cpp(
     gpus = [d for d in p.predicted.devices if d.device != "CPU"]
     cpu = next(d for d in p.predicted.devices if d.device == "CPU")
     assert len(gpus) == len(free)
-    ref = llama_fit(p.argv, env={**vk_env(case.visible), **p.env}, binary=FIT_PARAMS)
+    ref = llama_fit(as_vulkan(p.argv), env={**vk_env(case.visible), **p.env}, binary=FIT_PARAMS)
     vk = [d for d in ref.devices if d.name.startswith("Vulkan")]
     assert len(vk) == len(gpus), ref.devices
     theirs = llama_cpp_fit(path, case.visible, case.fitt)

@@ -350,6 +350,12 @@ def _layer_devices(
     return devices[:n_layers], devices[n_layers]
 
 
+def output_device(n_layers: int, ngl: int, gpu_count: int, split: tuple[float, ...]) -> int:
+    """The position in the device list of the GPU that holds the output layer (-1: the host):
+    the last one with a share of the layers, not always the last of the list (a share of 0)."""
+    return _layer_devices(n_layers, ngl, gpu_count, split)[1]
+
+
 def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: bool) -> int:
     """Compute buffer of one device: the larger of the output phase and the attention phase."""
     ub = effective_ubatch(cfg)
@@ -422,9 +428,23 @@ def _layout(spec: ModelSpec, art: Artifact) -> WeightLayout:
 
 
 def estimate_llamacpp(
-    spec: ModelSpec, art: Artifact, cfg: LlamaCppConfig, gpu_count: int = 0
+    spec: ModelSpec,
+    art: Artifact,
+    cfg: LlamaCppConfig,
+    gpu_count: int = 0,
+    device_names: tuple[str, ...] = (),
 ) -> Estimate:
+    """The memory of every device, the GPUs in the model's device order (the order of
+    ``--device``, which the tensor split follows), then the host.
+
+    ``device_names``: llama.cpp's name of each GPU in that order (``--device CUDA1,CUDA0`` gives
+    ("CUDA1", "CUDA0")); empty: CUDA0.. by position, llama.cpp's order without ``--device``
+    (src/llama.cpp ``llama_prepare_model_devices``: every GPU by registry order).
+    """
     arch = spec.arch
+    if device_names and len(device_names) != gpu_count:
+        raise ValueError(f"{len(device_names)} device names for {gpu_count} GPU(s)")
+    names = device_names or tuple(f"CUDA{i}" for i in range(gpu_count))
     layout = _layout(spec, art)
     n_layers = arch.n_layers
     if len(layout.per_layer_bytes) != n_layers:
@@ -517,7 +537,7 @@ def estimate_llamacpp(
             comp += copies
         over = CUDA_OVERHEAD if on else 0
         tot = weights[d] + kv[d] + comp + over
-        devices.append(DeviceMemory(f"CUDA{d}", weights[d], kv[d], comp, over, tot))
+        devices.append(DeviceMemory(names[d], weights[d], kv[d], comp, over, tot))
     cpu_layers = any(x < 0 for x in layer_dev)
     cpu_comp = (
         compute_bytes(arch, cfg, per, with_output=out_dev < 0)
@@ -546,9 +566,11 @@ def estimate_llamacpp(
         )
     if offload:
         notes.append(
-            f"op offload: CUDA0's compute buffer holds {weight_copy // MIB} MiB of host-resident "
-            "weights copied in for prompt batches (the largest tensor, bounded by half the largest "
-            "host layer"
+            # the first device of the list: ggml_backend_sched_backend_id_from_cur offers the op
+            # to the backends in order, and llama_context creates them in model.devices order
+            f"op offload: {names[0]}'s compute buffer holds {weight_copy // MIB} MiB of "
+            "host-resident weights copied in for prompt batches (the largest tensor, bounded by "
+            "half the largest host layer"
             + (", or the output layer" if out_copy else "")
             + "; --no-op-offload avoids it)"
         )

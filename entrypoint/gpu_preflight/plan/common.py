@@ -61,6 +61,7 @@ class Wants:
     tensor_split: tuple[float, ...] | None = None
     split_mode: str | None = None
     main_gpu: int | None = None
+    devices: str | None = None  # --device as given: the GPUs and their order ("none": no GPU)
     kv_unified: bool | None = None
     repack: bool | None = None
     fit: str | None = None  # --fit as given

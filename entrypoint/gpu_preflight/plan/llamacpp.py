@@ -7,6 +7,7 @@ memory model, never dropped or re-spelled twice.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from gpu_preflight.memory.llamacpp import (
@@ -14,6 +15,7 @@ from gpu_preflight.memory.llamacpp import (
     checkpoint_bytes,
     draft_config,
     estimate_llamacpp,
+    output_device,
     with_draft,
 )
 from gpu_preflight.memory.types import DeviceMemory, Estimate
@@ -77,6 +79,7 @@ class LlamaServerSettings:
     draft: DraftSettings | None = None
     split_mode: str | None = None  # only when the user set it
     main_gpu: int | None = None
+    devices: str | None = None  # --device: the user's, or the planner's order; None: not written
     kv_unified: bool | None = None
     repack: bool | None = None
     load_mode: str | None = None
@@ -117,15 +120,16 @@ def _room_split(fit: LlamaFit) -> tuple[float, ...]:
     ``llama_model_load_from_file_impl`` keeps that one device) and row; in layer mode it moves
     nothing (tests/memory/test_vulkan_main_gpu.py checks both on two lavapipe devices). So the
     planner never writes -mg (a user's -mg is passed as given): the card that holds the output
-    and the logits is the last one, and its share here is what is left after them, so that card
-    has the room for them whichever card it is."""
+    and the logits is the last one of the device list, and its share here is what is left after
+    them, so that card has the room for them whichever card it is. Which card is last is chosen
+    by fit_llamacpp (device_orders, written as --device)."""
     lo = context_range(fit.spec, fit.w)[0]
     e = fit.worst(lo, -1, 0)
     layout = fit.art.layout
     out_bytes = (layout.output_bytes or layout.token_embd_bytes) if layout else 0
     room = []
-    for i, g in enumerate(fit.gpus):
-        d = e.device(f"CUDA{i}")
+    for i, (g, name) in enumerate(zip(fit.gpus, fit.names, strict=True)):
+        d = e.device(name)
         fixed = (d.compute_bytes + d.overhead_bytes) if d else 0
         if i == len(fit.gpus) - 1:
             fixed += out_bytes
@@ -188,7 +192,12 @@ def _with_extra(e: Estimate, extra: int, device: str) -> Estimate:
 
 @dataclass(frozen=True)
 class LlamaFit:
-    """One llama.cpp fit: a model artifact, the devices, and what the caller wants."""
+    """One llama.cpp fit: a model artifact, the devices, and what the caller wants.
+
+    ``gpus`` is the model's device list in llama.cpp's order (``--device``, or the CUDA ordinals
+    without it): the tensor split, the per-device estimate and the budgets all follow it, and
+    every device is named as llama.cpp names it (``CUDA<ordinal>``, see ``device_name``).
+    """
 
     spec: ModelSpec
     art: Artifact
@@ -200,6 +209,10 @@ class LlamaFit:
     cv: str
     split: tuple[float, ...]
     unified: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(device_name(g) for g in self.gpus)
 
     @property
     def name(self) -> str:
@@ -238,8 +251,11 @@ class LlamaFit:
 
     def estimate(self, ctx: int, ngl: int, ncmoe: int, flash: bool) -> Estimate:
         cfg = self.config(ctx, ngl, ncmoe, flash)
-        e = estimate_llamacpp(self.spec, self.art, cfg, gpu_count=len(self.gpus))
-        e = _with_extra(e, self.w.extra_gpu_bytes, "CUDA0" if self.gpus and ngl != 0 else "CPU")
+        names = self.names
+        e = estimate_llamacpp(self.spec, self.art, cfg, len(self.gpus), names)
+        # --mmproj goes to the first device of the list (common/arg.cpp: mmproj_device =
+        # params.devices.front(); without --device clip.cpp takes the first GPU, CUDA0)
+        e = _with_extra(e, self.w.extra_gpu_bytes, names[0] if names and ngl != 0 else "CPU")
         e = _with_host_cache(e, (self.w.cache_ram_mib or 0) * MIB)
         if self.w.ctx_checkpoints is not None:
             e = _with_host_cache(e, self.w.ctx_checkpoints * self.checkpoint(cfg))
@@ -250,7 +266,8 @@ class LlamaFit:
             self.draft.spec,
             self.draft.artifact,
             draft_config(cfg, self.ck, self.cv),
-            gpu_count=len(self.gpus),
+            len(self.gpus),
+            names,
         )
         return with_draft(e, d, f"{self.draft.spec.id} {self.draft.artifact.quant}")
 
@@ -262,7 +279,7 @@ class LlamaFit:
         return self.estimate(ctx, ngl, ncmoe, self.w.flash_attn != "off")
 
     def budgets(self) -> dict[str, int]:
-        out = {f"CUDA{i}": g.usable_bytes for i, g in enumerate(self.gpus)}
+        out = {device_name(g): g.usable_bytes for g in self.gpus}
         if self.host.usable_bytes is not None:
             out["CPU"] = self.host.usable_bytes
         return out
@@ -275,7 +292,7 @@ class LlamaFit:
             limit = b.get(d.device)
             if limit is None or d.total_bytes <= limit:
                 continue
-            where = self.gpus[int(d.device[4:])].label if d.device != "CPU" else "host RAM"
+            where = next((g.label for g in self.gpus if device_name(g) == d.device), "host RAM")
             out.append(f"{gib(d.total_bytes)} on {where}, {gib(limit)} usable")
         return out
 
@@ -297,12 +314,24 @@ class LlamaFit:
             tensor_split=self.split if w.tensor_split is None else w.tensor_split,
             split_mode=w.split_mode,
             main_gpu=w.main_gpu,
+            devices=self.device_flag(),
             kv_unified=w.kv_unified,
             repack=w.repack,
             load_mode=w.load_mode,
             fit=w.fit or "off",
             op_offload=w.op_offload,
         )
+
+    def device_flag(self) -> str | None:
+        """--device: the user's value as given; the planner's order where it is not llama.cpp's
+        own (every CUDA device by ordinal); None (not written) otherwise, and with
+        --split-mode none, whose --main-gpu indexes the list llama.cpp makes without it."""
+        if self.w.devices is not None:
+            return self.w.devices
+        if self.w.split_mode == "none" or not self.gpus:
+            return None
+        names = self.names
+        return None if names == tuple(f"CUDA{i}" for i in range(len(names))) else ",".join(names)
 
     def checkpoint(self, cfg: LlamaCppConfig) -> int:
         """Host bytes of one checkpoint of every slot."""
@@ -360,7 +389,7 @@ class LlamaFit:
             context=ctx,
             parallel=self.w.parallel,
             estimate=e,
-            gpus=self.gpus,
+            gpus=self.gpus,  # in device order, as the estimate's devices
             budgets=self.budgets(),
             forecast=fc,
             settings=replace(
@@ -420,6 +449,70 @@ def _cache_types(w: Wants) -> tuple[str, str] | str:
     return (k, v)
 
 
+def device_name(g: GpuTarget) -> str:
+    """llama.cpp's name of a CUDA device: CUDA<ordinal> (ggml-cuda.cu: the device context's
+    name is GGML_CUDA_NAME + its device number), what --device takes and its logs print."""
+    return f"CUDA{g.cuda_ordinal}"
+
+
+_DEVICE_NAME = re.compile(r"[A-Za-z_]+([0-9]+)")
+
+
+def pinned_devices(gpus: tuple[GpuTarget, ...], value: str) -> tuple[GpuTarget, ...] | str:
+    """The user's --device list as the GPUs it names, in its order, or why it cannot be planned.
+
+    A name is matched by its number to a GPU's CUDA ordinal: the image's llama.cpp is a CUDA
+    build, whose devices are CUDA0.. (another backend's name, Vulkan1, is taken as the same
+    device number; llama-server itself refuses a name it does not know). "none": no GPU
+    (common/arg.cpp parse_device_list).
+    """
+    if value.strip().lower() == "none":
+        return ()
+    by_ordinal = {g.cuda_ordinal: g for g in gpus}
+    out: list[GpuTarget] = []
+    for name in value.split(","):
+        m = _DEVICE_NAME.fullmatch(name.strip())
+        g = by_ordinal.get(int(m[1])) if m else None
+        if g is None:
+            have = ", ".join(device_name(x) for x in sorted(gpus, key=lambda x: x.cuda_ordinal))
+            return (
+                f"--device {value} names {name}, which is not a GPU planned on ({have or 'none'})"
+            )
+        if g in out:
+            return f"--device {value} names {name} twice"
+        out.append(g)
+    return tuple(out)
+
+
+def device_orders(gpus: tuple[GpuTarget, ...], w: Wants) -> list[tuple[GpuTarget, ...]] | None:
+    """The device lists worth planning, llama.cpp's own order (by CUDA ordinal) first; None where
+    the order is not the planner's to choose, or every order plans the same.
+
+    In layer split mode the output layer and the logits, the biggest compute buffer, go to the
+    last device of the list with a share of the layers (src/llama-model.cpp load_tensors:
+    dev_output = get_layer_buft_list(n_layer), past the last split point), and --main-gpu moves
+    neither (tests/memory/test_vulkan_main_gpu.py). --device CUDAa,CUDAb,.. makes the list, in
+    that order (common/arg.cpp parse_device_list; src/llama.cpp llama_prepare_model_devices keeps
+    params.devices as given), and --tensor-split follows it. So each card is tried as the last
+    one, the others before it by ordinal; orders whose cards have the same budgets position by
+    position plan the same and are tried once. A user's --device, --tensor-split or --main-gpu
+    pins the devices, and --split-mode none uses one.
+    """
+    base = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
+    pinned = w.devices is not None or w.tensor_split is not None or w.main_gpu is not None
+    if len(base) < 2 or pinned or w.split_mode == "none":
+        return None
+    out = [base]
+    seen = {tuple(g.usable_bytes for g in base)}
+    for last in base[:-1]:
+        order = (*(g for g in base if g is not last), last)
+        key = tuple(g.usable_bytes for g in order)
+        if key not in seen:
+            seen.add(key)
+            out.append(order)
+    return out if len(out) > 1 else None  # identical cards: one order, nothing to choose
+
+
 def make_llama_fit(
     spec: ModelSpec,
     art: Artifact,
@@ -427,15 +520,27 @@ def make_llama_fit(
     host: HostTarget,
     w: Wants,
     draft: Draft | None = None,
+    order: tuple[GpuTarget, ...] | None = None,
 ) -> LlamaFit | Miss:
-    """The fit record for these devices, or why the user's settings rule llama.cpp out."""
+    """The fit record for these devices, or why the user's settings rule llama.cpp out.
+
+    ``order``: the device list to plan (device_orders); None: the user's --device, or without
+    it llama.cpp's own, every CUDA device by ordinal (ggml-cuda.cu
+    ggml_backend_cuda_reg_get_device), which --tensor-split and --main-gpu then index.
+    """
     types = _cache_types(w)
     if isinstance(types, str):
         return Miss(spec, art, "llama.cpp", f"{label(spec, art, 'llama.cpp')}: {types}")
     ck, cv = types
-    # llama.cpp numbers its CUDA devices by ordinal: --tensor-split, --main-gpu and CUDA0..
-    # follow that order (ggml-cuda.cu ggml_backend_cuda_reg_get_device).
-    gpus = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
+    if order is not None:
+        gpus = order
+    elif w.devices is not None:
+        pinned = pinned_devices(gpus, w.devices)
+        if isinstance(pinned, str):
+            return Miss(spec, art, "llama.cpp", f"{label(spec, art, 'llama.cpp')}: {pinned}")
+        gpus = pinned
+    else:
+        gpus = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
     if w.split_mode == "none" and gpus:
         main = w.main_gpu or 0
         if main >= len(gpus):
@@ -469,6 +574,74 @@ def make_llama_fit(
     return fit
 
 
+def _rank(r: FitResult, n_layers: int) -> tuple[int, ...]:
+    """How good a fit is, for choosing the device order: a fit over none, then the longer
+    context, more slots, all on the GPUs over offload, more layers and fewer expert layers on
+    the GPUs."""
+    if isinstance(r, Miss) or not isinstance(r.settings, LlamaServerSettings):
+        return (0,)
+    ngl = r.settings.n_gpu_layers
+    layers = n_layers + 1 if ngl < 0 or ngl > n_layers else ngl
+    mode = {"gpu": 2, "offload": 1}.get(r.mode, 0)
+    return (1, r.context, r.parallel, mode, layers, -r.settings.n_cpu_moe)
+
+
+def _figures(r: FitResult) -> str:
+    if isinstance(r, Miss) or not isinstance(r.settings, LlamaServerSettings):
+        return "does not fit"
+    out = f"{r.context} tokens x {r.parallel}"
+    if r.mode == "offload":
+        ngl = r.settings.n_gpu_layers
+        out += (
+            f" with offload (-ngl {'all' if ngl < 0 else ngl}, --n-cpu-moe {r.settings.n_cpu_moe})"
+        )
+    return out
+
+
+def _output_on(order: tuple[GpuTarget, ...], r: FitResult, n_layers: int) -> str:
+    """Where a fit in this device order puts the output layer, in words."""
+    if isinstance(r, Miss) or not isinstance(r.settings, LlamaServerSettings):
+        return f"{order[-1].label} last"
+    s = r.settings
+    i = output_device(n_layers, s.n_gpu_layers, len(order), s.tensor_split)
+    return f"output on {order[i].label}" if i >= 0 else "output in host RAM"
+
+
+def _order_note(
+    orders: list[tuple[GpuTarget, ...]],
+    results: list[FitResult],
+    chosen: int,
+    n_layers: int,
+    skipped: bool,
+) -> str:
+    """Which card holds the output layer and why, with every order's figures."""
+
+    def order(i: int) -> str:
+        names = ",".join(device_name(g) for g in orders[i])
+        return f"--device {names}" if i else "the CUDA order (no --device)"
+
+    head = (
+        "device order: llama.cpp puts the output layer and the biggest compute buffer (the "
+        "logits) on the last device of its list that has a share of the layers "
+        "(src/llama-model.cpp load_tensors); "
+    )
+    where = _output_on(orders[chosen], results[chosen], n_layers)
+    if skipped:
+        return head + (
+            f"kept {order(0)}, {where}: it already gives the whole target "
+            f"({_figures(results[0])}) with every layer on the GPUs"
+        )
+    others = "; ".join(
+        f"{order(i)} ({_output_on(orders[i], results[i], n_layers)}): {_figures(results[i])}"
+        for i in range(len(orders))
+        if i != chosen
+    )
+    return head + (
+        f"{'kept' if chosen == 0 else 'chose'} {order(chosen)}, {where}, the order that plans "
+        f"the most: {_figures(results[chosen])}; against {others}"
+    )
+
+
 def fit_llamacpp(
     spec: ModelSpec,
     art: Artifact,
@@ -478,7 +651,48 @@ def fit_llamacpp(
     allow_offload: bool,
     draft: Draft | None = None,
 ) -> FitResult:
-    made = make_llama_fit(spec, art, gpus, host, w, draft)
+    """The best llama.cpp fit on these devices, over the device orders worth trying
+    (device_orders): the longest context, then more slots and layers on the GPUs; a tie keeps
+    llama.cpp's own order, so --device is written only where another order plans better."""
+    orders = device_orders(gpus, w)
+    if orders is None:
+        return _fit_in_order(spec, art, gpus, host, w, allow_offload, draft, None)
+    n_layers = spec.arch.n_layers
+    first = _fit_in_order(spec, art, gpus, host, w, allow_offload, draft, orders[0])
+    if isinstance(first, Fit) and first.mode == "gpu":
+        hi = context_range(spec, w)[1]
+        if w.ctx_total is not None or first.context >= hi:
+            # the whole target, all on the GPUs: no order can rank higher, a tie keeps this one
+            note = _order_note(orders, [first], 0, n_layers, skipped=True)
+            return _with_order_note(first, note)
+    results: list[FitResult] = [first]
+    results += [
+        _fit_in_order(spec, art, gpus, host, w, allow_offload, draft, o) for o in orders[1:]
+    ]
+    chosen = max(range(len(results)), key=lambda i: (_rank(results[i], n_layers), -i))
+    best = results[chosen]
+    if isinstance(best, Miss):
+        return results[0]
+    return _with_order_note(best, _order_note(orders, results, chosen, n_layers, skipped=False))
+
+
+def _with_order_note(fit: Fit, note: str) -> Fit:
+    # With the estimate's notes: a fit redone with a draft model (plan/draft.py) re-chooses the
+    # order, and its estimate (and this note) replaces the target's.
+    return replace(fit, estimate=replace(fit.estimate, notes=(*fit.estimate.notes, note)))
+
+
+def _fit_in_order(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    host: HostTarget,
+    w: Wants,
+    allow_offload: bool,
+    draft: Draft | None,
+    order: tuple[GpuTarget, ...] | None,
+) -> FitResult:
+    made = make_llama_fit(spec, art, gpus, host, w, draft, order)
     if isinstance(made, Miss):
         return made
     f = made
@@ -631,6 +845,8 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
         argv += [_flag("split_mode"), s.split_mode]
     if s.main_gpu is not None:
         argv += [_flag("main_gpu"), str(s.main_gpu)]
+    if s.devices is not None:
+        argv += [_flag("device"), s.devices]
     if s.kv_unified is not None:
         argv.append(_flag("kv_unified") if s.kv_unified else "--no-kv-unified")
     if s.repack is not None:

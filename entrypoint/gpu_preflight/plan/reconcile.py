@@ -45,14 +45,24 @@ class Breakdown(Protocol):
 
 
 def _pair(plan: Plan, engine: Breakdown) -> list[tuple[PlannedDevice, EngineRow | None]]:
+    """Each planned device with llama.cpp's row for it. Both name a GPU as llama.cpp does
+    (CUDA<ordinal>, plan/llamacpp.py device_name) and list them in the model's device order
+    (--device's; common/fit.cpp common_memory_breakdown_print walks llama_model_get_device):
+    by name where the names are the plan's, else (another backend's names, Vulkan0.. in the
+    tests) by position in that order."""
     assert plan.predicted is not None
     gpus = list(engine.gpus)
+    planned = [d for d in plan.predicted.devices if d.device != "CPU"]
+    by_name = {r.name: r for r in gpus}
+    named = {d.device for d in planned} == set(by_name)
     out: list[tuple[PlannedDevice, EngineRow | None]] = []
     for d in plan.predicted.devices:
         if d.device == "CPU":
             out.append((d, engine.host))
+        elif named:
+            out.append((d, by_name[d.device]))
         else:
-            i = int(d.device[4:])
+            i = planned.index(d)
             out.append((d, gpus[i] if i < len(gpus) else None))
     return out
 

@@ -93,6 +93,7 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
         tensor_split=o.value("tensor_split"),
         split_mode=o.value("split_mode"),
         main_gpu=_int(o, "main_gpu"),
+        devices=o.value("device"),
         kv_unified=unified,
         repack=o.value("repack"),
         fit=o.value("fit"),
