@@ -236,7 +236,7 @@ def test_ngl_auto_is_fitted_and_written_as_a_number():
         (("--split-mode", "row"), "layer, none"),
         (("--mlock",), "--load-mode mlock"),
         (("-ot", "exps=CPU"), "--n-cpu-moe"),
-        (("--pipeline-parallel-size", "2"), "from 1 to 1"),
+        (("--pipeline-parallel-size", "65"), "from 1 to 64"),
     ],
 )
 def test_bad_engine_values_name_the_flag_and_what_is_accepted(argv, fragment):

@@ -81,11 +81,11 @@ def test_partitions_vllm_would_refuse_are_refused_by_name():
     cfg = VllmConfig(max_model_len=8192, gpu_total_bytes=80 * GIB)
     with pytest.raises(VllmConfigError, match="sum to the model's 80"):
         pipeline_blocks(spec, art, cfg, [Stage(80 * GIB, 40), Stage(40 * GIB, 30)])
-    gemma = CATALOG.get("gemma-3-27b-it")
-    gart = next(a for a in gemma.artifacts if a.engine == "vllm")
-    n = gemma.arch.n_layers
-    with pytest.raises(VllmConfigError, match="full-attention"):
-        pipeline_blocks(gemma, gart, cfg, [Stage(80 * GIB, n - 10), Stage(40 * GIB, 10)])
+    nxt = CATALOG.get("qwen3-next-80b-a3b-instruct")
+    nart = next(a for a in nxt.artifacts if a.engine == "vllm")
+    n = nxt.arch.n_layers
+    with pytest.raises(VllmConfigError, match="linear-attention"):
+        pipeline_blocks(nxt, nart, cfg, [Stage(80 * GIB, n - 10), Stage(40 * GIB, 10)])
 
 
 @pytest.mark.parametrize("machine", PAIRS)
@@ -112,12 +112,93 @@ def test_pipeline_only_where_it_beats_the_identical_cards():
     assert any("not taken" in n and "pipeline parallel" in n for n in p.predicted.notes)
 
 
-def test_a_users_pipeline_size_and_a_sliding_window_model_are_not_pipelined():
+def test_a_users_pipeline_size_of_1_is_never_pipelined():
     p = run_plan("a100-80gb,a100-40gb", argv=("--pipeline-parallel-size", "1"))
     assert p.verdict == "ship" and "VLLM_PP_LAYER_PARTITION" not in p.env
     assert _flag(p.argv, "--pipeline-parallel-size") == "1"
+
+
+def test_a_sliding_window_model_pipelines_over_uneven_cards():
     g = run_plan("a100-80gb,a100-40gb", {"PREFLIGHT_MODEL": "gemma-3-27b-it@bf16"})
-    assert "VLLM_PP_LAYER_PARTITION" not in g.env
+    assert g.verdict == "ship", g.reasons
+    parts = [int(x) for x in g.env["VLLM_PP_LAYER_PARTITION"].split(",")]
+    assert sum(parts) == 62 and parts[0] > parts[1]
+    assert _flag(g.argv, "--pipeline-parallel-size") == "2"
+
+
+@pytest.mark.parametrize(
+    ("machine", "pp", "extra", "gpus"),
+    [
+        ("2xa100-80gb", "2", (), 2),  # identical cards: still one stage per card
+        ("4xa100-80gb", "2", (), 4),  # -pp 2 x the planner's -tp 2
+        ("4xa100-80gb", "2", ("--tensor-parallel-size", "1"), 2),  # the first two cards only
+        ("a100-80gb,a100-40gb", "2", (), 2),
+        ("2xa100-80gb,2xa100-40gb", "4", (), 4),
+    ],
+)
+def test_a_users_pipeline_size_is_planned_as_given(machine, pp, extra, gpus):
+    p = run_plan(
+        machine,
+        {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct@awq"},
+        argv=("--pipeline-parallel-size", pp, *extra),
+    )
+    assert p.verdict == "ship", p.reasons
+    assert _flag(p.argv, "--pipeline-parallel-size") == pp
+    assert p.argv.count("--pipeline-parallel-size") == 1
+    tp = int(_flag(p.argv, "--tensor-parallel-size") or 1)
+    parts = [int(x) for x in p.env["VLLM_PP_LAYER_PARTITION"].split(",")]
+    assert len(parts) == int(pp) and sum(parts) == 80
+    assert int(pp) * tp == gpus == len([d for d in p.predicted.devices if d.device != "CPU"])
+
+
+def test_a_users_pipeline_size_that_cannot_be_served_is_refused_naming_it():
+    p = run_plan("2xa100-80gb", argv=("--pipeline-parallel-size", "4"))
+    assert p.verdict == "refuse"
+    assert any("--pipeline-parallel-size 4" in r for r in p.reasons), p.reasons
+    nxt = run_plan(
+        "2xa100-80gb",
+        {"PREFLIGHT_MODEL": "qwen3-next-80b-a3b-instruct@fp8"},
+        argv=("--pipeline-parallel-size", "2"),
+    )
+    assert nxt.verdict == "refuse"
+    assert any("linear-attention" in r for r in nxt.reasons), nxt.reasons
+
+
+def test_a_draft_model_sits_on_the_last_stage_with_its_kv_in_that_stages_block():
+    env = {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct@awq", "PREFLIGHT_SPECULATIVE": "on"}
+    on = run_plan("2xa100-80gb", env, argv=("--pipeline-parallel-size", "2"))
+    off = run_plan(
+        "2xa100-80gb",
+        {**env, "PREFLIGHT_SPECULATIVE": "off"},
+        argv=("--pipeline-parallel-size", "2"),
+    )
+    assert on.verdict == "ship" and on.draft is not None, on.reasons
+    assert "--speculative-config" in on.argv and "--speculative-config" not in off.argv
+    a1 = [d for d in on.predicted.devices if d.device != "CPU"][-1]
+    b1 = [d for d in off.predicted.devices if d.device != "CPU"][-1]
+    assert a1.weights_bytes > b1.weights_bytes  # the drafter's weights, last stage only
+    first_on = int(on.env["VLLM_PP_LAYER_PARTITION"].split(",")[0])
+    assert first_on >= int(off.env["VLLM_PP_LAYER_PARTITION"].split(",")[0])  # layers move forward
+    assert on.predicted.kv_capacity_tokens <= off.predicted.kv_capacity_tokens
+
+
+def test_the_stage_model_covers_cpu_offload_and_a_fixed_kv_pool():
+    off = run_plan("a100-80gb,a100-40gb", argv=("--cpu-offload-gb", "4"))
+    assert off.verdict == "ship", off.reasons
+    assert "VLLM_PP_LAYER_PARTITION" in off.env and _flag(off.argv, "--cpu-offload-gb") == "4"
+    base = run_plan("a100-80gb,a100-40gb")
+    assert off.context >= base.context  # 4 GiB of each stage's weights left in host memory
+    # 67.7 GiB of FP8 weights and an 8 GiB pool fit neither card alone
+    kv = run_plan(
+        "a100-80gb,a100-40gb",
+        {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct@fp8"},
+        argv=("--kv-cache-memory-bytes", str(8 * GIB)),
+    )
+    assert kv.verdict == "ship", kv.reasons
+    assert "VLLM_PP_LAYER_PARTITION" in kv.env
+    assert _flag(kv.argv, "--kv-cache-memory-bytes") == str(8 * GIB)
+    # every stage's pool is the user's 8 GiB, shrunk to the poorest stage's block count
+    assert all(d.kv_cache_bytes <= 8 * GIB for d in kv.predicted.devices if d.device != "CPU")
 
 
 @pytest.mark.vllm
@@ -128,13 +209,22 @@ def test_real_vllm_resolves_the_pipeline_plans(tmp_path):
     plans.append(
         run_plan("h100-sxm,l4", {"PREFLIGHT_MODEL": "qwen3-32b@fp8", "PREFLIGHT_CONTEXT": "32768"})
     )
+    # a user's -pp, on identical cards and with the planner's -tp; a sliding-window model
+    model = {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct@awq"}
+    plans.append(run_plan("2xa100-80gb", model, argv=("--pipeline-parallel-size", "2")))
+    plans.append(run_plan("4xa100-80gb", model, argv=("-pp", "2")))
+    plans.append(run_plan("a100-80gb,a100-40gb", {"PREFLIGHT_MODEL": "gemma-3-27b-it@bf16"}))
+    plans.append(run_plan("a100-80gb,a100-40gb", {"PREFLIGHT_MODEL": "gemma-2-27b-it@bf16"}))
+    spec_on = {"PREFLIGHT_MODEL": "llama-3.1-70b-instruct@awq", "PREFLIGHT_SPECULATIVE": "on"}
+    plans.append(run_plan("2xa100-80gb", spec_on, argv=("-pp", "2")))
     plans = [p for p in plans if "VLLM_PP_LAYER_PARTITION" in p.env]
-    assert len(plans) >= len(PAIRS)
+    assert len(plans) >= len(PAIRS) + 5
     cases = [{"argv": list(p.argv), "engine_config": True, "env": p.env} for p in plans]
     # The check can fail: vLLM refuses a partition that does not sum to the layers.
     wrong = {"argv": list(plans[0].argv), "engine_config": False, "env": {**plans[0].env}}
     wrong["env"]["VLLM_PP_LAYER_PARTITION"] = "40,30"
-    *results, refused = check_argvs([*cases, wrong], {p.model.repo for p in plans}, tmp_path)
+    repos = {p.model.repo for p in plans} | {p.draft.repo for p in plans if p.draft}
+    *results, refused = check_argvs([*cases, wrong], repos, tmp_path)
     assert not refused["ok"] and "does not match num_hidden_layers" in refused["error"], refused
     for p, res in zip(plans, results, strict=True):
         assert res["ok"], (p.argv, p.env, res)

@@ -26,13 +26,25 @@ HF_CLASSES = {
     "llama": ("LlamaForCausalLM", "llama"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
 }
 
 
 def config_json(spec: ModelSpec) -> dict[str, object]:
     a = spec.arch
     cls, model_type = HF_CLASSES[a.architecture]
+    sliding: dict[str, object] = {}
+    if a.sliding_window_layers:
+        sliding = {
+            "sliding_window": a.sliding_window,
+            "layer_types": [
+                "sliding_attention" if il in a.sliding_window_layers else "full_attention"
+                for il in range(a.n_layers)
+            ],
+        }
     return {
+        **sliding,
         "architectures": [cls],
         "model_type": model_type,
         "hidden_size": a.hidden_size,

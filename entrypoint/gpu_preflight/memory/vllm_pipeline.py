@@ -22,11 +22,30 @@ What vLLM 0.32 does, read from its source:
    ranks"): the engine's pool is the poorest stage's, and a stage with room to spare leaves it
    unallocated.
 
-So the partition that gives the longest context makes the stages' block counts equal: each layer
-costs the same on every stage (its weights over tp, plus its KV), so the layers go in proportion
-to the room each stage has after its own fixed costs. ``partition_layers`` water-fills them.
+6. Hybrid (sliding-window + full) models. The KV cache groups are built once for the whole model
+   (``get_kv_cache_configs`` merges every worker's specs, then ``get_kv_cache_groups``): per
+   attention type, its layers in model order are dealt round-robin into ``cdiv(count, group)``
+   groups (``_get_kv_cache_groups_uniform_page_size``: ``layers[i::num_groups]``, so each stage
+   holds a share of every group), and ``_project_kv_cache_groups_to_worker`` keeps each worker's
+   own layers of them. A worker's block is the largest projected group's pages
+   (``_get_kv_cache_bytes_per_block``), so ``num_blocks = available // (page x the most layers
+   one group has on this stage)``; the scheduler's pool and what one request needs follow the
+   global groups.
+7. ``--cpu-offload-gb`` is a per-process budget (``maybe_offload_to_cpu``): each rank moves up to
+   that many bytes of its own stage's weights to host memory. ``--kv-cache-memory-bytes`` is each
+   rank's pool as given (``determine_available_memory``).
 
-Modelled for full-attention models without a draft; anything else is refused by name.
+So the partition that gives the longest context makes the stages' block counts equal: each layer
+costs about the same on every stage (its weights over tp, plus its KV), so the layers go roughly
+in proportion to the room each stage has after its own fixed costs. ``partition_layers``
+water-fills them, then moves single layers across stage boundaries while the pool grows (a
+hybrid model's per-stage block depends on which layer types a stage holds).
+
+8. A draft model (``--speculative-config`` method "draft_model") is built on the last stage only,
+   at the target's tensor parallel size, and its layers join that stage's KV block.
+
+Modelled for full-attention and sliding-window models, and for a full-attention target with a
+draft; linear-attention (recurrent) layers under pipeline parallel are refused by name.
 """
 
 from __future__ import annotations
@@ -39,19 +58,24 @@ from gpu_preflight.memory.types import DeviceMemory, Estimate
 from gpu_preflight.memory.vllm import (
     ACTIVATION_FIXED_BYTES,
     CUDA_CONTEXT_BYTES,
-    CUDA_GRAPH_BYTES,
+    DRAFT_CUDA_GRAPH_BYTES,
     GIB,
     LOAD_FACTOR,
     MARGIN_FIXED_BYTES,
     NON_TORCH_BYTES,
     NON_TORCH_TP_BYTES,
     WEIGHT_EXTRA_BYTES,
+    KvLayout,
     VllmConfig,
     VllmConfigError,
+    _check_draft,
+    _page_bytes,
     batch_limits,
+    cuda_graph_bytes,
     cuda_total_bytes,
     forward_bytes,
     kv_bytes_per_token,
+    kv_capacity_tokens,
     kv_layout,
     non_torch_tp_bytes,
     request_blocks,
@@ -62,8 +86,12 @@ from gpu_preflight.memory.vllm import (
 from gpu_preflight.models.layout import derive_layout, scale_layout
 from gpu_preflight.models.types import Artifact, ModelSpec, WeightLayout
 
-# NCCL send/recv between neighbouring stages (its channel buffers per peer). Not measured without
-# a GPU: the tensor-parallel-2 figure, which covers one peer's NCCL buffers, on every stage.
+# NCCL send/recv between neighbouring stages. vLLM 0.32's "pp" group gets a device communicator
+# with PyNccl only: CudaCommunicator (device_communicators/cuda_communicator.py) turns the custom
+# all-reduce and symmetric-memory buffers off for any group whose name is not "tp", and the world
+# group has no device communicator at all (parallel_state.py init_world_group). So a stage pays
+# one NCCL communicator's channel buffers, which the tensor-parallel-2 figure (NCCL plus the custom
+# all-reduce) covers with room to spare. Not measured without a GPU: that figure, on every stage.
 PP_NON_TORCH_BYTES = NON_TORCH_TP_BYTES
 
 
@@ -107,16 +135,45 @@ def check_pipeline(spec: ModelSpec, cfg: VllmConfig, stages: Sequence[Stage]) ->
             f"VLLM_PP_LAYER_PARTITION {','.join(str(s.layers) for s in stages)} must give every "
             f"stage a layer and sum to the model's {arch.n_layers} (get_pp_indices)"
         )
-    if (arch.sliding_window and arch.sliding_window_layers) or arch.recurrent_layers:
+    if arch.recurrent_layers:
         raise VllmConfigError(
-            "pipeline parallel is modelled for full-attention models only (a sliding-window "
-            "or linear-attention model's KV groups differ between stages)"
+            "pipeline parallel is not modelled for linear-attention (recurrent) layers: their "
+            "state groups per stage are not; accepted: full-attention and sliding-window models"
         )
-    if cfg.draft is not None or cfg.cpu_offload_bytes or cfg.kv_cache_memory_bytes is not None:
-        raise VllmConfigError(
-            "pipeline parallel is modelled without a draft model, --cpu-offload-gb or "
-            "--kv-cache-memory-bytes"
-        )
+    if cfg.draft is not None:
+        _check_draft(arch, cfg)
+
+
+def _type_lists(spec: ModelSpec, cfg: VllmConfig, layout: KvLayout) -> list[list[int]]:
+    """The model's attention layers per KV cache spec, in model order, as vLLM buckets them:
+    one list when the model has one attention type (or the hybrid manager is off)."""
+    arch = spec.arch
+    kv = [il for il in range(arch.n_layers) if arch.has_kv(il)]
+    if not layout.sliding_groups or not layout.full_groups:
+        return [kv]
+    sliding = set(arch.sliding_window_layers)
+    return [[il for il in kv if il not in sliding], [il for il in kv if il in sliding]]
+
+
+def stage_block_layers(
+    spec: ModelSpec, cfg: VllmConfig, stages: Sequence[Stage], i: int, layout: KvLayout
+) -> int:
+    """Pages one KV block of stage i spans: the most layers any global KV cache group has on
+    this stage (``_project_kv_cache_groups_to_worker`` + ``_get_kv_cache_bytes_per_block``).
+
+    Groups deal each type's layers round-robin (``layers[i::num_groups]``); a full-attention
+    model has one group of every layer, so this is the stage's layer count."""
+    start = sum(s.layers for s in stages[:i])
+    end = start + stages[i].layers
+    most = 0
+    for layers in _type_lists(spec, cfg, layout):
+        n_groups = max(1, math.ceil(len(layers) / layout.group_size))
+        counts = [0] * n_groups
+        for pos, il in enumerate(layers):
+            if start <= il < end:
+                counts[pos % n_groups] += 1
+        most = max(most, *counts)
+    return most
 
 
 def stage_weights(spec: ModelSpec, art: Artifact, tp: int, stages: Sequence[Stage], i: int) -> int:
@@ -151,19 +208,52 @@ def stage_budget(
         replace(cfg, gpu_total_bytes=s.gpu_total_bytes, gpu_reserved_bytes=s.gpu_reserved_bytes)
     )
     requested = int(cfg.gpu_memory_utilization * total)
+    # --cpu-offload-gb: each rank's own budget, taken from its own stage's weights.
     weights = stage_weights(spec, art, tp, stages, i)
+    last = i == len(stages) - 1
+    if cfg.draft is not None and last:
+        # vLLM 0.32 builds the drafter on the last pipeline rank only (v1/worker/
+        # gpu_model_runner.py: ``if self.speculative_config and get_pp_group().is_last_rank``),
+        # at the draft's tensor parallel size (the target's: create_draft_parallel_config, pp 1).
+        weights += weights_per_rank(cfg.draft.spec, cfg.draft.artifact, tp)
+    weights = max(0, weights - cfg.cpu_offload_bytes)
     act = forward_bytes(spec.arch, tokens, tp)
-    if i == len(stages) - 1:
+    if last:
         act = max(act, sampler_bytes(spec.arch, min(seqs, tokens)))
     act += ACTIVATION_FIXED_BYTES
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp) + PP_NON_TORCH_BYTES
-    graphs = 0 if cfg.enforce_eager else CUDA_GRAPH_BYTES
+    # The same graph allowance as one rank of the whole model, sized by this stage's weights.
+    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights, arch=spec.arch, cfg=cfg)
+    if graphs and cfg.draft is not None and last:
+        graphs += DRAFT_CUDA_GRAPH_BYTES
     inside = graphs if cfg.cudagraph_in_budget else 0
     available = requested - weights - act - non_torch - inside
+    if cfg.kv_cache_memory_bytes is not None:
+        # Each rank's pool is the user's size; the rank then holds the sum.
+        available = cfg.kv_cache_memory_bytes
+        requested = weights + act + non_torch + inside + available
     margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
-    page = kv_layout(spec.arch, cfg).page_bytes
-    blocks = max(0, available - margin) // page // s.layers
+    blocks = max(0, available - margin) // stage_block_bytes(spec, cfg, stages, i)
     return StageBudget(requested, weights, act, non_torch, graphs, available, margin, blocks)
+
+
+def stage_block_bytes(spec: ModelSpec, cfg: VllmConfig, stages: Sequence[Stage], i: int) -> int:
+    """Bytes one KV block takes on a rank of stage i.
+
+    With a draft model its layers join the last stage's cache (the drafter is built there only),
+    and target and draft layers of one attention type form one group whose block is every
+    layer's page (UniformTypeKVCacheSpecs), projected onto each worker's own layers."""
+    layout = kv_layout(spec.arch, cfg)
+    if cfg.draft is None:
+        return layout.page_bytes * max(1, stage_block_layers(spec, cfg, stages, i, layout))
+    tp, dtype = cfg.tensor_parallel_size, cfg.kv_cache_dtype
+    start = sum(s.layers for s in stages[:i])
+    own = sum(1 for il in range(start, start + stages[i].layers) if spec.arch.has_kv(il))
+    block = _page_bytes(spec.arch, cfg.block_size, tp, dtype) * own
+    if i == len(stages) - 1:
+        d = cfg.draft.spec.arch
+        block += _page_bytes(d, cfg.block_size, tp, dtype) * d.kv_layer_count
+    return max(1, block)
 
 
 def pipeline_blocks(
@@ -195,8 +285,8 @@ def pipeline_refusal(
         poorest = min(range(len(budgets)), key=lambda i: budgets[i].blocks)
         return (
             f"the KV pool, the poorest stage's (stage {poorest}: {stages[poorest].layers} layers), "
-            f"holds {blocks * cfg.block_size} tokens with its margin kept; {parallel} x "
-            f"{cfg.max_model_len} tokens needed"
+            f"holds {kv_capacity_tokens(kv_layout(spec.arch, cfg), blocks)} tokens with its "
+            f"margin kept; {parallel} x {cfg.max_model_len} tokens needed"
         )
     return None
 
@@ -224,12 +314,15 @@ def max_model_len_pipeline(
 def partition_layers(
     spec: ModelSpec, art: Artifact, cfg: VllmConfig, cards: Sequence[Stage]
 ) -> tuple[int, ...]:
-    """Layers per stage that make the stages' KV block counts as equal as whole layers allow.
+    """Layers per stage that make the engine's pool (the smallest stage's block count) as large
+    as whole layers allow.
 
-    ``cards`` gives each stage's card (its ``layers`` are ignored). Water-filling: every stage
-    starts with one layer; each further layer goes to the stage that keeps the most blocks after
-    taking it. A layer costs the same everywhere (weights over tp plus a page of KV per block), so
-    this maximises the smallest stage's blocks, which is the engine's pool.
+    ``cards`` gives each stage's card (its ``layers`` are ignored). Water-filling first: every
+    stage starts with one layer; each further layer goes to the stage that keeps the most blocks
+    after taking it, a layer costing its weights over tp plus a page per block. That is exact for
+    a full-attention model whose layers weigh the same; then single layers move across stage
+    boundaries while the smallest stage's blocks grow, which settles MoE/dense mixes and a hybrid
+    model's per-stage block (``stage_block_layers``).
     """
     n = spec.arch.n_layers
     if len(cards) > n:
@@ -255,7 +348,39 @@ def partition_layers(
     for _ in range(n - len(cards)):
         best = max(range(len(cards)), key=lambda i: (blocks_with(i, layers[i] + 1), -i))
         layers[best] += 1
-    return tuple(layers)
+    return _settle(spec, art, cfg, cards, tuple(layers))
+
+
+def _pool(
+    spec: ModelSpec, art: Artifact, cfg: VllmConfig, cards: Sequence[Stage], parts: Sequence[int]
+) -> tuple[int, int]:
+    """(the engine's pool in blocks, the sum of every stage's own blocks) for this partition."""
+    stages = [replace(c, layers=k) for c, k in zip(cards, parts, strict=True)]
+    each = [stage_budget(spec, art, cfg, stages, i).blocks for i in range(len(stages))]
+    return min(each), sum(each)
+
+
+def _settle(
+    spec: ModelSpec, art: Artifact, cfg: VllmConfig, cards: Sequence[Stage], parts: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Move one layer at a time across a stage boundary while the pool (then the total) grows."""
+    best = _pool(spec, art, cfg, cards, parts)
+    for _ in range(spec.arch.n_layers * len(cards)):  # each move strictly improves: bounded
+        moved = None
+        for b in range(len(parts) - 1):
+            for d in (1, -1):
+                trial = list(parts)
+                trial[b] += d
+                trial[b + 1] -= d
+                if min(trial) < 1:
+                    continue
+                got = _pool(spec, art, cfg, cards, trial)
+                if got > best:
+                    best, moved = got, tuple(trial)
+        if moved is None:
+            break
+        parts = moved
+    return parts
 
 
 def estimate_vllm_pipeline(
@@ -269,7 +394,7 @@ def estimate_vllm_pipeline(
     devices = []
     for i, b in enumerate(budgets):
         # The tensors are shrunk to the smallest stage's block count (get_kv_cache_configs).
-        kv = blocks * layout.page_bytes * stages[i].layers
+        kv = blocks * stage_block_bytes(spec, cfg, stages, i)
         overhead = b.non_torch_bytes + b.cuda_graph_bytes + CUDA_CONTEXT_BYTES
         for r in range(tp):
             devices.append(
@@ -283,14 +408,24 @@ def estimate_vllm_pipeline(
                 )
             )
     partition = ",".join(str(s.layers) for s in stages)
+    sizing = (
+        f"a KV pool of {cfg.kv_cache_memory_bytes / GIB:.2f} GiB per rank (--kv-cache-memory-bytes)"
+        if cfg.kv_cache_memory_bytes is not None
+        else f"budget {cfg.gpu_memory_utilization:.2f} of each card"
+    )
     notes = [
         f"pipeline parallel {len(stages)} x tensor parallel {tp}: VLLM_PP_LAYER_PARTITION="
-        f"{partition}; budget {cfg.gpu_memory_utilization:.2f} of each card",
+        f"{partition}; {sizing}",
         f"every stage keeps {blocks} KV blocks, the poorest stage's (vLLM sets each rank's "
         "count to the smallest, get_kv_cache_configs)",
         f"profiling pass of {tokens} tokens on every stage, {min(seqs, tokens)} sampled rows on the "
         "last (its logits peak)",
     ]
+    if cfg.draft is not None:
+        notes.append(
+            f"draft {cfg.draft.spec.id} on the last stage (vLLM builds the drafter there), its "
+            "KV layers in that stage's blocks"
+        )
     refusal = pipeline_refusal(spec, art, cfg, stages)
     if refusal:
         notes.append(f"vLLM would refuse to start: {refusal}")
@@ -301,8 +436,8 @@ def estimate_vllm_pipeline(
         parallel=seqs,
         devices=tuple(devices),
         # per rank, summed over the model's layers: the figure plan.json reports for TP too
-        kv_bytes_per_token=kv_bytes_per_token(spec, cfg.kv_cache_dtype, tp),
-        kv_capacity_tokens=blocks * layout.block_size,
+        kv_bytes_per_token=kv_bytes_per_token(spec, cfg.kv_cache_dtype, tp, cfg.draft),
+        kv_capacity_tokens=kv_capacity_tokens(layout, blocks),
         max_concurrency=round(blocks / reqs, 2) if reqs else None,
         margin_bytes=max(b.margin_bytes for b in budgets),
         notes=tuple(notes),

@@ -613,6 +613,23 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "the GPU used with --split-mode none",
     ),
+    # common/arg.cpp parse_device_list: "none", or names ggml_backend_dev_by_name knows (CUDA0,
+    # Vulkan1, ...; a CPU device is refused); the list is the model's devices in that order
+    # (src/llama.cpp llama_prepare_model_devices), which --tensor-split and the output layer
+    # (the last device) follow. RPC[host:port] devices are not planned on.
+    Flag(
+        "device",
+        L,
+        ("--device", "-dev"),
+        "LLAMA_ARG_DEVICE",
+        Text(
+            r"none|[A-Za-z][A-Za-z_]*[0-9]+(,[A-Za-z][A-Za-z_]*[0-9]+)*",
+            "none, or device names separated by commas, e.g. CUDA1,CUDA0 or Vulkan0",
+            256,
+        ),
+        "planner",
+        "the GPUs used and their order (the last holds the output layer)",
+    ),
     Flag(
         "flash_attn",
         L,
@@ -920,9 +937,10 @@ FLAGS: tuple[Flag, ...] = (
         V,
         ("--pipeline-parallel-size", "-pp"),
         None,
-        Int(1, 1),
+        Int(1, 64),
         "modelled",
-        "pipeline parallel stages (only 1 is modelled yet)",
+        "pipeline parallel stages: above 1, that many stages over the first GPUs, each stage's "
+        "layers sized to its card (VLLM_PP_LAYER_PARTITION); not with a draft model",
     ),
     Flag(
         "pp_layer_partition",

@@ -368,7 +368,11 @@ def _against_one_card(
     if len(gpus) < 2 or len({(g.name, g.total_bytes) for g in gpus}) < 2:
         return result
     biggest = max(gpus, key=lambda g: g.free_bytes or 0)
-    alone = plan(only(profile, [biggest]), catalog, tiers, overrides, model, available, True)
+    # The card keeps its CUDA ordinal: this process sees every card, so the plan must name and
+    # pin the one it uses (llama.cpp --device CUDA<n>, vLLM CUDA_VISIBLE_DEVICES).
+    alone = plan(
+        only(profile, [biggest], renumber=False), catalog, tiers, overrides, model, available, True
+    )
     a, b = _size(result, catalog), _size(alone, catalog)
     over = _over(result, len(gpus))
     if result.verdict == "ship" and a >= b:

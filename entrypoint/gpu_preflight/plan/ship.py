@@ -65,6 +65,12 @@ def prediction(fit: Fit, gpus: tuple[GpuTarget, ...]) -> Prediction:
     for d in e.devices:
         if d.device == "CPU":
             desc = "host RAM"
+        elif fit.engine in ("llama.cpp", "vllm"):
+            # Both engines' devices are named CUDA<ordinal> of this process (llama.cpp in
+            # --device order, plan/llamacpp.py; vLLM by rank, plan/vllm.py by_ordinal)
+            desc = next(
+                (g.label for g in fit.gpus if f"CUDA{g.cuda_ordinal}" == d.device), d.device
+            )
         else:
             i = int(d.device[4:])
             desc = fit.gpus[i].label if i < len(fit.gpus) else d.device

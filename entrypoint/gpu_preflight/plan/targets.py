@@ -35,6 +35,7 @@ class GpuTarget:
     # the CUDA_VISIBLE_DEVICES order, which differs from the NVML index when it reorders or a
     # GPU is lost (probe/visible.py).
     cuda_ordinal: int = 0
+    uuid: str | None = None  # NVML's GPU-... UUID (None when not probed)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def _leaves(
         mig=False,
         reserved_bytes=dev.reserved_bytes,
         cuda_ordinal=ordinal,
+        uuid=dev.uuid,
     )
     return [target], notes
 

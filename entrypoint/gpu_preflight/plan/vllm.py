@@ -74,6 +74,10 @@ class VllmSettings:
     # Layers per pipeline stage, carried to vLLM as VLLM_PP_LAYER_PARTITION (vllm_env); empty
     # with one stage.
     pp_layer_partition: tuple[int, ...] = ()
+    # The cards vLLM must use when they are not CUDA0..n-1 of this process (one card of a mixed
+    # pair, an identical group that skips a card): vLLM has no device flag, it takes cuda:0..
+    # of what CUDA_VISIBLE_DEVICES shows it. UUIDs where known, else NVML indices.
+    visible_devices: tuple[str, ...] = ()
 
 
 def _settings_for(w: Wants, ctx: int, gmu: float, tp: int, kv_dtype: str) -> VllmSettings:
@@ -90,6 +94,8 @@ def _settings_for(w: Wants, ctx: int, gmu: float, tp: int, kv_dtype: str) -> Vll
         max_num_batched_tokens=w.max_num_batched_tokens,
         block_size=w.block_size,
         dtype=w.dtype,
+        cpu_offload_gb=w.cpu_offload_gb,
+        kv_cache_memory_bytes=w.kv_cache_memory_bytes,
     )
 
 
@@ -97,10 +103,35 @@ PP_PARTITION_ENV = "VLLM_PP_LAYER_PARTITION"  # vllm/envs.py; read by get_pp_ind
 
 
 def vllm_env(s: VllmSettings) -> dict[str, str]:
-    """The variables the plan adds to vLLM's environment: the layer partition it planned with."""
+    """The variables the plan adds to vLLM's environment: the layer partition it planned with,
+    and the cards it planned on where they are not this process's first ones."""
+    out = {}
     if s.pipeline_parallel_size > 1 and s.pp_layer_partition:
-        return {PP_PARTITION_ENV: ",".join(str(n) for n in s.pp_layer_partition)}
-    return {}
+        out[PP_PARTITION_ENV] = ",".join(str(n) for n in s.pp_layer_partition)
+    if s.visible_devices:
+        out["CUDA_VISIBLE_DEVICES"] = ",".join(s.visible_devices)
+        if not all(v.startswith("GPU-") for v in s.visible_devices):
+            # NVML indices are PCI bus order; CUDA's default order is fastest first.
+            out["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return out
+
+
+def visible_devices(used: tuple[GpuTarget, ...]) -> tuple[str, ...]:
+    """CUDA_VISIBLE_DEVICES for vLLM on these cards, or () when they already are its cuda:0..
+    (vLLM runs rank r on cuda:r, v1/executor/multiproc_executor.py)."""
+    if [g.cuda_ordinal for g in used] == list(range(len(used))):
+        return ()
+    if all(g.uuid for g in used):
+        return tuple(str(g.uuid) for g in used)
+    return tuple(str(g.index) for g in used)
+
+
+def by_ordinal(e: Estimate, used: tuple[GpuTarget, ...]) -> Estimate:
+    """The estimate's devices named CUDA<ordinal> of this process (rank r is used[r]), so the plan,
+    its budgets and the receipt name the cards the engine really runs on."""
+    names = {f"CUDA{i}": f"CUDA{g.cuda_ordinal}" for i, g in enumerate(used)}
+    devices = tuple(replace(d, device=names.get(d.device, d.device)) for d in e.devices)
+    return replace(e, devices=devices)
 
 
 def tp_sizes(spec: ModelSpec, n: int) -> list[int]:
@@ -159,11 +190,14 @@ def fit_vllm(
     draft: Draft | None = None,
 ) -> FitResult:
     """vLLM on these devices: the largest identical group (tensor parallel), or, on cards that
-    differ, pipeline parallel over all of them where that gives the longer context."""
+    differ, pipeline parallel over all of them where that gives the longer context. A user's
+    ``-pp`` above 1 is planned as given: that many stages over the first cards."""
+    if w.pipeline_parallel is not None and w.pipeline_parallel > 1:
+        return fit_vllm_pipeline(spec, art, gpus, w, draft)
     group = _fit_group(spec, art, gpus, w, draft)
     if not _pipeline_eligible(gpus, w, draft):
         return group
-    pp = fit_vllm_pipeline(spec, art, gpus, w)
+    pp = fit_vllm_pipeline(spec, art, gpus, w, draft)
     if isinstance(pp, Fit) and (not isinstance(group, Fit) or pp.context > group.context):
         if isinstance(group, Fit):
             why = (
@@ -195,10 +229,10 @@ def _tail(reason: str) -> str:
 
 
 def _pipeline_eligible(gpus: tuple[GpuTarget, ...], w: Wants, draft: Draft | None) -> bool:
-    if len(gpus) < 2 or any(g.mig for g in gpus) or draft is not None:
+    if len(gpus) < 2 or any(g.mig for g in gpus):
         return False
-    if w.pipeline_parallel is not None or w.cpu_offload_gb or w.kv_cache_memory_bytes is not None:
-        return False  # the user's -pp, or settings the stage model does not cover
+    if w.pipeline_parallel is not None:
+        return False  # the user's -pp 1
     return len({(g.name, g.total_bytes) for g in gpus}) > 1
 
 
@@ -209,43 +243,66 @@ def _user_partition(w: Wants) -> tuple[int, ...] | None:
 
 
 def pipeline_layouts(
-    spec: ModelSpec, gpus: tuple[GpuTarget, ...], w: Wants
+    spec: ModelSpec, gpus: tuple[GpuTarget, ...], w: Wants, draft: Draft | None = None
 ) -> list[tuple[int, tuple[tuple[GpuTarget, ...], ...]]]:
-    """(tensor parallel size, stages) over all these GPUs, largest tensor parallel first.
+    """(tensor parallel size, stages) over all these GPUs, largest tensor parallel first; with
+    the user's ``-pp`` over the first pp x tp of them (vLLM's world size, cuda:0 upwards).
 
     vLLM runs rank pp_rank x tp + tp_rank on cuda:rank (multiproc_executor.py), so a stage is tp
     consecutive CUDA ordinals, and one tensor parallel size serves every stage: tensor parallel
     within groups of identical cards, pipeline parallel across them, where the order allows."""
     ordered = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
+    pp = w.pipeline_parallel if w.pipeline_parallel and w.pipeline_parallel > 1 else None
     n = len(ordered)
-    sizes = [w.tensor_parallel] if w.tensor_parallel else tp_sizes(spec, n)
+    sizes = [w.tensor_parallel] if w.tensor_parallel else tp_sizes(spec, n // pp if pp else n)
+    if draft is not None:
+        # vLLM runs the draft at the target's tensor parallel size: its heads must split too.
+        sizes = [tp for tp in sizes if tp in tp_sizes(draft.spec, tp)]
     out = []
     for tp in sizes:
-        if tp < 1 or n % tp or not 2 <= n // tp <= spec.arch.n_layers:
+        stages_n = pp or (n // tp if tp >= 1 and n % tp == 0 else 0)
+        if tp < 1 or stages_n * tp > n or not 2 <= stages_n <= spec.arch.n_layers:
             continue
-        stages = tuple(ordered[i * tp : (i + 1) * tp] for i in range(n // tp))
+        stages = tuple(ordered[i * tp : (i + 1) * tp] for i in range(stages_n))
         if all(len({(g.name, g.total_bytes) for g in st}) == 1 for st in stages):
             out.append((tp, stages))
     return out
 
 
 def fit_vllm_pipeline(
-    spec: ModelSpec, art: Artifact, gpus: tuple[GpuTarget, ...], w: Wants
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    w: Wants,
+    draft: Draft | None = None,
 ) -> FitResult:
-    """Pipeline parallel over every card, each stage's layers sized to its card's room."""
+    """Pipeline parallel over every card (or the user's -pp over the first ones), each stage's
+    layers sized to its card's room; a draft model on the last stage, where vLLM builds it."""
     name = label(spec, art, "vllm")
+    if draft is not None:
+        name += f" + draft {draft.spec.id} {draft.artifact.quant}"
 
     def miss(why: str) -> Miss:
         return Miss(spec, art, "vllm", f"{name}: {why}")
 
-    layouts = pipeline_layouts(spec, gpus, w)
+    layouts = pipeline_layouts(spec, gpus, w, draft)
     if not layouts:
+        if w.pipeline_parallel and w.pipeline_parallel > 1:
+            tp = w.tensor_parallel or 1
+            return miss(
+                f"--pipeline-parallel-size {w.pipeline_parallel} x tensor parallel {tp} needs "
+                f"{w.pipeline_parallel * tp} GPUs, each stage of identical cards whose count "
+                f"divides the attention heads, and at most one stage per layer "
+                f"({spec.arch.n_layers}); {len(gpus)} usable GPU(s) here"
+            )
         return miss(
             f"pipeline parallel over {len(gpus)} cards needs stages of identical consecutive "
             "cards whose count divides the attention heads"
         )
     kv_dtype = w.cache_type_k or "auto"
     lo, hi = context_range(spec, w)
+    if draft is not None:
+        hi = min(hi, draft.spec.arch.max_position_embeddings)
     last: Miss | None = None
     for tp, stages in layouts:
         ordered = tuple(g for st in stages for g in st)
@@ -274,7 +331,7 @@ def fit_vllm_pipeline(
                 f"--gpu-memory-utilization {gmu:.2f} asks for {gib(gmu * over[0].total_bytes)} "
                 f"but {gib(over[0].free_bytes - w.reserve_bytes)} is free on {over[0].label}"
             )
-        cfg = vllm_config(spec, ordered[0], w, gmu, tp, hi, None)
+        cfg = vllm_config(spec, ordered[0], w, gmu, tp, hi, draft)
         cards = [Stage(st[0].total_bytes, 1, st[0].reserved_bytes) for st in stages]
         user = _user_partition(w)
         if user is not None and len(user) != len(stages):
@@ -285,7 +342,11 @@ def fit_vllm_pipeline(
             )
             continue
         try:
-            parts = user or partition_layers(spec, art, cfg, cards)
+            # A fixed pool (--kv-cache-memory-bytes) is the same on every card, so the layers
+            # still go by each card's room: partition as if vLLM sized the pool itself.
+            parts = user or partition_layers(
+                spec, art, replace(cfg, kv_cache_memory_bytes=None), cards
+            )
             plan_stages = tuple(replace(c, layers=k) for c, k in zip(cards, parts, strict=True))
             best = max_model_len_pipeline(spec, art, cfg, plan_stages, w.parallel, hi)
         except VllmConfigError as err:
@@ -305,11 +366,20 @@ def fit_vllm_pipeline(
         if w.fixed_context:
             ctx = hi
         e = estimate_vllm_pipeline(spec, art, replace(cfg, max_model_len=ctx), plan_stages)
+        if w.kv_cache_memory_bytes is not None:
+            # The pool is the user's; what each card then holds must be free there.
+            for g, d in zip(ordered, e.devices, strict=True):
+                if d.total_bytes > g.usable_bytes:
+                    return miss(
+                        f"--kv-cache-memory-bytes {w.kv_cache_memory_bytes} makes {g.label} hold "
+                        f"{gib(d.total_bytes)}, but {gib(g.usable_bytes)} is usable there"
+                    )
         settings = replace(
             _settings_for(w, ctx, gmu, tp, kv_dtype),
             pipeline_parallel_size=len(stages),
             pp_layer_partition=parts,
         )
+        settings = replace(settings, visible_devices=visible_devices(ordered))
         return Fit(
             spec=spec,
             artifact=art,
@@ -317,11 +387,12 @@ def fit_vllm_pipeline(
             mode="gpu",
             context=ctx,
             parallel=w.parallel,
-            estimate=e,
+            estimate=by_ordinal(e, ordered),
             gpus=ordered,
-            budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(ordered)},
+            budgets={f"CUDA{g.cuda_ordinal}": g.usable_bytes for g in ordered},
             forecast=_pipeline_forecast(spec, art, e, ctx, ordered, tp),
             settings=settings,
+            draft=draft,
         )
     assert last is not None
     return last
@@ -411,18 +482,22 @@ def _fit_group(
     cfg = vllm_config(spec, ref, w, gmu, tp, hi, draft)
     try:
         e = estimate_vllm(spec, art, cfg)
-        budget = sum(d.total_bytes - d.overhead_bytes for d in e.devices[:1])
-        if w.kv_cache_memory_bytes is None:
-            budget = int(gmu * ref.total_bytes)
-        if budget > ref.free_bytes - w.reserve_bytes:
-            what = (
-                f"--gpu-memory-utilization {gmu:.2f} asks for"
-                if w.kv_cache_memory_bytes is None
-                else f"--kv-cache-memory-bytes {w.kv_cache_memory_bytes} makes vLLM hold"
-            )
+        budget = int(gmu * ref.total_bytes)
+        if w.kv_cache_memory_bytes is not None:
+            budget = e.devices[0].total_bytes - e.devices[0].overhead_bytes
+            # The pool is the user's, not a fraction: what the process then holds (its CUDA
+            # context, non-torch memory and graphs included) must fit in the card's budget.
+            held = e.devices[0].total_bytes
+            if held > ref.usable_bytes:
+                return miss(
+                    f"--kv-cache-memory-bytes {w.kv_cache_memory_bytes} makes vLLM hold "
+                    f"{gib(held)} but {gib(ref.usable_bytes)} is usable on {ref.label} (free "
+                    "less the reserve and margin)"
+                )
+        elif budget > ref.free_bytes - w.reserve_bytes:
             return miss(
-                f"{what} {gib(budget)} but {gib(ref.free_bytes - w.reserve_bytes)} is free on "
-                f"{ref.label}"
+                f"--gpu-memory-utilization {gmu:.2f} asks for {gib(budget)} but "
+                f"{gib(ref.free_bytes - w.reserve_bytes)} is free on {ref.label}"
             )
         # The KV pool, less the margin vLLM's own figures are kept under, must hold `parallel`
         # whole sequences of the context ("room for the configured concurrency").
@@ -449,10 +524,13 @@ def _fit_group(
             f"(attention heads {spec.arch.n_heads} must divide evenly)"
         )
     settings = replace(
-        _settings_for(w, ctx, gmu, tp, kv_dtype),
-        cpu_offload_gb=w.cpu_offload_gb,
-        kv_cache_memory_bytes=w.kv_cache_memory_bytes,
+        _settings_for(w, ctx, gmu, tp, kv_dtype), visible_devices=visible_devices(used)
     )
+    if settings.visible_devices:
+        warns.append(
+            f"vLLM is pinned to {', '.join(g.label for g in used)} with CUDA_VISIBLE_DEVICES="
+            f"{','.join(settings.visible_devices)} (it runs on cuda:0.. of what it sees)"
+        )
     return Fit(
         spec=spec,
         artifact=art,
@@ -460,9 +538,9 @@ def _fit_group(
         mode="gpu",
         context=ctx,
         parallel=w.parallel,
-        estimate=e,
+        estimate=by_ordinal(e, used),
         gpus=used,
-        budgets={f"CUDA{i}": g.usable_bytes for i, g in enumerate(used)},
+        budgets={f"CUDA{g.cuda_ordinal}": g.usable_bytes for g in used},
         forecast=_forecast(spec, art, e, ctx, used),
         settings=settings,
         warnings=tuple(warns),
