@@ -24,6 +24,11 @@ cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=
   -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON >&2
 cmake --build "$work/build" -j"$(nproc)" --target llama-server llama-fit-params >&2
+# cpp-httplib links OpenSSL only when find_package found it; a build without it would download
+# -hf repos over plain http only, so refuse it rather than cache it.
+if ! ldd "$work/build/bin/llama-server" | grep -q 'libssl\.so'; then
+  echo "llama-cpp: llama-server was built without OpenSSL (install libssl-dev)" >&2; exit 1
+fi
 mkdir -p "$BIN.tmp"
 cp "$work/build/bin/llama-server" "$work/build/bin/llama-fit-params" "$BIN.tmp/"
 rm -rf "$BIN"; mv "$BIN.tmp" "$BIN"

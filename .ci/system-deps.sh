@@ -12,7 +12,9 @@ command -v losetup >/dev/null || need+=(mount)
 # `docker-compose config` (v1, Debian's package; needs no daemon) validates what `gpu-preflight compose` writes.
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 # Vulkan build of llama.cpp on Mesa's software driver (lavapipe), for .ci/llama-cpp-vulkan.sh.
-for pkg in mesa-vulkan-drivers libvulkan-dev glslc glslang-tools spirv-headers; do
+# OpenSSL headers: without them llama.cpp's CMake (vendor/cpp-httplib, LLAMA_OPENSSL) silently
+# builds a llama-server that cannot fetch `-hf` repos over https from the real Hub.
+for pkg in libssl-dev mesa-vulkan-drivers libvulkan-dev glslc glslang-tools spirv-headers; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

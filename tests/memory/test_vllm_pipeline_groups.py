@@ -9,14 +9,11 @@ the pool of the poorest stage.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from tests.plan.conftest import CATALOG, GIB
-from tests.support.vllm_run import VENV_PY
+from tests.support.vllm_run import VENV_PY, run_in_vllm
 
 from gpu_preflight.memory.vllm import VllmConfig, kv_capacity_tokens, kv_layout
 from gpu_preflight.memory.vllm_pipeline import (
@@ -74,18 +71,7 @@ def test_stage_blocks_equal_vllms_own_grouping_for_real_layer_patterns(tmp_path)
                     ],
                 )
             )
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_LOGGING_LEVEL": "ERROR"}
-    r = subprocess.run(
-        [str(VENV_PY), str(SCRIPT), str(tmp_path / "cases.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-    got = [json.loads(x[7:]) for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-    assert len(got) == len(cases), r.stderr[-3000:]
+    got = run_in_vllm(SCRIPT, cases, tmp_path, timeout=600)
     for (model, parts, n_groups, blocks), theirs in zip(ours, got, strict=True):
         assert theirs["n_groups"] == n_groups, (model, theirs)
         assert theirs["stage_block_layers"] == blocks, (model, parts, theirs, blocks)

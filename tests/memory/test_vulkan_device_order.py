@@ -33,6 +33,7 @@ from tests.memory.test_vulkan_placement import (
     arch_of,
     as_vulkan,
     llama_cpp_output_device,
+    planner_plan,
     run_fit_params,
     scenario,
     vk_env,
@@ -40,10 +41,7 @@ from tests.memory.test_vulkan_placement import (
 from tests.support.gguf_factory import _nbytes, tensor_plan, write_gguf
 from tests.support.llama_fit import FitResult, llama_fit
 
-from gpu_preflight import pipeline
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.collect import simulated_hardware
-from gpu_preflight.profile import make_profile
 
 pytestmark = pytest.mark.vulkan
 
@@ -113,20 +111,6 @@ def _check(p: Plan, ref: FitResult, out_bytes: int, output_on: str) -> None:
     assert by_name[output_on].compute_mib > by_name[other].compute_mib, rows
 
 
-def _plan(gguf: Path, scenario_path: Path, argv: tuple[str, ...] = ()) -> Plan:
-    """planner_plan of test_vulkan_placement.py, with the user's engine arguments."""
-    env = {
-        "PREFLIGHT_MODEL": str(gguf),
-        "PREFLIGHT_ENGINE": "llama.cpp",
-        "PREFLIGHT_CONTEXT": str(CONTEXT),
-        "PREFLIGHT_PARALLEL": "1",
-        "PREFLIGHT_MIN_TOKS": "0.001",
-    }
-    hardware = simulated_hardware(str(scenario_path), 64 * 2**30, 40.0)
-    profile = make_profile(hardware, simulated=str(scenario_path))
-    return pipeline.plan_on(pipeline.prepare(env, argv), profile, ("llama.cpp",))
-
-
 def _own_fit(gguf: Path, fitt: tuple[int, ...], device: str) -> str:
     """llama.cpp's own fit (llama_cpp_fit of test_vulkan_placement.py) in this device order."""
     args = ["--model", str(gguf), "--ctx-size", str(CONTEXT), "--parallel", "1"]
@@ -158,7 +142,7 @@ def test_the_planners_device_order_by_llama_cpps_breakdown(
 ) -> None:
     path, out_bytes = model
     fitt = tuple(LAVAPIPE_FREE_MIB - f for f in free)
-    p = _plan(path, scenario(tmp_path / "order.json", free))
+    p = planner_plan(path, scenario(tmp_path / "order.json", free))
     assert p.verdict == "ship", p.reasons
     assert _flag(p.argv, "--device") == device, p.argv
     assert _gpus(p)[-1] == output_on
@@ -185,7 +169,7 @@ def test_a_users_device_order_by_llama_cpps_breakdown(
     """A user's --device CUDA1,CUDA0 is planned as given: the output on CUDA0."""
     path, out_bytes = model
     pin = ("--device", "CUDA1,CUDA0")
-    p = _plan(path, scenario(tmp_path / "pin.json", [2048, 1900]), pin)
+    p = planner_plan(path, scenario(tmp_path / "pin.json", [2048, 1900]), pin)
     assert p.verdict == "ship", p.reasons
     assert _flag(p.argv, "--device") == "CUDA1,CUDA0" and _gpus(p) == ["CUDA1", "CUDA0"]
     ref = llama_fit(as_vulkan(p.argv), env={**vk_env("0,0"), **p.env}, binary=FIT_PARAMS)

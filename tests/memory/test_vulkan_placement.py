@@ -213,7 +213,8 @@ def scenario(path: Path, free_mib: list[int]) -> Path:
     return path
 
 
-def planner_plan(gguf: Path, scenario_path: Path) -> Plan:
+def planner_plan(gguf: Path, scenario_path: Path, argv: tuple[str, ...] = ()) -> Plan:
+    """The planner's plan for this GGUF on the scenario's devices, with the user's arguments."""
     env = {
         "PREFLIGHT_MODEL": str(gguf),
         "PREFLIGHT_ENGINE": "llama.cpp",
@@ -223,7 +224,7 @@ def planner_plan(gguf: Path, scenario_path: Path) -> Plan:
     }
     hardware = simulated_hardware(str(scenario_path), 64 * 2**30, 40.0)
     profile = make_profile(hardware, simulated=str(scenario_path))
-    inputs = pipeline.prepare(env, ())
+    inputs = pipeline.prepare(env, argv)
     return pipeline.plan_on(inputs, profile, ("llama.cpp",))
 
 

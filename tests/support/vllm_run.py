@@ -84,20 +84,32 @@ def check_argvs(
 ) -> list[dict[str, Any]]:
     """[{"argv": [...], "engine_config": bool}] -> vLLM's verdict and resolved values per case."""
     write_hub(tmp / "hub", repos)
+    env = {"HF_HUB_CACHE": str(tmp / "hub"), "HF_HUB_OFFLINE": "1"}
+    return run_in_vllm(SCRIPT, cases, tmp, env)
+
+
+def run_in_vllm(
+    script: Path,
+    cases: Sequence[Any],
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> list[dict[str, Any]]:
+    """Run a check script in the vLLM environment on the CPU platform with these cases (as JSON);
+    its "RESULT {json}" lines, one per case."""
     (tmp / "cases.json").write_text(json.dumps(list(cases)))
-    env = {
+    full = {
         **os.environ,
-        "HF_HUB_CACHE": str(tmp / "hub"),
-        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
         "VLLM_TARGET_DEVICE": "cpu",
         "VLLM_LOGGING_LEVEL": "ERROR",
     }
     r = subprocess.run(
-        [str(VENV_PY), str(SCRIPT), str(tmp / "cases.json")],
+        [str(VENV_PY), str(script), str(tmp / "cases.json")],
         capture_output=True,
         text=True,
-        timeout=900,
-        env=env,
+        timeout=timeout,
+        env=full,
         check=False,
     )
     results = [json.loads(x[7:]) for x in r.stdout.splitlines() if x.startswith("RESULT ")]
