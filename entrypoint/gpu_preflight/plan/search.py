@@ -338,7 +338,15 @@ def plan(
             result = replace(result, sources=sources)
     if all_devices or any(
         overrides.get(k) is not None
-        for k in ("tensor_split", "split_mode", "main_gpu", "tensor_parallel")
+        for k in (
+            "tensor_split",
+            "split_mode",
+            "main_gpu",
+            "tensor_parallel",
+            "pipeline_parallel",
+            "pp_layer_partition",
+            "device",
+        )
     ):
         return result  # the user asked for these devices together
     return _against_one_card(result, profile, catalog, tiers, overrides, model, available)
