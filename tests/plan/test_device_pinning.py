@@ -9,7 +9,9 @@ run and the receipt measure the card the engine really uses.
 
 from __future__ import annotations
 
-from tests.plan.conftest import profile_for, run_plan
+import json
+
+from tests.plan.conftest import NVML, profile_for, run_plan
 
 from gpu_preflight import pipeline
 from gpu_preflight.receipt.take import _gpu_map
@@ -74,3 +76,20 @@ def test_llama_cpp_on_the_second_card_alone_names_it_with_device():
     assert [d.device for d in alone.predicted.devices if d.device != "CPU"] == ["CUDA1"]
     assert alone.argv[alone.argv.index("--device") + 1] == "CUDA1"
     assert "--tensor-split" not in alone.argv
+
+
+def test_llama_cpp_is_told_its_devices_when_cuda_sees_one_more(tmp_path):
+    # The last of four A100s is lost: CUDA still numbers it (its ordinal is kept), so without
+    # --device llama-server would try to spread over it too.
+    doc = json.loads((NVML / "one_gpu_lost.json").read_text())
+    doc["devices"] = [doc["devices"][i] for i in (0, 1, 3, 2)]
+    path = tmp_path / "last_gpu_lost.json"
+    path.write_text(json.dumps(doc))
+    p = run_plan(str(path), engines=("llama.cpp",))
+    assert p.verdict == "ship", p.reasons
+    gpus = [d.device for d in p.predicted.devices if d.device != "CPU"]
+    assert gpus == ["CUDA0", "CUDA1", "CUDA2"]
+    assert p.argv[p.argv.index("--device") + 1] == "CUDA0,CUDA1,CUDA2"
+    # with every device planned, no flag
+    whole = run_plan("rtx4090.json", engines=("llama.cpp",))
+    assert "--device" not in whole.argv

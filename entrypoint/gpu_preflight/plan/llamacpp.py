@@ -331,7 +331,9 @@ class LlamaFit:
         if self.w.split_mode == "none" or not self.gpus:
             return None
         names = self.names
-        return None if names == tuple(f"CUDA{i}" for i in range(len(names))) else ",".join(names)
+        # llama.cpp's own list is every device it enumerates: the same list needs no flag.
+        every = max(len(names), self.host.cuda_devices)
+        return None if names == tuple(f"CUDA{i}" for i in range(every)) else ",".join(names)
 
     def checkpoint(self, cfg: LlamaCppConfig) -> int:
         """Host bytes of one checkpoint of every slot."""

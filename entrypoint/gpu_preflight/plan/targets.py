@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpu_preflight.probe.types import GpuDevice, Profile
+from gpu_preflight.probe.types import GpuDevice, GpuError, Profile
 
 MIB = 2**20
 GIB = 2**30
@@ -45,6 +46,10 @@ class HostTarget:
     bandwidth_gb_s: float | None
     wsl2: bool
     uvm_oversubscription: bool | None
+    # CUDA devices this process enumerates (planned or not: a GPU whose memory is unknown, one
+    # that answered an error): more than the plan uses means llama.cpp must be told which
+    # (--device), since it spreads over every device it sees.
+    cuda_devices: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,5 +185,15 @@ def build_targets(
         bandwidth_gb_s=mem.cpu_memory_bandwidth_gb_s,
         wsl2=bool(hw.platform.wsl2),
         uvm_oversubscription=hw.platform.uvm_oversubscription,
+        cuda_devices=_cuda_devices(hw.gpus.devices, hw.gpus.errors),
     )
     return Targets(gpus=tuple(gpus), host=host, notes=tuple(notes))
+
+
+def _cuda_devices(devices: Sequence[GpuDevice], errors: Sequence[GpuError]) -> int:
+    """How many devices this process's CUDA numbers: one past the highest ordinal (a MIG device
+    is the only one when visible, probe/visible.py)."""
+    ordinals = [d.cuda_ordinal for d in devices if d.cuda_ordinal is not None]
+    ordinals += [m.cuda_ordinal for d in devices for m in d.mig_devices if m.cuda_ordinal is not None]
+    ordinals += [e.cuda_ordinal for e in errors if e.cuda_ordinal is not None]
+    return max(ordinals) + 1 if ordinals else 0
