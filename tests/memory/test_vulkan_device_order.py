@@ -22,10 +22,10 @@ not CUDA's: they are compared only between the two devices (the logits' one is t
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from tests.memory.test_vulkan_main_gpu import output_heavy_gguf
 from tests.memory.test_vulkan_placement import (
     CONTEXT,
     FIT_PARAMS,
@@ -38,7 +38,6 @@ from tests.memory.test_vulkan_placement import (
     scenario,
     vk_env,
 )
-from tests.support.gguf_factory import _nbytes, tensor_plan, write_gguf
 from tests.support.llama_fit import FitResult, llama_fit
 
 from gpu_preflight.plan.types import Plan
@@ -51,12 +50,7 @@ LAVAPIPE_FREE_MIB = 2048
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    arch = dataclasses.replace(
-        arch_of("llama-3.2-1b-instruct"), vocab_size=65536, tied_embeddings=False
-    )
-    path = write_gguf(tmp_path_factory.mktemp("order") / "order.gguf", arch, "Q4_K_M")
-    sizes = {n: _nbytes(t, shape) for n, shape, t in tensor_plan(arch, "Q4_K_M")}
-    return path, sizes["output.weight"]
+    return output_heavy_gguf(tmp_path_factory.mktemp("order") / "order.gguf")
 
 
 def _flag(argv: tuple[str, ...], name: str) -> str | None:

@@ -31,14 +31,20 @@ pytestmark = pytest.mark.vulkan
 MIB = 2**20
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+def output_heavy_gguf(path: Path) -> tuple[Path, int]:
+    """A 1B Llama with an untied 64k-vocabulary output layer (its size returned), so the device
+    that holds the output stands out in llama.cpp's breakdown."""
     arch = dataclasses.replace(
         arch_of("llama-3.2-1b-instruct"), vocab_size=65536, tied_embeddings=False
     )
-    path = write_gguf(tmp_path_factory.mktemp("mg") / "mg.gguf", arch, "Q4_K_M")
+    write_gguf(path, arch, "Q4_K_M")
     sizes = {n: _nbytes(t, shape) for n, shape, t in tensor_plan(arch, "Q4_K_M")}
     return path, sizes["output.weight"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    return output_heavy_gguf(tmp_path_factory.mktemp("mg") / "mg.gguf")
 
 
 def _devices(path: Path, *extra: str) -> dict[str, int]:

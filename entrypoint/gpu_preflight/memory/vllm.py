@@ -699,6 +699,32 @@ def validate_config(cfg: VllmConfig) -> None:
     kv_dtype_bytes(cfg.kv_cache_dtype)
 
 
+def profile_split(
+    arch: ModelArch,
+    cfg: VllmConfig,
+    requested: int,
+    weights: int,
+    act: int,
+    non_torch: int,
+    with_draft: bool,
+) -> tuple[int, int, int, int]:
+    """(requested, CUDA graphs, available KV, margin) of one rank whose weights, activation peak
+    and non-torch memory are known: the rest of determine_available_memory's arithmetic, shared
+    by a whole-model rank (budget) and a pipeline stage's (vllm_pipeline.stage_budget).
+    ``with_draft``: the drafter's graphs are on this rank."""
+    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights, arch=arch, cfg=cfg)
+    if graphs and with_draft:
+        graphs += DRAFT_CUDA_GRAPH_BYTES
+    inside = graphs if cfg.cudagraph_in_budget else 0
+    available = requested - weights - act - non_torch - inside
+    if cfg.kv_cache_memory_bytes is not None:
+        # The pool is the user's size; what vLLM then holds is the sum, not the utilization.
+        available = cfg.kv_cache_memory_bytes
+        requested = weights + act + non_torch + inside + available
+    margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
+    return requested, graphs, available, margin
+
+
 def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     """The split vLLM's profiler will make on each rank (all ranks are alike)."""
     validate_config(cfg)
@@ -711,16 +737,9 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     weights = max(0, weights - cfg.cpu_offload_bytes)
     act = activation_bytes(spec.arch, cfg)
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp)
-    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights, arch=spec.arch, cfg=cfg)
-    if graphs and cfg.draft is not None:
-        graphs += DRAFT_CUDA_GRAPH_BYTES
-    inside = graphs if cfg.cudagraph_in_budget else 0
-    available = requested - weights - act - non_torch - inside
-    if cfg.kv_cache_memory_bytes is not None:
-        # The pool is the user's size; what vLLM then holds is the sum, not the utilization.
-        available = cfg.kv_cache_memory_bytes
-        requested = weights + act + non_torch + inside + available
-    margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
+    requested, graphs, available, margin = profile_split(
+        spec.arch, cfg, requested, weights, act, non_torch, with_draft=cfg.draft is not None
+    )
     tokens, seqs = batch_limits(cfg)
     notes = (
         f"budget {cfg.gpu_memory_utilization:.2f} x {total / GIB:.2f} GiB (CUDA total: NVML "

@@ -58,10 +58,8 @@ from gpu_preflight.memory.types import DeviceMemory, Estimate
 from gpu_preflight.memory.vllm import (
     ACTIVATION_FIXED_BYTES,
     CUDA_CONTEXT_BYTES,
-    DRAFT_CUDA_GRAPH_BYTES,
     GIB,
     LOAD_FACTOR,
-    MARGIN_FIXED_BYTES,
     NON_TORCH_BYTES,
     NON_TORCH_TP_BYTES,
     WEIGHT_EXTRA_BYTES,
@@ -71,13 +69,13 @@ from gpu_preflight.memory.vllm import (
     _check_draft,
     _page_bytes,
     batch_limits,
-    cuda_graph_bytes,
     cuda_total_bytes,
     forward_bytes,
     kv_bytes_per_token,
     kv_capacity_tokens,
     kv_layout,
     non_torch_tp_bytes,
+    profile_split,
     request_blocks,
     sampler_bytes,
     validate_config,
@@ -222,17 +220,17 @@ def stage_budget(
         act = max(act, sampler_bytes(spec.arch, min(seqs, tokens)))
     act += ACTIVATION_FIXED_BYTES
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp) + PP_NON_TORCH_BYTES
-    # The same graph allowance as one rank of the whole model, sized by this stage's weights.
-    graphs = 0 if cfg.enforce_eager else cuda_graph_bytes(weights, arch=spec.arch, cfg=cfg)
-    if graphs and cfg.draft is not None and last:
-        graphs += DRAFT_CUDA_GRAPH_BYTES
-    inside = graphs if cfg.cudagraph_in_budget else 0
-    available = requested - weights - act - non_torch - inside
-    if cfg.kv_cache_memory_bytes is not None:
-        # Each rank's pool is the user's size; the rank then holds the sum.
-        available = cfg.kv_cache_memory_bytes
-        requested = weights + act + non_torch + inside + available
-    margin = (act + non_torch) // 8 + weights // 100 + MARGIN_FIXED_BYTES
+    # The same split as one rank of the whole model (graphs sized by this stage's weights; a
+    # --kv-cache-memory-bytes pool is each rank's own).
+    requested, graphs, available, margin = profile_split(
+        spec.arch,
+        cfg,
+        requested,
+        weights,
+        act,
+        non_torch,
+        with_draft=cfg.draft is not None and last,
+    )
     blocks = max(0, available - margin) // stage_block_bytes(spec, cfg, stages, i)
     return StageBudget(requested, weights, act, non_torch, graphs, available, margin, blocks)
 

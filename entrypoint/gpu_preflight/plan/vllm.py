@@ -379,21 +379,8 @@ def fit_vllm_pipeline(
             pipeline_parallel_size=len(stages),
             pp_layer_partition=parts,
         )
-        settings = replace(settings, visible_devices=visible_devices(ordered))
-        return Fit(
-            spec=spec,
-            artifact=art,
-            engine="vllm",
-            mode="gpu",
-            context=ctx,
-            parallel=w.parallel,
-            estimate=by_ordinal(e, ordered),
-            gpus=ordered,
-            budgets={f"CUDA{g.cuda_ordinal}": g.usable_bytes for g in ordered},
-            forecast=_pipeline_forecast(spec, art, e, ctx, ordered, tp),
-            settings=settings,
-            draft=draft,
-        )
+        forecast = _pipeline_forecast(spec, art, e, ctx, ordered, tp)
+        return _on_cards(spec, art, ctx, w, e, ordered, forecast, settings, draft, [])
     assert last is not None
     return last
 
@@ -523,14 +510,32 @@ def _fit_group(
             f"tensor parallel {tp} uses {tp} of {len(group)} identical GPUs "
             f"(attention heads {spec.arch.n_heads} must divide evenly)"
         )
-    settings = replace(
-        _settings_for(w, ctx, gmu, tp, kv_dtype), visible_devices=visible_devices(used)
-    )
+    settings = _settings_for(w, ctx, gmu, tp, kv_dtype)
+    forecast = _forecast(spec, art, e, ctx, used)
+    return _on_cards(spec, art, ctx, w, e, used, forecast, settings, draft, warns)
+
+
+def _on_cards(
+    spec: ModelSpec,
+    art: Artifact,
+    ctx: int,
+    w: Wants,
+    e: Estimate,
+    used: tuple[GpuTarget, ...],
+    forecast: DecodeForecast | None,
+    settings: VllmSettings,
+    draft: Draft | None,
+    warns: list[str],
+) -> Fit:
+    """The fit on these cards, in rank order: its devices named CUDA<ordinal> of this process
+    and, where the cards are not its cuda:0.., vLLM pinned to them (every layout's last step)."""
+    settings = replace(settings, visible_devices=visible_devices(used))
     if settings.visible_devices:
-        warns.append(
+        warns = [
+            *warns,
             f"vLLM is pinned to {', '.join(g.label for g in used)} with CUDA_VISIBLE_DEVICES="
-            f"{','.join(settings.visible_devices)} (it runs on cuda:0.. of what it sees)"
-        )
+            f"{','.join(settings.visible_devices)} (it runs on cuda:0.. of what it sees)",
+        ]
     return Fit(
         spec=spec,
         artifact=art,
@@ -541,7 +546,7 @@ def _fit_group(
         estimate=by_ordinal(e, used),
         gpus=used,
         budgets={f"CUDA{g.cuda_ordinal}": g.usable_bytes for g in used},
-        forecast=_forecast(spec, art, e, ctx, used),
+        forecast=forecast,
         settings=settings,
         warnings=tuple(warns),
         draft=draft,
