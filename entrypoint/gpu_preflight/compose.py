@@ -75,14 +75,10 @@ def parse_service(text: str) -> CoService:
     return CoService(m[1], int(gib * GIB), int(m[3]), int(m[4] or 0))
 
 
-def only(profile: Profile, keep: Sequence[GpuDevice], renumber: bool = True) -> Profile:
-    """The profile as a container given just these GPUs sees it (renumbered from CUDA0), or, with
-    ``renumber`` False, this process planning on some of its own GPUs (their CUDA ordinals kept,
-    so the plan names and pins the cards it uses)."""
-    if not renumber:
-        gpus = dataclasses.replace(profile.hardware.gpus, devices=tuple(keep), errors=())
-        hw = dataclasses.replace(profile.hardware, gpus=gpus)
-        return dataclasses.replace(profile, hardware=hw)
+def only(profile: Profile, keep: Sequence[GpuDevice]) -> Profile:
+    """The profile as a container given just these GPUs sees it (renumbered from CUDA0). This
+    process planning on some of its own GPUs is plan(..., on=...) instead: it still sees the
+    others."""
     devs = tuple(
         dataclasses.replace(
             d,

@@ -106,3 +106,14 @@ def test_split_mode_none_keeps_only_the_main_gpu(small: tuple[Path, int]) -> Non
     one = _devices(path, "-sm", "none", "-mg", "1")
     assert list(one) == ["Vulkan1"], one
     assert abs(one["Vulkan1"] - sum(_models(path, "-ts", "1,1"))) <= 2, one
+
+
+def test_a_written_device_list_keeps_main_gpu_indexing_the_same_device(
+    small: tuple[Path, int],
+) -> None:
+    # The planner writes llama.cpp's own order as --device for --split-mode none (so that only
+    # the main GPU is opened, plan/llamacpp.py device_flag): --main-gpu must still pick the
+    # same device as without the list.
+    path, _ = small
+    listed = _devices(path, "--device", "Vulkan0,Vulkan1", "-sm", "none", "-mg", "1")
+    assert listed == _devices(path, "-sm", "none", "-mg", "1"), listed

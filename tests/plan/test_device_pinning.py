@@ -78,6 +78,17 @@ def test_llama_cpp_on_the_second_card_alone_names_it_with_device():
     assert "--tensor-split" not in alone.argv
 
 
+def test_llama_cpp_on_the_first_card_alone_is_told_so_too():
+    # The same machine the other way round: the 4090 is CUDA0, and without --device
+    # llama-server would still spread over the 3060 (CUDA1) as well. This one-card plan used to
+    # be made on a profile holding the 4090 only, which lost the count of CUDA devices.
+    alone = run_plan("rtx-4090,rtx-3060", engines=("llama.cpp",))
+    assert [d.device for d in alone.predicted.devices if d.device != "CPU"] == ["CUDA0"]
+    assert alone.argv[alone.argv.index("--device") + 1] == "CUDA0"
+    assert "--tensor-split" not in alone.argv
+    assert any("GPU 1 (NVIDIA GeForce RTX 3060) is not planned on" in w for w in alone.warnings), alone.warnings
+
+
 def test_llama_cpp_is_told_its_devices_when_cuda_sees_one_more(tmp_path):
     # The last of four A100s is lost: CUDA still numbers it (its ordinal is kept), so without
     # --device llama-server would try to spread over it too.

@@ -262,13 +262,14 @@ def test_a_users_single_device_and_split_pins() -> None:
     assert flag(ts.argv, "--tensor-split") == "1,1" and "--device" not in ts.argv
     mg = _plan(("rtx-3060", "rtx-4090"), PAIRS[2].model, 4, ("-mg", "0"))
     assert mg.verdict == "ship" and "--device" not in mg.argv
-    # --split-mode none: one device, named as llama.cpp names it, and no --device (its --main-gpu
-    # indexes the list llama.cpp makes without one)
+    # --split-mode none: one device, named as llama.cpp names it, and llama.cpp's own list as
+    # --device, which --main-gpu indexes as it would without one (only the main GPU is opened:
+    # tests/plan/test_llamacpp_opened_devices.py)
     none = _plan(("rtx-3060", "rtx-4090"), "qwen3-8b@Q4_K_M", 1, ("-sm", "none", "-mg", "1"))
     assert none.verdict == "ship", none.reasons
     check_names(none)
     assert devices_of(none) == ["CUDA1"] and "RTX 4090" in label_of(none, "CUDA1")
-    assert "--device" not in none.argv
+    assert flag(none.argv, "--device") == "CUDA0,CUDA1"
 
 
 def test_a_device_list_the_planner_cannot_use() -> None:

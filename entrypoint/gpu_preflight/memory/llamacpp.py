@@ -356,6 +356,13 @@ def output_device(n_layers: int, ngl: int, gpu_count: int, split: tuple[float, .
     return _layer_devices(n_layers, ngl, gpu_count, split)[1]
 
 
+def layers_per_device(n_layers: int, split: tuple[float, ...]) -> list[int]:
+    """How many of the layers (the output layer counted) each GPU of the list holds with every
+    layer offloaded: 0 for a share too small to reach a whole layer."""
+    layers, out = _layer_devices(n_layers, -1, max(len(split), 1), split)
+    return [sum(1 for x in [*layers, out] if x == d) for d in range(max(len(split), 1))]
+
+
 def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: bool) -> int:
     """Compute buffer of one device: the larger of the output phase and the attention phase."""
     ub = effective_ubatch(cfg)
@@ -535,7 +542,12 @@ def estimate_llamacpp(
             comp += weight_copy
         if on:
             comp += copies
-        over = CUDA_OVERHEAD if on else 0
+        # Every device of the list gets a CUDA context, with layers or without: src/llama.cpp
+        # reads each one's free memory (ggml_backend_dev_get_props -> cudaSetDevice +
+        # cudaMemGetInfo, ggml-cuda.cu) and llama_context inits a backend for each of
+        # model.devices (src/llama-context.cpp). A share of 0 in -ts, or -ngl too small to
+        # reach a device, still costs that device its context.
+        over = CUDA_OVERHEAD
         tot = weights[d] + kv[d] + comp + over
         devices.append(DeviceMemory(names[d], weights[d], kv[d], comp, over, tot))
     cpu_layers = any(x < 0 for x in layer_dev)
@@ -558,7 +570,10 @@ def estimate_llamacpp(
         f"K {cfg.cache_type_k} / V {cfg.cache_type_v}"
     ]
     if n_dev:
-        notes.append(f"CUDA runtime overhead assumed {CUDA_OVERHEAD // MIB} MiB per GPU in use")
+        notes.append(
+            f"CUDA runtime overhead assumed {CUDA_OVERHEAD // MIB} MiB per GPU in llama.cpp's "
+            "device list"
+        )
     if copies:
         notes.append(
             f"pipeline parallelism over {n_dev} GPUs: {SCHED_MAX_COPIES} copies of each split's "

@@ -15,6 +15,7 @@ from gpu_preflight.memory.llamacpp import (
     checkpoint_bytes,
     draft_config,
     estimate_llamacpp,
+    layers_per_device,
     output_device,
     with_draft,
 )
@@ -324,16 +325,24 @@ class LlamaFit:
 
     def device_flag(self) -> str | None:
         """--device: the user's value as given; the planner's order where it is not llama.cpp's
-        own (every CUDA device by ordinal); None (not written) otherwise, and with
-        --split-mode none, whose --main-gpu indexes the list llama.cpp makes without it."""
+        own (every CUDA device by ordinal); None (not written) otherwise.
+
+        With --split-mode none, llama.cpp's own list written out when there are several CUDA
+        devices: --main-gpu indexes the same list, but without --device src/llama.cpp reads
+        every GPU's properties to drop duplicates, which opens a CUDA context on each (its free
+        memory, cudaMemGetInfo), while from a --device list it keeps the main one before it
+        reads any."""
         if self.w.devices is not None:
             return self.w.devices
-        if self.w.split_mode == "none" or not self.gpus:
+        if not self.gpus:
             return None
+        every = max(len(self.gpus), self.host.cuda_devices)
+        own = tuple(f"CUDA{i}" for i in range(every))
+        if self.w.split_mode == "none":
+            return ",".join(own) if every > 1 else None
         names = self.names
         # llama.cpp's own list is every device it enumerates: the same list needs no flag.
-        every = max(len(names), self.host.cuda_devices)
-        return None if names == tuple(f"CUDA{i}" for i in range(every)) else ",".join(names)
+        return None if names == own else ",".join(names)
 
     def checkpoint(self, cfg: LlamaCppConfig) -> int:
         """Host bytes of one checkpoint of every slot."""
@@ -571,6 +580,14 @@ def make_llama_fit(
     fit = LlamaFit(spec, art, gpus, host, w, draft, ck, cv, split, unified)
     if w.tensor_split is None and len(gpus) > 1:
         fit = replace(fit, split=_room_split(fit))
+        # A card the split gives no layers would still be opened (a CUDA context) if listed:
+        # it is left out of the list, and so out of --device.
+        held = layers_per_device(spec.arch.n_layers, fit.split)
+        kept = tuple(g for g, n in zip(gpus, held, strict=True) if n > 0)
+        if len(kept) < len(gpus):
+            fit = replace(fit, gpus=kept, split=_proportional_split(kept))
+            if len(kept) > 1:
+                fit = replace(fit, split=_room_split(fit))
     if w.flash_attn == "off" and cv not in _UNQUANTIZED_V:
         return fit.miss(f"a quantized V cache ({cv}) needs flash attention, which is set off")
     return fit

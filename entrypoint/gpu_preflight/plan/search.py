@@ -227,14 +227,17 @@ def plan(
     engines_available: Iterable[str] = ("vllm", "llama.cpp"),
     all_devices: bool = False,
     widen: tuple[int, int] = (0, 0),
+    on: frozenset[int] | None = None,
 ) -> Plan:
     """``all_devices``: plan on exactly the devices given (estimate), never one card of them.
     ``widen``: (GPU, host) bytes kept free on top of the margins, from receipts (plan/calibrate.py).
+    ``on``: the NVML indices of the GPUs to plan on (None: all), the others still seen by this
+    process (build_targets).
     """
     available = frozenset(engines_available)
     reserve_gib = overrides.value("reserve_gib")
     reserve = int(float(reserve_gib) * 2**30) if reserve_gib is not None else 0
-    targets = build_targets(profile, reserve, *widen)
+    targets = build_targets(profile, reserve, *widen, on=on)
     gpus = planning_gpus(targets)
     has_gpu = bool(gpus)
     usable = sum(g.usable_bytes for g in gpus)
@@ -370,16 +373,15 @@ def _against_one_card(
 ) -> Plan:
     """On mixed cards, one server over all of them only when it gives a larger model or a longer
     context than the best card alone; otherwise that card alone. The plan says which and why."""
-    from gpu_preflight.compose import only
-
     gpus = [g for g in profile.hardware.gpus.devices if not g.mig_enabled]
     if len(gpus) < 2 or len({(g.name, g.total_bytes) for g in gpus}) < 2:
         return result
     biggest = max(gpus, key=lambda g: g.free_bytes or 0)
-    # The card keeps its CUDA ordinal: this process sees every card, so the plan must name and
-    # pin the one it uses (llama.cpp --device CUDA<n>, vLLM CUDA_VISIBLE_DEVICES).
+    # The card keeps its CUDA ordinal and the others stay in the count: this process sees every
+    # card, so the plan must name and pin the one it uses (llama.cpp --device CUDA<n>, also when
+    # that is CUDA0 of several; vLLM CUDA_VISIBLE_DEVICES).
     alone = plan(
-        only(profile, [biggest], renumber=False), catalog, tiers, overrides, model, available, True
+        profile, catalog, tiers, overrides, model, available, True, on=frozenset({biggest.index})
     )
     a, b = _size(result, catalog), _size(alone, catalog)
     over = _over(result, len(gpus))

@@ -149,10 +149,16 @@ def _leaves(
 
 
 def build_targets(
-    profile: Profile, reserve_bytes: int, extra_gpu_margin: int = 0, extra_host_margin: int = 0
+    profile: Profile,
+    reserve_bytes: int,
+    extra_gpu_margin: int = 0,
+    extra_host_margin: int = 0,
+    on: frozenset[int] | None = None,
 ) -> Targets:
     """``extra_*_margin``: kept free on top of the fixed margins because a receipt measured more
-    than its plan predicted (plan/calibrate.py ``widening``)."""
+    than its plan predicted (plan/calibrate.py ``widening``). ``on``: the NVML indices of the
+    GPUs this plan may use (None: all); the others stay in the CUDA count, since this process
+    still sees them (an engine not told which devices to use opens them too)."""
     hw = profile.hardware
     gpus: list[GpuTarget] = []
     notes: list[str] = []
@@ -165,6 +171,12 @@ def build_targets(
     if legacy:
         notes.append("the profile records no CUDA ordinals: devices taken in their listed order")
     for pos, dev in enumerate(hw.gpus.devices):
+        if on is not None and dev.index not in on:
+            notes.append(
+                f"GPU {dev.index} ({dev.name or 'unknown'}) is not planned on: this plan is for "
+                f"GPU {', '.join(str(i) for i in sorted(on))} alone"
+            )
+            continue
         leaves, why = _leaves(dev, reserve_bytes, pos if legacy else None, extra_gpu_margin)
         gpus += leaves
         notes += why
