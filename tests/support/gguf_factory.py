@@ -9,6 +9,7 @@ actually be served by llama-server.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
@@ -204,17 +205,24 @@ def _add_tokenizer(w: GGUFWriter, vocab: int) -> None:
     w.add_eos_token_id(vocab - 1)
 
 
-def _write_sparse(
+def _write_head(
     w: GGUFWriter, path: Path, plan: list[tuple[str, tuple[int, ...], GGMLQuantizationType]]
-) -> Path:
-    """Header, metadata and tensor infos of ``plan``; the tensor data a hole (truncated to size)."""
+) -> BinaryIO:
+    """Header, metadata and tensor infos of ``plan`` written; the open file, after the infos."""
     for tname, shape, t in plan:
         w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
     w.write_header_to_file(path=path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     assert w.fout is not None
-    fout = w.fout[0]
+    return w.fout[0]
+
+
+def _write_sparse(
+    w: GGUFWriter, path: Path, plan: list[tuple[str, tuple[int, ...], GGMLQuantizationType]]
+) -> Path:
+    """Header, metadata and tensor infos of ``plan``; the tensor data a hole (truncated to size)."""
+    fout = _write_head(w, path, plan)
     fout.flush()
     start = fout.tell()
     total = sum(GGUFWriter.ggml_pad(_nbytes(t, s), w.data_alignment) for _, s, t in plan)
@@ -237,13 +245,7 @@ def write_gguf(
         return write_gguf_plan(path, arch, plan, FILE_TYPE.get(quant, 1), name)
     w = _writer(path, arch, FILE_TYPE.get(quant, 1), name)
     rng = np.random.default_rng(seed)
-    for tname, shape, t in plan:
-        w.add_tensor_info(tname, shape, np.dtype(np.float32), _nbytes(t, shape), raw_dtype=t)
-    w.write_header_to_file(path=path)
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    assert w.fout is not None
-    fout = w.fout[0]
+    fout = _write_head(w, path, plan)
     w.write_padding(fout, fout.tell())
     for _, shape, t in plan:
         nb = _nbytes(t, shape)
