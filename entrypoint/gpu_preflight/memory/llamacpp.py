@@ -359,8 +359,9 @@ def output_device(n_layers: int, ngl: int, gpu_count: int, split: tuple[float, .
 def layers_per_device(n_layers: int, split: tuple[float, ...]) -> list[int]:
     """How many of the layers (the output layer counted) each GPU of the list holds with every
     layer offloaded: 0 for a share too small to reach a whole layer."""
-    layers, out = _layer_devices(n_layers, -1, max(len(split), 1), split)
-    return [sum(1 for x in [*layers, out] if x == d) for d in range(max(len(split), 1))]
+    n_dev = max(len(split), 1)
+    layers, out = _layer_devices(n_layers, -1, n_dev, split)
+    return [sum(1 for x in [*layers, out] if x == d) for d in range(n_dev)]
 
 
 def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: bool) -> int:

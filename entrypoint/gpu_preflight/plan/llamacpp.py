@@ -139,6 +139,19 @@ def _room_split(fit: LlamaFit) -> tuple[float, ...]:
     return tuple(round(r / total, 3) for r in room)
 
 
+def _planner_split(fit: LlamaFit) -> LlamaFit:
+    """The fit with the planner's own split (_room_split) over the cards that get layers from it.
+    A card the split gives no layers would still be opened (a CUDA context) if listed: it is
+    left out of the list, and so out of --device, and the rest are split again."""
+    fit = replace(fit, split=_room_split(fit))
+    held = layers_per_device(fit.spec.arch.n_layers, fit.split)
+    kept = tuple(g for g, n in zip(fit.gpus, held, strict=True) if n > 0)
+    if len(kept) == len(fit.gpus):
+        return fit
+    fit = replace(fit, gpus=kept, split=_proportional_split(kept))
+    return _planner_split(fit) if len(kept) > 1 else fit
+
+
 def _bytes_per_token(spec: ModelSpec, art: Artifact, e: Estimate, context: int) -> tuple[int, int]:
     """Bytes a decoded token reads on the GPUs and in host RAM: active weights + the KV it attends."""
     arch = spec.arch
@@ -579,15 +592,7 @@ def make_llama_fit(
     unified = bool(w.kv_unified)
     fit = LlamaFit(spec, art, gpus, host, w, draft, ck, cv, split, unified)
     if w.tensor_split is None and len(gpus) > 1:
-        fit = replace(fit, split=_room_split(fit))
-        # A card the split gives no layers would still be opened (a CUDA context) if listed:
-        # it is left out of the list, and so out of --device.
-        held = layers_per_device(spec.arch.n_layers, fit.split)
-        kept = tuple(g for g, n in zip(gpus, held, strict=True) if n > 0)
-        if len(kept) < len(gpus):
-            fit = replace(fit, gpus=kept, split=_proportional_split(kept))
-            if len(kept) > 1:
-                fit = replace(fit, split=_room_split(fit))
+        fit = _planner_split(fit)
     if w.flash_attn == "off" and cv not in _UNQUANTIZED_V:
         return fit.miss(f"a quantized V cache ({cv}) needs flash attention, which is set off")
     return fit
