@@ -101,15 +101,19 @@ def main() -> int:
                         "plan_s_warm": warm,
                     }
                 )
+    # The plan times depend on how busy the machine was: say so beside them.
+    load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "hub-fetch.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / "hub-fetch.json").write_text(
+        json.dumps([{**r, "machine": load} for r in rows], indent=2) + "\n"
+    )
     lines = [
         "# Planning a model by its Hub id: bytes fetched and plan time",
         "",
         "`python bench/hub_fetch.py`: the real `huggingface_hub` against a local server speaking "
         "the Hub's API (tests/support/fake_hub.py), real headers, sparse data. `plan` is "
         "`gpu-preflight plan --simulate h100-sxm` with `PREFLIGHT_MODEL=<id>`: first with an "
-        "empty header cache in the profile directory, then again.",
+        f"empty header cache in the profile directory, then again ({load} while it ran).",
         "",
         "| repo | engine | fetched | requests | files | share | plan (Hub asked) | plan (cache) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -34,21 +34,18 @@ from tests.support.gguf_factory import write_gguf
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.errors import ModelError, ModelFileError
 from gpu_preflight.models.gguf_file import read_gguf
-from gpu_preflight.models.hub import (
-    MAX_GGUF_HEADER,
+from gpu_preflight.models.hub import MAX_GGUF_HEADER, HubResolution, resolve_hub_model
+from gpu_preflight.models.hub_errors import (
     HubError,
     HubFileError,
     HubGatedRepo,
     HubNotAModel,
     HubOffline,
     HubQuantNotFound,
-    HubRef,
     HubRepoNotFound,
-    HubResolution,
     HubUnreachable,
-    parse_hub_ref,
-    resolve_hub_model,
 )
+from gpu_preflight.models.hub_pick import HubRef, parse_hub_ref
 from gpu_preflight.models.types import ModelArch
 
 CATALOG = load_catalog()
@@ -175,6 +172,9 @@ def hub(files: dict[str, Any]) -> Iterator[FakeHub]:
         h.add("hostile/lying-offsets", files["lie-data"])
         h.add("hostile/big-header-GGUF", {"big-Q4_K_M.gguf": files["big-header"]})
         h.add("hostile/unknown-arch", files["unknown-arch"])
+        h.add("hostile/no-ranges-GGUF", {"x-Q8_0.gguf": files["q8"]}, ignore_range=True)
+        h.add("hostile/not-a-GGUF", {"x-Q8_0.gguf": files["readme"]})
+        h.add("mirror/no-sizes", files["tiny-st"], sizes=False)
         yield h
 
 
@@ -401,6 +401,8 @@ def test_unreachable_endpoint_says_what_to_do(tmp_path) -> None:
         ("hostile/lying-header", {}, HubFileError, "declares 1099511627776 bytes"),
         ("hostile/lying-offsets", {}, HubFileError, "lying or truncated"),
         ("hostile/big-header-GGUF", {}, HubFileError, f"longer than {MAX_GGUF_HEADER}"),
+        ("hostile/no-ranges-GGUF", {}, HubFileError, "refusing to download more"),
+        ("hostile/not-a-GGUF", {}, HubFileError, "not a GGUF file"),
     ],
 )
 def test_hostile_endpoints_fail_clearly_and_fast(
@@ -416,10 +418,19 @@ def test_hostile_endpoints_fail_clearly_and_fast(
         assert isinstance(exc.value, ModelFileError)
 
 
+def test_file_sizes_missing_from_the_listing_are_asked_with_a_head(hub, tmp_path) -> None:
+    """A mirror whose model info lists no sizes: huggingface_hub's get_hf_file_metadata (HEAD,
+    X-Linked-Size) gives each one before its bounded read."""
+    r = resolve_hub_model("mirror/no-sizes", _env(hub, tmp_path), tmp_path / "h")
+    assert r.spec.artifacts[0].weight_bytes == tensor_bytes(hf_tensors(TINY))
+    heads = [x for x in hub.requests_for("mirror/no-sizes") if x.method == "HEAD"]
+    assert len(heads) == 2 and r.requests == 1 + 2 + 2  # info; HEAD and GET per file
+
+
 def test_unknown_architecture_is_refused(hub, tmp_path) -> None:
     with pytest.raises(ModelError, match="totally_new_arch") as info:
         resolve_hub_model("hostile/unknown-arch", _env(hub, tmp_path), tmp_path / "h")
-    assert "qwen3_moe" in str(info.value)  # the ones it knows are listed
+    assert "no config class" in str(info.value)  # vLLM could not read it either
 
 
 # -- offline --------------------------------------------------------------------------------------
@@ -492,7 +503,7 @@ def test_llama_fit_params_reads_the_sparse_copy_like_the_file(hub, files, tmp_pa
 
 def test_model_endpoint_and_hf_endpoint_agree_or_exit_2_naming_both():
     """llama-server downloads from MODEL_ENDPOINT first: the plan reads where it will fetch."""
-    from gpu_preflight.models.hub import HubError, _settings
+    from gpu_preflight.models.hub_http import settings as _settings
 
     assert _settings({"MODEL_ENDPOINT": "http://127.0.0.1:9/"}).endpoint == "http://127.0.0.1:9"
     same = {"MODEL_ENDPOINT": "http://h:1", "HF_ENDPOINT": "http://h:1/"}

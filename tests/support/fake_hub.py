@@ -6,7 +6,8 @@ utils/_http.py ``hf_raise_for_status``):
 
 - ``GET /api/models/{org}/{name}`` and ``.../revision/{rev}``: the model info (``id``, ``sha``,
   ``siblings``, ``gated``, and ``config`` / ``safetensors`` / ``gguf`` when ``expand`` asks;
-  without ``expand`` everything);
+  without ``expand`` everything; with ``blobs=true`` each sibling's ``size``, ``blobId`` and
+  ``lfs``);
 - ``HEAD`` and ``GET /{org}/{name}/resolve/{rev}/{path}``: the file, with ``Range: bytes=a-b``
   (206 + ``Content-Range``), ``ETag``, ``X-Repo-Commit``, ``X-Linked-Size``, ``X-Linked-Etag``,
   ``Content-Length``, ``Accept-Ranges``;
@@ -25,8 +26,10 @@ utils/_http.py ``hf_raise_for_status``):
   token that has no access, while its model info and file list stay readable.
 
 Hostile switches, per repo: ``redirect_loop`` (every file read redirects to itself), ``slow_s``
-(every request for the repo sleeps that long first). Lying files are just files (see the
-builders below). Files are served from disk, so sparse files (tensor data as a hole) cost nothing.
+(every request for the repo sleeps that long first), ``sizes=False`` (the model info never lists
+file sizes, as a mirror that ignores ``blobs``), ``ignore_range`` (every file read answers 200
+with the whole file). Lying files are just files (see the builders below). Files are served from
+disk, so sparse files (tensor data as a hole) cost nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class FakeRepo:
     gated: bool = False
     redirect_loop: bool = False
     slow_s: float = 0.0
+    sizes: bool = True  # False: the model info never lists file sizes (a mirror without blobs)
+    ignore_range: bool = False  # True: every file read answers 200 with the whole file
 
     def snapshot(self, rev: str) -> Snapshot | None:
         if rev in self.revisions:
@@ -92,11 +97,13 @@ class FakeHub:
         gated: bool = False,
         redirect_loop: bool = False,
         slow_s: float = 0.0,
+        sizes: bool = True,
+        ignore_range: bool = False,
     ) -> FakeRepo:
         revs = {"main": Snapshot(_sha(repo_id, "main"), files)}
         for name, fs in (revisions or {}).items():
             revs[name] = Snapshot(_sha(repo_id, name), fs)
-        r = FakeRepo(repo_id, revs, gated=gated, redirect_loop=redirect_loop, slow_s=slow_s)
+        r = FakeRepo(repo_id, revs, gated, redirect_loop, slow_s, sizes, ignore_range)
         self.repos[repo_id] = r
         return r
 
@@ -226,8 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
             snap = repo.snapshot(rev)
             if snap is None:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
-            expand = parse_qs(url.query).get("expand") or parse_qs(url.query).get("expand[]")
-            body = json.dumps(_info(repo, snap, expand)).encode()
+            query = parse_qs(url.query)
+            expand = query.get("expand") or query.get("expand[]")
+            blobs = (query.get("blobs") or [""])[0].lower() in ("true", "1")
+            body = json.dumps(_info(repo, snap, expand, blobs and repo.sizes)).encode()
             return self._send(200, body, {"Content-Type": "application/json"}, head)
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id = "/".join(parts[:2])
@@ -251,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             f = snap.files.get("/".join(parts[4:]))
             if f is None:
                 return self._error(404, "EntryNotFound", "Entry not found", head)
-            return self._file(f, snap, head)
+            return self._file(f, snap, head, repo.ignore_range)
         return self._error(404, "", "Not found", head)
 
     def _not_found(self, head: bool) -> None:
@@ -260,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         code = 404 if self._token() else 401
         self._error(code, "RepoNotFound", "Repository not found", head)
 
-    def _file(self, f: Path, snap: Snapshot, head: bool) -> None:
+    def _file(self, f: Path, snap: Snapshot, head: bool, ignore_range: bool = False) -> None:
         size = f.stat().st_size
         etag = _etag(f)
         headers = {
@@ -273,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         start, stop = 0, size
         code = 200
-        rng = self.headers.get("Range")
+        rng = None if ignore_range else self.headers.get("Range")
         if rng:
             spec = rng.strip().removeprefix("bytes=")
             a, _, b = spec.partition("-")
@@ -357,10 +366,22 @@ def _tree(snap: Snapshot, under: str, recursive: bool) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def _info(repo: FakeRepo, snap: Snapshot, expand: list[str] | None) -> dict[str, Any]:
+def _sibling(path: str, f: Path, blobs: bool) -> dict[str, Any]:
+    """One ``siblings`` entry; with ``?blobs=true`` (huggingface_hub's ``files_metadata=True``)
+    the Hub adds ``size``, ``blobId`` and ``lfs`` (hf_api.py RepoSibling)."""
+    if not blobs:
+        return {"rfilename": path}
+    size = f.stat().st_size
+    lfs = {"sha256": _etag(f), "size": size, "pointerSize": 134}
+    return {"rfilename": path, "size": size, "blobId": _sha(path, "blob"), "lfs": lfs}
+
+
+def _info(
+    repo: FakeRepo, snap: Snapshot, expand: list[str] | None, blobs: bool = False
+) -> dict[str, Any]:
     full: dict[str, Any] = {
         "sha": snap.sha,
-        "siblings": [{"rfilename": p} for p in sorted(snap.files)],
+        "siblings": [_sibling(p, snap.files[p], blobs) for p in sorted(snap.files)],
         "gated": "manual" if repo.gated else False,
         "private": False,
     }
