@@ -25,6 +25,8 @@ into the host figures.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +111,38 @@ def llama_fit(
     if isinstance(got, str):
         raise LlamaFitError(got)
     return FitResult(_mib(got), got.argv, got.dropped)
+
+
+_CACHE_LINE = re.compile(r"(llama_kv_cache|llama_memory_recurrent): size = +([0-9.]+) MiB")
+
+
+def cache_sizes_mib(
+    argv: Sequence[str], binary: Path | None = None, attempts: int = 8
+) -> tuple[float, ...]:
+    """llama.cpp's own size of each cache it builds for a llama-server argv, in MiB to two
+    decimals, as its verbose log prints them (src/llama-kv-cache.cpp and
+    src/llama-memory-recurrent.cpp ``size = %7.2f MiB``): one per KV cache (two for a
+    sliding-window model, src/llama-kv-cache-iswa.cpp) and one for the recurrent states.
+
+    Finer than the breakdown's whole MiB. The lines go through common/log.cpp's worker like the
+    breakdown (see engine_check.ATTEMPTS), so a run that printed none is asked again; () when
+    the model has no cache at all.
+    """
+    binary = binary or fit_params_binary()
+    args, _ = fit_argv(argv)
+    sizes: tuple[float, ...] = ()
+    for _ in range(attempts):
+        r = subprocess.run(
+            [str(binary), *args, "--fit-print", "on", "-v"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        out = r.stdout + r.stderr
+        if r.returncode != 0:
+            raise LlamaFitError(f"exit {r.returncode}: {out.strip().splitlines()[-1:]}")
+        sizes = tuple(float(m[2]) for m in _CACHE_LINE.finditer(out))
+        if sizes or "sched_reserve" in out:
+            return sizes
+    return sizes

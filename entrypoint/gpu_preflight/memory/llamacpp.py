@@ -25,7 +25,7 @@ Sources, in the llama.cpp tree vendored by llama-cpp-python 0.3.36:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpu_preflight.memory.types import DeviceMemory, Estimate
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
@@ -51,6 +51,13 @@ CUDA_OVERHEAD = 512 * MIB
 SCHED_MAX_COPIES = 4
 # Graph tensors besides the big ones (norm outputs, rope, residuals): a fixed allowance.
 COMPUTE_SLACK = 32 * MIB
+# src/models/gemma3n.cpp, gemma4.cpp load_arch_tensors: the tied output is created (as
+# TENSOR_DUPLICATED of token_embd) before token_embd itself, which is then created again with no
+# flag, so the file's one tensor is loaded twice (llama-fit-params: +1 copy of token_embd).
+OUTPUT_BEFORE_EMBD = frozenset({"gemma3n", "gemma4"})
+# src/llama-context.cpp llama_init_from_model: "flash_attn is not compatible with Grok - forcing
+# off", whatever -fa says (and a quantized V cache is then refused).
+NO_FLASH_ATTN = frozenset({"grok"})
 
 
 @dataclass(frozen=True)
@@ -181,9 +188,13 @@ def tied_output_duplicated(
       CPU ("avoid using a host buffer when using mmap"), the same as token_embd: shared. Without
       mmap it stays in CUDA_Host while a K-quant token_embd (no CUDA GET_ROWS) stays in CPU:
       counted as a duplicate.
+    - architectures that create the tied output before token_embd (OUTPUT_BEFORE_EMBD): the
+      later token_embd (flags 0) is a tensor of its own, so there are always two.
     """
     if not arch.tied_embeddings or layout.output_bytes:
         return False
+    if arch.architecture in OUTPUT_BEFORE_EMBD:
+        return True
     if gpu_count > 0:
         return not cfg.mmap
     if not cfg.repack:
@@ -254,30 +265,47 @@ def kv_layer_cells(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
 
 
 def kv_row_widths(arch: ModelArch) -> tuple[int, int]:
-    """(K, V) elements one token stores in one attention layer's cache.
+    """(K, V) elements one token stores in the widest attention layer's cache: see
+    layer_kv_widths, which gives them per layer."""
+    widths = [layer_kv_widths(arch, il) for il in range(arch.n_layers)]
+    return max(k for k, _ in widths), max(v for _, v in widths)
+
+
+def layer_kv_widths(arch: ModelArch, il: int) -> tuple[int, int]:
+    """(K, V) elements one token stores in layer il's cache.
 
     src/llama-kv-cache.cpp (the llama_kv_cache constructor): K of n_embd_k_gqa(il) and, unless
-    the model is MLA, V of n_embd_v_gqa(il). With MLA (deepseek2 with *_mla keys) there is no V
-    tensor at all (has_v = !is_mla) and K is the GGUF's key_length x head_count_kv = the latent
-    (kv_lora_rank) plus the rope key (qk_rope_head_dim) of one shared head.
+    the model is MLA, V of n_embd_v_gqa(il) (llama-hparams.cpp): the layer's KV heads (one per
+    layer where head_count_kv is an array; 0 for a layer without attention) times its head size
+    (key_length_swa / value_length_swa on sliding-window layers). With MLA (deepseek2 with *_mla
+    keys) there is no V tensor at all (has_v = !is_mla) and K is the GGUF's key_length x
+    head_count_kv = the latent (kv_lora_rank) plus the rope key (qk_rope_head_dim) of one
+    shared head.
     """
     if arch.is_mla:
         assert arch.kv_lora_rank is not None and arch.qk_rope_head_dim is not None
         return arch.kv_lora_rank + arch.qk_rope_head_dim, 0
-    return arch.n_kv_heads * arch.head_dim, arch.n_kv_heads * arch.v_head_dim
+    n = arch.kv_heads_of(il)
+    swa = bool(arch.sliding_window) and il in arch.sliding_window_layers
+    hk = (arch.swa_head_dim if swa else None) or arch.head_dim
+    hv = (arch.swa_head_dim_v if swa else None) or arch.v_head_dim
+    return n * hk, n * hv
 
 
 def recurrent_state_bytes(arch: ModelArch) -> int:
-    """Bytes of one sequence's recurrent state in one gated DeltaNet layer (0 without any).
+    """Bytes of one sequence's recurrent state in one recurrent layer (0 without any).
 
     src/llama-memory-recurrent.cpp: per layer an r tensor of n_embd_r() and an s tensor of
-    n_embd_s() per cell, both GGML_TYPE_F32 (llama-model.cpp create_memory), with
-    n_embd_r = (ssm_d_conv - 1) x (ssm_d_inner + 2 x ssm_n_group x ssm_d_state) and
-    n_embd_s = ssm_d_state x ssm_d_inner (llama-hparams.cpp), i.e. the conv window over
-    q, k and v and the k x v state of every value head.
+    n_embd_s() per cell, both GGML_TYPE_F32 (llama-model.cpp create_memory). A GGUF gives them
+    through the reader (recurrent_state_elems, llama-hparams.cpp for Mamba, RWKV, LFM2, Kimi);
+    for gated DeltaNet from the linear_* fields, n_embd_r = (ssm_d_conv - 1) x (ssm_d_inner +
+    2 x ssm_n_group x ssm_d_state) and n_embd_s = ssm_d_state x ssm_d_inner, i.e. the conv
+    window over q, k and v and the k x v state of every value head.
     """
     if not arch.recurrent_layers:
         return 0
+    if arch.recurrent_state_elems is not None:
+        return 4 * sum(arch.recurrent_state_elems)
     kd = (arch.linear_k_heads or 0) * (arch.linear_k_head_dim or 0)
     vd = (arch.linear_v_heads or 0) * (arch.linear_v_head_dim or 0)
     n_embd_r = ((arch.linear_conv_kernel or 1) - 1) * (vd + 2 * kd)
@@ -294,21 +322,28 @@ def recurrent_cells(cfg: LlamaCppConfig) -> int:
 
 def kv_layer_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
     """Cache bytes each layer allocates on its device: K/V cells of attention layers, the
-    recurrent state of every sequence for gated DeltaNet layers, nothing for MTP blocks (the
-    main context's KV filter is il < n_layer(), llama-model.cpp create_memory)."""
-    k, v = kv_row_widths(arch)
-    k_row = row_bytes(cfg.cache_type_k, k)
-    v_row = row_bytes(cfg.cache_type_v, v) if v else 0
+    recurrent state of every sequence for recurrent layers (both for a parallel hybrid),
+    nothing for MTP blocks (the main context's KV filter is il < n_layer(), llama-model.cpp
+    create_memory) or layers reading another layer's cache.
+
+    Without flash attention V is stored transposed and every layer's V row is padded to the
+    widest layer's (llama-kv-cache.cpp: ``!v_trans ? n_embd_v_gqa(il) : n_embd_v_gqa_max()``,
+    TAG_V_CACHE_VARIABLE), so a layer of 0 KV heads still holds a V of that width.
+    """
+    v_max = max(layer_kv_widths(arch, il)[1] for il in range(arch.n_layers))
     recurrent = set(arch.recurrent_layers)
     state = recurrent_state_bytes(arch) * recurrent_cells(cfg)
     out = []
     for il, cells in enumerate(kv_layer_cells(arch, cfg)):
-        if il in recurrent:
-            out.append(state)
-        elif not arch.has_kv(il):
-            out.append(0)
-        else:
-            out.append(cells * (k_row + v_row))
+        b = state if il in recurrent else 0
+        if arch.has_kv(il):
+            k, v = layer_kv_widths(arch, il)
+            if not arch.is_mla and not cfg.flash_attn:
+                v = v_max
+            b += cells * (
+                row_bytes(cfg.cache_type_k, k) + (row_bytes(cfg.cache_type_v, v) if v else 0)
+            )
+        out.append(b)
     return out
 
 
@@ -317,10 +352,12 @@ def kv_bytes_per_token(
 ) -> int:
     """K+V bytes one token costs summed over the attention layers (sliding layers counted at
     full width; recurrent layers and MTP blocks cost nothing per token)."""
-    k, v = kv_row_widths(arch)
-    k_row = row_bytes(cache_type_k, k)
-    v_row = row_bytes(cache_type_v, v) if v else 0
-    return arch.kv_layer_count * (k_row + v_row)
+    total = 0
+    for il in range(arch.n_layers):
+        if arch.has_kv(il):
+            k, v = layer_kv_widths(arch, il)
+            total += row_bytes(cache_type_k, k) + (row_bytes(cache_type_v, v) if v else 0)
+    return total
 
 
 def _layer_devices(
@@ -450,6 +487,8 @@ def estimate_llamacpp(
     (src/llama.cpp ``llama_prepare_model_devices``: every GPU by registry order).
     """
     arch = spec.arch
+    if arch.architecture in NO_FLASH_ATTN and cfg.flash_attn:
+        cfg = replace(cfg, flash_attn=False)
     if device_names and len(device_names) != gpu_count:
         raise ValueError(f"{len(device_names)} device names for {gpu_count} GPU(s)")
     names = device_names or tuple(f"CUDA{i}" for i in range(gpu_count))

@@ -27,7 +27,6 @@ from gpu_preflight.models.layout import (
     GGUF_ARCHITECTURES,
     MAX_LAYERS,
     check_arch,
-    count_params,
     unknown_architecture,
 )
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
@@ -36,9 +35,60 @@ GGUF_MAGIC = b"GGUF"
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<i>[0-9]{5})-of-(?P<n>[0-9]{5})\.gguf$")
 _BLK = re.compile(r"^blk\.([0-9]+)\.")
 _EXPERT = re.compile(r"_exps\b|\.ffn_(gate|up|down)_exps")
-# llama.cpp's default sliding-window pattern per architecture (src/models/<arch>.cpp:
-# load_swa_pattern(ml, N)); a GGUF may override it with {arch}.attention.sliding_window_pattern.
-SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gpt-oss": 2, "cohere2": 4}
+# llama.cpp's default sliding-window pattern per architecture, (period, dense first)
+# (src/models/<arch>.cpp: load_swa_pattern(ml, N[, dense_first])); a GGUF may override it with
+# {arch}.attention.sliding_window_pattern. phi3.cpp's set_swa_pattern(1) marks no layer.
+SWA_PATTERN: dict[str, tuple[int, bool]] = {
+    "gemma2": (2, False),
+    "gemma3": (6, False),
+    "gemma3n": (5, False),
+    "gemma-embedding": (6, False),
+    "gpt-oss": (2, False),
+    "cohere2": (4, False),
+    "afmoe": (4, False),
+    "exaone-moe": (4, False),
+    "exaone4": (4, False),
+    "llama4": (4, False),
+    "olmo2": (4, False),
+    "plamo3": (8, False),
+    "smallthinker": (4, True),
+    "modern-bert": (3, True),
+    "phi3": (1, False),
+}
+# Architectures that read the pattern only as an array of flags (gemma4.cpp, mimo2.cpp,
+# step35.cpp: get_arr(LLM_KV_ATTENTION_SLIDING_WINDOW_PATTERN)).
+SWA_ARRAY = frozenset({"gemma4", "mimo2", "step35"})
+# Windows an architecture has without the key (gemma2.cpp: 4096; llama4.cpp: chunks of 8192).
+SWA_WINDOW = {"gemma2": 4096, "llama4": 8192}
+# llama-arch.cpp llm_arch_is_recurrent: every layer keeps a recurrent state, none a KV cache.
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+# Hybrids whose recurrent layers are the ones with 0 KV heads (jamba.cpp, granite-hybrid.cpp,
+# lfm2.cpp, lfm2moe.cpp, plamo2.cpp, kimi-linear.cpp: is_recr_impl[i] = n_head_kv(i) == 0).
+HYBRID_BY_KV = frozenset({"jamba", "granitehybrid", "lfm2", "lfm2moe", "plamo2", "kimi-linear"})
+# nemotron-h.cpp: recurrent where n_head_kv(i) == 0 and n_ff(i) == 0.
+NEMOTRON_H = frozenset({"nemotron_h", "nemotron_h_moe"})
+# Gated DeltaNet hybrids (qwen3next.cpp, qwen35.cpp, qwen35moe.cpp).
+DELTANET = frozenset({"qwen3next", "qwen35", "qwen35moe"})
+# falcon-h1.cpp: every layer recurrent, and create_memory keeps every layer's attention too.
+PARALLEL_HYBRID = frozenset({"falcon-h1"})
+# llama-model.cpp create_memory: no memory (encoders, embedding models, diffusion models).
+NO_MEMORY = frozenset(
+    {
+        "bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "eurobert",
+        "modern-bert",
+        "gemma-embedding",
+        "dream",
+        "llada",
+        "llada-moe",
+        "rnd1",
+    }
+)
 MAX_SPLITS = 1024  # split GGUFs: real ones have at most a few dozen parts
 # Which ModelArch bound (layout.ARCH_RULES) each GGUF key is held to.
 _KEY_RULE = {
@@ -194,6 +244,13 @@ def _layer_tensors(
 
 
 def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
+    arch, artifact, _ = _read_gguf(path)
+    return arch, artifact
+
+
+def _read_gguf(path: Path) -> tuple[ModelArch, Artifact, int]:
+    """The architecture, the artifact and the parameter count (every tensor's elements but
+    those of MTP blocks llama.cpp does not load), all from the header."""
     files = _files(path)
     readers = [_open(f) for f in files]
     head = readers[0]
@@ -206,20 +263,31 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         raise ModelFileError(unknown_architecture("general.architecture", a, where))
     n_layers = _int(head, f"{a}.block_count", None, where)
     n_embd = _int(head, f"{a}.embedding_length", None, where)
-    n_head = _int(head, f"{a}.attention.head_count", None, where)
-    if not n_layers or not n_embd or not n_head:
+    if not n_layers or not n_embd:
+        raise ModelFileError(f"{path}: GGUF lacks {a}.block_count / {a}.embedding_length")
+    # llama_model_base::load_hparams (src/llama-model.cpp): head_count, head_count_kv and
+    # feed_forward_length are a scalar or one value per layer (get_key_or_arr); head_count_kv
+    # defaults to head_count; a model without heads (Mamba, RWKV) has none.
+    heads = _layers(head, f"{a}.attention.head_count", n_layers, where) or [0] * n_layers
+    kv_heads = _layers(head, f"{a}.attention.head_count_kv", n_layers, where) or heads
+    ffs = _layers(head, f"{a}.feed_forward_length", n_layers, where) or [0] * n_layers
+    n_head = max(heads)
+    n_kv = max(kv_heads)
+    if not n_head and a not in RECURRENT_ARCHS:
+        how = "missing" if _value(head, f"{a}.attention.head_count") is None else "0"
         raise ModelFileError(
-            f"{path}: GGUF lacks {a}.block_count / embedding_length / attention.head_count"
+            f"{path}: {a}.attention.head_count is {how}. Accepted: at "
+            f"least 1 attention head ({a} is not an attention-free architecture)."
         )
-    default_dim = n_embd // n_head
-    if default_dim < 1:
+    # llama.cpp's head size default is n_embd / head_count (of layer 0)
+    default_dim = n_embd // heads[0] if heads[0] else 0
+    if n_head and not default_dim and _value(head, f"{a}.attention.key_length") is None:
         raise ModelFileError(
-            f"{path}: {a}.attention.head_count {n_head} exceeds {a}.embedding_length {n_embd} "
+            f"{path}: {a}.attention.head_count {heads[0]} exceeds {a}.embedding_length {n_embd} "
             f"and no {a}.attention.key_length says the head size"
         )
-    n_kv = _int(head, f"{a}.attention.head_count_kv", n_head, where) or n_head
-    head_dim = _int(head, f"{a}.attention.key_length", None, where) or default_dim
-    head_dim_v = _int(head, f"{a}.attention.value_length", head_dim, where)
+    head_dim = _int(head, f"{a}.attention.key_length", None, where) or default_dim or 1
+    head_dim_v = _int(head, f"{a}.attention.value_length", None, where) or default_dim or head_dim
     n_nextn = _int(head, Keys.LLM.NEXTN_PREDICT_LAYERS.format(arch=a), 0, where) or 0
     if n_nextn >= n_layers:
         raise ModelFileError(
@@ -246,36 +314,22 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         raise ModelFileError(f"{path}: cannot tell the vocabulary size (no tokens, no token_embd)")
 
     n_expert = _int(head, f"{a}.expert_count", None, where)
-    swa = _int(head, f"{a}.attention.sliding_window", None, where)
-    swa_layers: tuple[int, ...] = ()
-    if swa:
-        pkey = f"{a}.attention.sliding_window_pattern"
-        pattern_raw = _value(head, pkey)
-        if isinstance(pattern_raw, list) and len(pattern_raw) >= n_layers:
-            swa_layers = tuple(i for i in range(n_layers) if pattern_raw[i])
-        else:
-            n = (
-                _checked(where, pkey, pattern_raw, _PATTERN_RULE)
-                if isinstance(pattern_raw, (int, float)) and not isinstance(pattern_raw, bool)
-                else SWA_PATTERN.get(a, 0)
-            )
-            swa_layers = (
-                tuple(i for i in range(n_layers) if n == 0 or i % n < n - 1)
-                if n or a in SWA_PATTERN
-                else ()
-            )
-    recurrent, linear = _recurrent(head, a, n_layers, n_nextn, where)
+    swa, swa_layers = _sliding(head, a, n_layers, n_nextn, where)
+    recurrent, linear, state = _recurrent(head, a, n_layers, n_nextn, kv_heads, ffs, where)
+    no_kv = _no_kv_layers(head, a, n_layers, kv_heads, ffs, swa_layers, where)
     shexp = _int(head, Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH.format(arch=a), None, where)
     n_shared = _int(head, f"{a}.expert_shared_count", None, where)
+    swa_k = _int(head, Keys.Attention.KEY_LENGTH_SWA.format(arch=a), None, where)
+    swa_v = _int(head, Keys.Attention.VALUE_LENGTH_SWA.format(arch=a), None, where)
     arch = ModelArch(
         architecture=a,
         n_layers=n_layers,
         hidden_size=n_embd,
-        n_heads=n_head,
-        n_kv_heads=n_kv,
+        n_heads=max(n_head, 1),
+        n_kv_heads=max(n_kv, 1),
         head_dim=head_dim,
         head_dim_v=head_dim_v if head_dim_v != head_dim else None,
-        intermediate_size=_int(head, f"{a}.feed_forward_length", 0, where) or 0,
+        intermediate_size=max(ffs),
         vocab_size=vocab,
         tied_embeddings="output.weight" not in by_name,
         max_position_embeddings=_int(head, f"{a}.context_length", 4096, where) or 4096,
@@ -301,8 +355,15 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         linear_v_heads=linear.get("linear_v_heads"),
         linear_k_head_dim=linear.get("linear_k_head_dim"),
         linear_v_head_dim=linear.get("linear_v_head_dim"),
+        layer_kv_heads=(tuple(kv_heads) if mla is None and len(set(kv_heads)) > 1 else ()),
+        no_kv_layers=no_kv,
+        swa_head_dim=swa_k if swa_k and swa_k != head_dim and mla is None else None,
+        swa_head_dim_v=swa_v if swa_v and swa_v != head_dim_v and mla is None else None,
+        recurrent_state_elems=state,
+        parallel_hybrid=a in PARALLEL_HYBRID,
     )
     check_arch(arch, f"{path} (architecture derived from its header)")
+    params = 0
     per_layer = [0] * n_layers
     per_expert = [0] * n_layers
     tok = out = other = skipped = 0
@@ -312,6 +373,8 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         tname = t.type_name
         types[tname] = types.get(tname, 0) + nb
         m = _BLK.match(t.name)
+        if not (m and int(m.group(1)) >= n_layers - n_nextn):
+            params += _elements(t.shape)
         if m and int(m.group(1)) >= n_layers - n_nextn:
             # MTP block: created with TENSOR_SKIP unless llama-server loads the MTP draft
             # (--spec-type draft-mtp sets load_mtp); not loaded, so not counted.
@@ -349,7 +412,14 @@ def read_gguf(path: Path) -> tuple[ModelArch, Artifact]:
         source=f"GGUF header of {path}",
         layout=layout,
     )
-    return arch, artifact
+    return arch, artifact, params
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _mla(header: GGUFHeader, a: str, where: str) -> tuple[int, int, int, int, int | None] | None:
@@ -374,30 +444,110 @@ def _mla(header: GGUFHeader, a: str, where: str) -> tuple[int, int, int, int, in
     return k, v, rank, rope, q_rank or None
 
 
-def _recurrent(
-    header: GGUFHeader, a: str, n_layers: int, n_nextn: int, where: str
-) -> tuple[tuple[int, ...], dict[str, int | None]]:
-    """The gated DeltaNet layers of a qwen3next file and their state sizes.
+def _layers(header: GGUFHeader, key: str, n_layers: int, where: str) -> list[int] | None:
+    """A key llama.cpp reads with get_key_or_arr: a scalar for every layer, or one value per
+    layer (src/llama-model-loader.cpp: an array longer than the layers is refused). None when
+    absent. Elements may be 0 (a layer without attention, an attention-only layer)."""
+    v = _value(header, key)
+    if v is None:
+        return None
+    field = next((f for s, f in _KEY_RULE.items() if key.endswith("." + s)), None)
+    r = ARCH_RULES[field] if field else _FILE_TYPE_RULE
+    zero_ok = NumberRule(0, r.maximum)
+    if isinstance(v, ArrayLength) or (isinstance(v, list) and len(v) != n_layers):
+        n = v.count if isinstance(v, ArrayLength) else len(v)
+        raise ModelFileError(
+            f"{where}: {key}: an array of {n} values. Accepted: one value, or one per "
+            f"layer ({n_layers})."
+        )
+    if isinstance(v, list):
+        return [_checked(where, f"{key}[{i}]", x, zero_ok) for i, x in enumerate(v)]
+    return [_checked(where, key, v, zero_ok)] * n_layers
 
-    src/models/qwen3next.cpp load_arch_hparams: {arch}.attention.recurrent_layers when present,
-    else every trunk layer but each {arch}.full_attention_interval-th (default 4); the sizes
-    from {arch}.ssm.* (group_count = key heads, time_step_rank = value heads, state_size = key
-    head size, inner_size = value heads x value head size).
+
+def _sliding(
+    header: GGUFHeader, a: str, n_layers: int, n_nextn: int, where: str
+) -> tuple[int | None, tuple[int, ...]]:
+    """(window, sliding-window layers) as the architecture's load_arch_hparams sets them.
+
+    A window from {arch}.attention.sliding_window (or the architecture's built-in one,
+    SWA_WINDOW), and the layers from {arch}.attention.sliding_window_pattern: an array of flags,
+    a period, or the architecture's own period (SWA_PATTERN; llama-model.cpp load_swa_pattern,
+    llama-hparams.cpp set_swa_pattern). An architecture with a window but no known pattern is
+    planned with every layer at full context: more KV, never less.
     """
-    if a != "qwen3next":
-        return (), {}
+    window = _int(header, f"{a}.attention.sliding_window", None, where)
+    # gemma2.cpp: 4096 unless the key says otherwise; llama4.cpp: chunked attention of 8192
+    # whatever the key holds, unless it is 0 (then no chunking)
+    if a in SWA_WINDOW and (window is None or (a == "llama4" and window != 0)):
+        window = SWA_WINDOW[a]
+    if not window:
+        return None, ()
     trunk = n_layers - n_nextn
-    flags = _value(header, RECURRENT_LAYERS_KEY.format(arch=a))
-    if isinstance(flags, list) and flags:
-        if len(flags) < n_layers or not all(isinstance(x, (bool, int)) for x in flags):
-            raise ModelFileError(
-                f"{where}: {RECURRENT_LAYERS_KEY.format(arch=a)}: {shorten(flags)}. Accepted: "
-                f"one flag per block ({n_layers})."
-            )
-        layers = tuple(i for i in range(trunk) if flags[i])
+    pkey = f"{a}.attention.sliding_window_pattern"
+    raw = _value(header, pkey)
+    if a not in SWA_PATTERN and a not in SWA_ARRAY:
+        return window, ()  # llama.cpp reads no pattern for it: no layer slides
+    if isinstance(raw, list) and len(raw) >= trunk:
+        return window, tuple(i for i in range(trunk) if raw[i])
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        period, dense_first = _checked(where, pkey, raw, _PATTERN_RULE), False
+        if a in SWA_PATTERN:
+            dense_first = SWA_PATTERN[a][1]
+    elif a in SWA_PATTERN:
+        period, dense_first = SWA_PATTERN[a]
     else:
-        interval = _int(header, Keys.LLM.FULL_ATTENTION_INTERVAL.format(arch=a), 4, where) or 4
-        layers = tuple(i for i in range(trunk) if (i + 1) % interval != 0)
+        return window, ()  # an array-only architecture without its array: llama.cpp refuses it
+    if dense_first:
+        return window, tuple(i for i in range(trunk) if period == 0 or i % period != 0)
+    return window, tuple(i for i in range(trunk) if period == 0 or i % period < period - 1)
+
+
+def _recurrent(
+    header: GGUFHeader,
+    a: str,
+    n_layers: int,
+    n_nextn: int,
+    kv_heads: list[int],
+    ffs: list[int],
+    where: str,
+) -> tuple[tuple[int, ...], dict[str, int | None], tuple[int, int] | None]:
+    """The recurrent layers, the gated DeltaNet sizes (qwen3next family) and llama.cpp's
+    (n_embd_r, n_embd_s) per sequence of each recurrent layer.
+
+    Which layers (src/models/<arch>.cpp load_arch_hparams, is_recr_impl): every layer of a
+    recurrent architecture (llama-arch.cpp llm_arch_is_recurrent) and of Falcon-H1; the layers
+    with 0 KV heads of the other hybrids (Jamba, Granite-hybrid, LFM2, PLaMo-2, Kimi-Linear),
+    also with no FFN for Nemotron-H; {arch}.attention.recurrent_layers or every trunk layer but
+    each {arch}.full_attention_interval-th (default 4) for Qwen3-Next / Qwen3.5.
+    """
+    trunk = n_layers - n_nextn
+    if a in RECURRENT_ARCHS or a in PARALLEL_HYBRID:
+        layers: tuple[int, ...] = tuple(range(trunk))
+    elif a in HYBRID_BY_KV:
+        layers = tuple(i for i in range(trunk) if kv_heads[i] == 0)
+    elif a in NEMOTRON_H:
+        layers = tuple(i for i in range(trunk) if kv_heads[i] == 0 and ffs[i] == 0)
+    elif a in DELTANET:
+        flags = _value(header, RECURRENT_LAYERS_KEY.format(arch=a))
+        if isinstance(flags, list) and flags:
+            if len(flags) < n_layers or not all(isinstance(x, (bool, int)) for x in flags):
+                raise ModelFileError(
+                    f"{where}: {RECURRENT_LAYERS_KEY.format(arch=a)}: {shorten(flags)}. "
+                    f"Accepted: one flag per block ({n_layers})."
+                )
+            layers = tuple(i for i in range(trunk) if flags[i])
+        else:
+            key = Keys.LLM.FULL_ATTENTION_INTERVAL.format(arch=a)
+            interval = _int(header, key, 4, where) or 4
+            layers = tuple(i for i in range(trunk) if (i + 1) % interval != 0)
+    else:
+        return (), {}, None
+    if not layers:
+        return (), {}, None
+    state = _state_elems(header, a, n_layers, where)
+    if a not in DELTANET:
+        return layers, {}, state
 
     def need(key: str) -> int:
         v = _int(header, key.format(arch=a), None, where)
@@ -415,13 +565,75 @@ def _recurrent(
             f"{where}: {a}.ssm.inner_size {inner} is not a multiple of {a}.ssm.time_step_rank "
             f"{v_heads}. Accepted: value heads x value head size."
         )
-    return layers, {
-        "linear_conv_kernel": need(Keys.SSM.CONV_KERNEL),
-        "linear_k_heads": need(Keys.SSM.GROUP_COUNT),
-        "linear_v_heads": v_heads,
-        "linear_k_head_dim": need(Keys.SSM.STATE_SIZE),
-        "linear_v_head_dim": inner // v_heads,
-    }
+    return (
+        layers,
+        {
+            "linear_conv_kernel": need(Keys.SSM.CONV_KERNEL),
+            "linear_k_heads": need(Keys.SSM.GROUP_COUNT),
+            "linear_v_heads": v_heads,
+            "linear_k_head_dim": need(Keys.SSM.STATE_SIZE),
+            "linear_v_head_dim": inner // v_heads,
+        },
+        state,
+    )
+
+
+def _state_elems(header: GGUFHeader, a: str, n_layers: int, where: str) -> tuple[int, int]:
+    """llama-hparams.cpp n_embd_r() / n_embd_s(): the f32 elements of one sequence's conv (or
+    token-shift) state and its SSM (or wkv) state in one recurrent layer."""
+
+    def key(k: str, default: int = 0) -> int:
+        # 0 is a size here (Mamba-1's group count), within the key's bound
+        got = _layers(header, k.format(arch=a), n_layers, where)
+        return (got[0] if got else default) or default
+
+    n_embd = key(Keys.LLM.EMBEDDING_LENGTH)
+    wkv = key(Keys.WKV.HEAD_SIZE)
+    if wkv:  # RWKV: token_shift_count (default 2, llama-hparams.h) x n_embd; n_embd x head size
+        return key(Keys.LLM.TOKEN_SHIFT_COUNT, 2) * n_embd, n_embd * wkv
+    d_conv, d_inner = key(Keys.SSM.CONV_KERNEL), key(Keys.SSM.INNER_SIZE)
+    d_state, n_group = key(Keys.SSM.STATE_SIZE), key(Keys.SSM.GROUP_COUNT)
+    s = d_state * d_inner
+    l_cache = key(Keys.ShortConv.L_CACHE)
+    if l_cache:  # LFM2: the short convolution's window
+        return n_embd * (l_cache - 1), s
+    kda = key(Keys.KDA.HEAD_DIM)
+    if kda:  # Kimi KDA: conv state of q, k and v (d_conv 0 counts as 4); kda^2 per head
+        heads = (_layers(header, f"{a}.attention.head_count", n_layers, where) or [0])[0]
+        return 3 * (d_conv - 1 if d_conv else 3) * heads * kda, kda * kda * heads
+    return (d_conv - 1 if d_conv else 0) * (d_inner + 2 * n_group * d_state), s
+
+
+def _no_kv_layers(
+    header: GGUFHeader,
+    a: str,
+    n_layers: int,
+    kv_heads: list[int],
+    ffs: list[int],
+    swa_layers: tuple[int, ...],
+    where: str,
+) -> tuple[int, ...]:
+    """Layers that are neither recurrent nor given a KV cache of their own.
+
+    - Encoders and diffusion models (llama-model.cpp create_memory: no memory at all).
+    - Nemotron-H's FFN-only layers (create_memory: attention where n_head_kv > 0 and n_ff == 0).
+    - KV sharing: from n_layer_kv_from_start on, a layer reads an earlier layer's cache
+      (llama-hparams.cpp has_kv; gemma3n.cpp: 20, gemma4.cpp: block_count minus
+      {arch}.attention.shared_kv_layers).
+    """
+    if a in NO_MEMORY:
+        return tuple(range(n_layers))
+    if a in NEMOTRON_H:
+        return tuple(i for i in range(n_layers) if ffs[i] != 0)
+    start = None
+    if a == "gemma3n":
+        start = 20
+    elif a == "gemma4":
+        shared = _int(header, Keys.Attention.SHARED_KV_LAYERS.format(arch=a), 0, where) or 0
+        start = n_layers - shared
+    if start is None:
+        return ()
+    return tuple(range(max(start, 0), n_layers))
 
 
 _FTYPE = {
@@ -454,15 +666,75 @@ def _quant_name(reader: Any, types: dict[str, int]) -> str:
 
 
 def spec_from_gguf(path: Path) -> ModelSpec:
-    arch, art = read_gguf(path)
+    arch, art, params = _read_gguf(path)
     name = path.name.removesuffix(".gguf")
     return ModelSpec(
         id=name.lower(),
         name=name,
         hf_id=name,
-        params_b=round(count_params(arch).total / 1e9, 2),
+        params_b=round(params / 1e9, 2),  # exact: the header's tensor shapes
         active_params_b=None,
         arch=arch,
         artifacts=(art,),
         source=art.source or str(path),
     )
+
+
+def mmproj_bytes(path: Path) -> int:
+    """Bytes of the tensors of a --mmproj projector file, which llama-server loads beside the
+    model (tools/mtmd/clip.cpp clip_model_loader: every tensor of the file, on the first device
+    of the model's list unless --no-mmproj-offload).
+
+    The file must be a GGUF whose general.architecture is "clip" (convert_hf_to_gguf.py
+    --mmproj writes that): anything else is a ModelFileError naming what it is.
+    """
+    head = _open(path)
+    arch = _value(head, "general.architecture")
+    if arch != "clip":
+        raise ModelFileError(
+            f"{path}: general.architecture is {shorten(arch)}, not 'clip'. Accepted: a "
+            "multimodal projector GGUF (mmproj-*.gguf) for --mmproj."
+        )
+    return sum(t.n_bytes for t in head.tensors)
+
+
+# The widest vision warmup llama.cpp gives a dynamic-resolution projector: 46 x 46 output tokens
+# of a 2 x 2 merge (tools/mtmd/clip.cpp set_warmup_n_tokens(46*46); clip-model.h
+# warmup_image_size = n_tok_per_side * patch_size * n_merge).
+_MMPROJ_MAX_WARMUP_PATCHES = (46 * 2) ** 2
+_MMPROJ_COMPUTE_FLOOR = 64 * 2**20
+
+
+def mmproj_compute_bytes(path: Path) -> int:
+    """An allowance for the compute buffer llama-server reserves for a --mmproj projector.
+
+    llama-fit-params does not count it (common/fit.cpp sizes the text model only); clip.cpp sizes
+    it by building the graph of one warmup image (clip.cpp get_dummy_batch: warmup_image_size,
+    image_size by default, or the set_warmup_n_tokens cap of the dynamic-resolution projectors,
+    which read clip.vision.image_max_pixels) and reserving it on the projector's device. The
+    allowance is that graph's largest tensors with flash attention off (clip.cpp falls back to it
+    where the device lacks the head size): the F32 attention scores of every head over the warmup
+    patches, plus four F32 activations of the patches at the wider of the embedding and FFN
+    widths. Not yet measured on a GPU (bench/gpu/ measures it where one is lent); it is kept on
+    the high side on purpose, since under-predicting is an OOM.
+    """
+    head = _open(path)
+    where = str(path)
+
+    def key(name: str, default: int) -> int:
+        v = _value(head, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            return default
+        return _checked(where, name, v, NumberRule(1, 1 << 24))
+
+    image = key("clip.vision.image_size", 0)
+    patch = key("clip.vision.patch_size", 0)
+    if not image or not patch:
+        return _MMPROJ_COMPUTE_FLOOR
+    n = (image // patch) ** 2
+    max_pixels = key("clip.vision.image_max_pixels", 0)
+    if max_pixels:
+        n = max(n, min(max_pixels // (patch * patch), _MMPROJ_MAX_WARMUP_PATCHES))
+    heads = key("clip.vision.attention.head_count", 16)
+    width = max(key("clip.vision.embedding_length", 1024), key("clip.vision.feed_forward_length", 0))
+    return max(_MMPROJ_COMPUTE_FLOOR, heads * n * n * 4 + 4 * n * width * 4)
