@@ -203,14 +203,29 @@ def depth(doc: Any) -> int:
     return deepest
 
 
-def parse_json(text: str, origin: str, max_depth: int = MAX_DEPTH) -> Any:
-    """``json.loads`` with NaN/Infinity, overlong integers, overflowing floats and deep nesting refused."""
+def _python_constant(name: str) -> float:
+    if name == "NaN":
+        raise _Bad("non-finite numbers are not JSON", name)
+    return float(name)  # "Infinity", "-Infinity": what Python's json module writes
+
+
+def parse_json(text: str, origin: str, max_depth: int = MAX_DEPTH, constants: bool = False) -> Any:
+    """``json.loads`` with NaN/Infinity, overlong integers, overflowing floats and deep nesting refused.
+
+    ``constants``: accept Python's Infinity spellings (transformers writes config.json through
+    Python's json, e.g. Mamba-2's ``"time_step_limit": [0.0, Infinity]``); the caller says where
+    they may stand, and every number it uses still passes a ``NumberRule``, which refuses them."""
     accepted = (
         f"JSON with finite numbers, integers of at most {MAX_INT_DIGITS} digits and nesting "
         f"of at most {max_depth} levels"
     )
     try:
-        doc = json.loads(text, parse_constant=_constant, parse_int=_int, parse_float=_float)
+        doc = json.loads(
+            text,
+            parse_constant=_python_constant if constants else _constant,
+            parse_int=_int,
+            parse_float=_float,
+        )
     except _Bad as exc:
         raise FileInputError(
             origin, exc.problem, accepted, value=exc.value, show_value=True
@@ -226,10 +241,10 @@ def parse_json(text: str, origin: str, max_depth: int = MAX_DEPTH) -> Any:
     return doc
 
 
-def read_json(path: Path, kind: str, origin: str | None = None) -> Any:
+def read_json(path: Path, kind: str, origin: str | None = None, constants: bool = False) -> Any:
     """Read, decode and parse one user-supplied JSON file of a kind listed in ``LIMITS``."""
     label = origin or str(path)
-    return parse_json(read_text(path, LIMITS[kind], label), label)
+    return parse_json(read_text(path, LIMITS[kind], label), label, constants=constants)
 
 
 # -- numbers ------------------------------------------------------------------------------------

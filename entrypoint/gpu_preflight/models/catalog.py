@@ -44,6 +44,44 @@ class Catalog:
         return difflib.get_close_matches(value.strip(), names, n=n, cutoff=0.4)
 
 
+def architecture_key(a: ModelArch) -> tuple[object, ...]:
+    """The facts that make a model the model it is, for matching a file to a catalog entry.
+
+    The full architecture, not a few shape numbers: Mistral-7B and Mixtral-8x7B share family,
+    depth, widths, heads and vocabulary and differ only in their experts (issue 19), so the
+    expert count, width and routing are part of the key, and so are MLA's latent, the dense FFN
+    width and the recurrent layers. Left out: what one source states and another derives
+    (sliding-window bookkeeping, context length, tying, provenance names).
+    """
+    moe = bool(a.n_experts)
+    return (
+        a.architecture,
+        a.n_layers,
+        a.hidden_size,
+        a.n_heads,
+        a.n_kv_heads,
+        a.head_dim,
+        a.v_head_dim,
+        a.vocab_size,
+        a.n_experts or 0,
+        a.n_experts_per_token if moe else None,
+        a.expert_intermediate_size if moe else a.intermediate_size,
+        (a.n_shared_experts or 0) if moe else 0,
+        a.n_dense_layers if moe else 0,
+        a.kv_lora_rank,
+        a.qk_rope_head_dim,
+        len(a.recurrent_layers),
+    )
+
+
+def same_architecture(a: ModelArch, b: ModelArch) -> bool:
+    """Whether two architectures are one model's (architecture_key equal, and the config's own
+    model_type equal where both sides know it)."""
+    if a.hf_model_type and b.hf_model_type and a.hf_model_type != b.hf_model_type:
+        return False
+    return architecture_key(a) == architecture_key(b)
+
+
 def _artifact(arch: ModelArch, raw: dict[str, Any], where: str) -> Artifact:
     layout = derive_layout(arch, raw["quant"], raw["engine"])
     listed = raw.get("listed_bytes")

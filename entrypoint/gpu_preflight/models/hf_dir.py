@@ -12,20 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight.boundedio import FileInputError, NumberRule, check_regular, read_json, shorten
+from gpu_preflight.boundedio import FileInputError, check_regular, read_json, shorten
 from gpu_preflight.models.errors import ModelFileError
-from gpu_preflight.models.layout import (
-    ARCH_RULES,
-    HF_MODEL_TYPES,
-    MAX_LAYERS,
-    check_arch,
-    count_params,
-    unknown_architecture,
-)
+from gpu_preflight.models.hf_config import arch_from_config
+from gpu_preflight.models.layout import HF_MODEL_TYPES, count_params
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
-# transformers' Gemma3TextConfig.sliding_window_pattern: every Nth layer is global (N >= 1).
-SWA_PATTERN_RULE = NumberRule(1, MAX_LAYERS)
+__all__ = ["arch_from_config", "read_hf_dir", "spec_from_hf_dir"]
+# The families whose parameters layout.count_params counts from the architecture (the catalog's;
+# its counts are checked against published ones); any other's come from the headers.
+_COUNTED = frozenset(HF_MODEL_TYPES.values())
 DTYPE_BYTES = {
     "F64": 8,
     "I64": 8,
@@ -39,11 +35,14 @@ DTYPE_BYTES = {
     "U16": 2,
     "F8_E4M3": 1,
     "F8_E5M2": 1,
+    "F8_E8M0": 1,
     "I8": 1,
     "U8": 1,
     "BOOL": 1,
 }
-_LAYER = re.compile(r"\.layers\.([0-9]+)\.")
+# A decoder block's index: model.layers.N (Llama and most), transformer.h.N (GPT-2, Falcon,
+# BLOOM), transformer.blocks.N (MPT, DBRX), backbone.layers.N (Mamba), gpt_neox.layers.N.
+_LAYER = re.compile(r"\.(?:layers|h|blocks|block|decoder_layers)\.([0-9]+)\.")
 _EXPERT = re.compile(r"\.experts\.")
 # The vision tower and projector of a multimodal checkpoint (Gemma 3, Mistral 3 / Pixtral, LLaVA:
 # vision_tower.* and multi_modal_projector.*; Qwen2.5-VL: visual.*; newer transformers layouts
@@ -52,9 +51,21 @@ _VISION = re.compile(
     r"^(model\.)?(vision_tower|visual|multi_modal_projector|vision_model|mm_projector|"
     r"vision_embed_tokens|embed_vision)\."
 )
-# MLA configs: DeepSeek-V2/V3 (transformers DeepseekV3Config; vLLM deepseek_v2.py reads the same
-# keys). The KV is the latent plus the rope key whatever num_key_value_heads says.
-_MLA_TYPES = ("deepseek_v2", "deepseek_v3")
+_EMBED = re.compile(
+    r"(embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|embeddings)\.weight$"
+)
+_OUTPUT = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
+# Tensor-parallel sharding read from a tensor's name and shape (vLLM's linear layers):
+# - held whole by every rank: 1-D tensors (norms; biases counted whole, the safe side), MoE
+#   routers (GateLinear / ReplicatedLinear: mlp.gate, router, gate of n_experts rows), MLA's
+#   low-rank "a" projections (deepseek_v2.py DeepSeekV2FusedQkvAProjLinear disable_tp=True,
+#   kv_a_proj_with_mqa ReplicatedLinear), and the vision tower and projector (counted whole:
+#   encoders that run data parallel, mm_encoder_tp_mode "data", replicate them);
+# - K/V projections: QKVParallelLinear replicates K/V heads once tensor parallel exceeds them;
+# - everything else (column, row and expert parallel): split tp ways.
+_ROUTER = re.compile(r"(\.mlp\.gate|\.router|\.gate|\.block_sparse_moe\.gate|\.moe\.gate)\.weight$")
+_LOWRANK = re.compile(r"\.(q_a_proj|kv_a_proj_with_mqa|q_a_layernorm|kv_a_layernorm)\.")
+_KV_PROJ = re.compile(r"\.(k_proj|v_proj)\.")
 # Models whose checkpoints carry MTP blocks vLLM does not load: DeepSeek-V3 and GLM-4.5 store
 # them as layers num_hidden_layers.. (vllm/model_executor/models/utils.py
 # get_spec_layer_idx_from_weight_name / skip_spec_layers), Qwen3-Next under mtp.
@@ -68,190 +79,45 @@ MAX_SHARDS = 4096  # safetensors shards in one checkpoint (the largest real ones
 def _config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     try:
-        doc = read_json(cfg, "config")
+        doc = read_json(cfg, "config", constants=True)
     except FileInputError as exc:
         hint = "" if exc.accepted else " Accepted: a Hugging Face config.json."
         raise ModelFileError(f"{exc}{hint}") from exc
     if not isinstance(doc, dict):
         raise ModelFileError(f"{cfg}: expected a JSON object, got {type(doc).__name__}")
+    _finite_except_limits(doc, cfg)
+    # Multimodal checkpoints keep the language model under text_config (Llama-4, Gemma 3,
+    # Qwen2.5-VL in newer transformers; older Qwen2-VL configs keep it at the top level). The
+    # text keys win; the outer model_type and architectures stay what vLLM's registry is asked.
     text = doc.get("text_config")
-    return {**doc, **text} if isinstance(text, dict) else doc
+    if not isinstance(text, dict):
+        return doc
+    merged = {**doc, **text, "architectures": doc.get("architectures")}
+    merged["_outer_model_type"] = doc.get("model_type")
+    if "model_type" not in text:
+        merged["model_type"] = doc.get("model_type")
+    return merged
 
 
-def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
-    """The architecture from a config.json, every field typed and bounded (layout.ARCH_RULES)."""
+# Keys whose value transformers writes as Infinity (Python's json) in real configs: the Mamba-2
+# family's time_step_limit (Mamba2Config, NemotronHConfig, BambaConfig, FalconH1Config,
+# GraniteMoeHybridConfig default (0.0, inf)). Infinity anywhere else is refused.
+_INFINITE_OK = frozenset({"time_step_limit", "time_step_max", "time_step_floor"})
 
-    def value(field: str, keys: tuple[str, ...], default: int | None) -> int | None:
-        # The first key present and not null wins; 0 means "absent" where transformers treats
-        # it so (num_key_value_heads: 0 -> MHA); a wrong type or range names the key.
-        rule = ARCH_RULES[field]
-        for k in keys:
-            v = c.get(k)
-            if v is None:
-                continue
-            if v == 0 and not isinstance(v, bool) and rule.minimum >= 1:
-                return default
-            try:
-                return int(rule.check(v, where, k))
-            except FileInputError as exc:
-                raise ModelFileError(str(exc)) from exc
-        return default
 
-    def need(field: str, *keys: str) -> int:
-        v = value(field, keys, None)
-        if v is None:
+def _finite_except_limits(doc: dict[str, Any], where: Path) -> None:
+    stack: list[tuple[str, Any]] = list(doc.items())
+    while stack:
+        key, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v) and key not in _INFINITE_OK:
             raise ModelFileError(
-                f"{where}: lacks {keys[0]!r}. Accepted: {ARCH_RULES[field].accepted}."
+                f"{where}: {key}: non-finite numbers are not JSON (got {v!r}). Accepted: JSON "
+                "with finite numbers (Infinity only in a time_step_limit)."
             )
-        return v
-
-    n_layers = need("n_layers", "num_hidden_layers", "n_layer")
-    hidden = need("hidden_size", "hidden_size", "n_embd")
-    heads = need("n_heads", "num_attention_heads", "n_head")
-    kv = value("n_kv_heads", ("num_key_value_heads",), heads) or heads
-    if hidden // heads < 1 and c.get("head_dim") is None:
-        raise ModelFileError(
-            f"{where}: num_attention_heads {heads} exceeds hidden_size {hidden} and no head_dim "
-            "says the head size"
-        )
-    head_dim = value("head_dim", ("head_dim",), hidden // heads) or hidden // heads
-    model_type = c.get("model_type", "unknown")
-    if not isinstance(model_type, str) or len(model_type) > 64:
-        raise ModelFileError(
-            f"{where}: model_type: {shorten(model_type)}. Accepted: a string of at most 64 characters."
-        )
-    if model_type not in HF_MODEL_TYPES:
-        raise ModelFileError(unknown_architecture("model_type", model_type, where))
-    head_dim_v: int | None = None
-    kv_lora = rope = q_lora = None
-    if model_type in _MLA_TYPES:
-        kv_lora = need("kv_lora_rank", "kv_lora_rank")
-        rope = need("qk_rope_head_dim", "qk_rope_head_dim")
-        nope = need("head_dim", "qk_nope_head_dim")
-        head_dim = nope + rope
-        head_dim_v = need("head_dim_v", "v_head_dim")
-        q_lora = value("q_lora_rank", ("q_lora_rank",), None)  # null in DeepSeek-V2-Lite
-    _only_one(c, where, "moe_layer_freq", 1)
-    if model_type == "qwen3_next":
-        _only_one(c, where, "decoder_sparse_step", 1)
-        if c.get("mlp_only_layers"):
-            raise ModelFileError(
-                f"{where}: mlp_only_layers: {shorten(c.get('mlp_only_layers'))}. Accepted: [] "
-                "(every layer MoE, as Qwen3-Next ships)."
-            )
-    recurrent: tuple[int, ...] = ()
-    linear: dict[str, int | None] = {}
-    if model_type == "qwen3_next":
-        recurrent = _linear_layers(c, n_layers, where)
-        for field, key in (
-            ("linear_conv_kernel", "linear_conv_kernel_dim"),
-            ("linear_k_heads", "linear_num_key_heads"),
-            ("linear_v_heads", "linear_num_value_heads"),
-            ("linear_k_head_dim", "linear_key_head_dim"),
-            ("linear_v_head_dim", "linear_value_head_dim"),
-        ):
-            linear[field] = need(field, key)
-    use_sw = c.get("use_sliding_window", True) is not False
-    sw = value("sliding_window", ("sliding_window",), None) if use_sw else None
-    layer_types = c.get("layer_types")
-    swa_layers: tuple[int, ...] = ()
-    if sw:
-        if isinstance(layer_types, list):
-            if len(layer_types) > n_layers:
-                raise ModelFileError(
-                    f"{where}: layer_types lists {len(layer_types)} layers. Accepted: at most "
-                    f"num_hidden_layers ({n_layers})."
-                )
-            swa_layers = tuple(i for i, t in enumerate(layer_types) if t == "sliding_attention")
-        elif model_type.startswith("gemma2"):
-            swa_layers = tuple(range(0, n_layers, 2))
-        elif model_type.startswith("gemma3"):
-            # transformers' Gemma3TextConfig: every sliding_window_pattern-th layer is global.
-            raw = c.get("sliding_window_pattern", 6)
-            try:
-                p = int(SWA_PATTERN_RULE.check(raw, where, "sliding_window_pattern"))
-            except FileInputError as exc:
-                raise ModelFileError(str(exc)) from exc
-            swa_layers = tuple(i for i in range(n_layers) if (i + 1) % p != 0)
-        else:
-            swa_layers = tuple(range(n_layers))  # Mistral-style: every layer windowed
-    n_experts = value("n_experts", ("num_local_experts", "num_experts", "n_routed_experts"), None)
-    inter = value("intermediate_size", ("intermediate_size",), 0) or 0
-    # DeepSeek-V2/V3 and GLM-4.5: the first first_k_dense_replace layers keep a dense MLP of
-    # intermediate_size (vLLM deepseek_v2.py / glm4_moe.py DecoderLayer: layer_idx >=
-    # first_k_dense_replace is MoE).
-    n_dense = (value("n_dense_layers", ("first_k_dense_replace",), 0) or 0) if n_experts else 0
-    shared = value("n_shared_experts", ("n_shared_experts",), None) or None
-    shared_width = value(
-        "shared_expert_intermediate_size", ("shared_expert_intermediate_size",), None
-    )
-    if shared is None and shared_width:
-        shared = 1  # Qwen3-Next / Qwen2-MoE: one shared expert of that width
-    arch = ModelArch(
-        architecture=HF_MODEL_TYPES[model_type],
-        n_layers=n_layers,
-        hidden_size=hidden,
-        n_heads=heads,
-        n_kv_heads=kv,
-        head_dim=head_dim,
-        head_dim_v=head_dim_v if head_dim_v is not None and head_dim_v != head_dim else None,
-        intermediate_size=inter if not n_experts or n_dense else 0,
-        vocab_size=need("vocab_size", "vocab_size"),
-        tied_embeddings=bool(c.get("tie_word_embeddings", False)),
-        max_position_embeddings=value("max_position_embeddings", ("max_position_embeddings",), 4096)
-        or 4096,
-        sliding_window=sw if sw and swa_layers else None,
-        sliding_window_layers=swa_layers,
-        n_experts=n_experts,
-        n_experts_per_token=value(
-            "n_experts_per_token", ("num_experts_per_tok", "experts_per_token"), None
-        ),
-        expert_intermediate_size=value("expert_intermediate_size", ("moe_intermediate_size",), None)
-        or ((inter or None) if n_experts else None),
-        n_shared_experts=shared,
-        shared_expert_intermediate_size=shared_width,
-        n_dense_layers=n_dense,
-        kv_lora_rank=kv_lora,
-        qk_rope_head_dim=rope,
-        q_lora_rank=q_lora,
-        recurrent_layers=recurrent,
-        has_vision=isinstance(c.get("vision_config"), dict),
-        linear_conv_kernel=linear.get("linear_conv_kernel"),
-        linear_k_heads=linear.get("linear_k_heads"),
-        linear_v_heads=linear.get("linear_v_heads"),
-        linear_k_head_dim=linear.get("linear_k_head_dim"),
-        linear_v_head_dim=linear.get("linear_v_head_dim"),
-    )
-    return check_arch(arch, where)
-
-
-def _only_one(c: dict[str, Any], where: str, key: str, accepted: int) -> None:
-    """A layout key the memory model supports only at its usual value (every real config)."""
-    v = c.get(key)
-    if v is not None and v != accepted:
-        raise ModelFileError(f"{where}: {key}: {shorten(v)}. Accepted: {accepted}.")
-
-
-def _linear_layers(c: dict[str, Any], n_layers: int, where: str) -> tuple[int, ...]:
-    """Qwen3-Next's gated DeltaNet layers: layer_types "linear_attention", or where absent every
-    layer but each full_attention_interval-th (transformers Qwen3NextConfig builds layer_types
-    so; vLLM qwen3_next.py reads config.layer_types)."""
-    types = c.get("layer_types")
-    if isinstance(types, list):
-        if len(types) != n_layers or not all(
-            t in ("linear_attention", "full_attention") for t in types
-        ):
-            raise ModelFileError(
-                f"{where}: layer_types: {shorten(types)}. Accepted: num_hidden_layers "
-                f'({n_layers}) entries, each "linear_attention" or "full_attention".'
-            )
-        return tuple(i for i, t in enumerate(types) if t == "linear_attention")
-    raw = c.get("full_attention_interval", 4)
-    try:
-        interval = int(SWA_PATTERN_RULE.check(raw, where, "full_attention_interval"))
-    except FileInputError as exc:
-        raise ModelFileError(str(exc)) from exc
-    return tuple(i for i in range(n_layers) if (i + 1) % interval != 0)
+        if isinstance(v, dict):
+            stack.extend(v.items())
+        elif isinstance(v, list):
+            stack.extend((key, x) for x in v)
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -305,7 +171,7 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
         )
     per_layer = [0] * arch.n_layers
     per_expert = [0] * arch.n_layers
-    tok = out = other = vision = skipped = 0
+    tok = out = other = vision = skipped = replicated = kv_proj = elements = 0
     model_type = str(cfg.get("model_type", ""))
     mtp_prefix = _MTP_PREFIX.get(model_type)
     mtp_layers = isinstance(cfg.get("num_nextn_predict_layers"), int) and bool(
@@ -322,22 +188,42 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
                 for name in st.keys():  # noqa: SIM118 - safe_open is not a dict
                     sl = st.get_slice(name)
                     dtype = sl.get_dtype()
-                    nb = math.prod(sl.get_shape()) * DTYPE_BYTES.get(dtype, 1)
+                    shape = sl.get_shape()
+                    n = math.prod(shape)
+                    nb = n * DTYPE_BYTES.get(dtype, 1)
                     m = _LAYER.search(name)
+                    if mtp_prefix and name.startswith(mtp_prefix):
+                        skipped += nb
+                        continue
+                    if (
+                        m
+                        and mtp_layers
+                        and not _VISION.match(name)
+                        and (len(m.group(1)) >= 10 or int(m.group(1)) >= arch.n_layers)
+                    ):
+                        skipped += nb  # an MTP block (layer >= num_hidden_layers)
+                        continue
+                    elements += n
                     if _VISION.match(name):
                         vision += nb
                         other += nb
-                    elif mtp_prefix and name.startswith(mtp_prefix):
-                        skipped += nb
-                    elif m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
+                        replicated += nb
+                        continue
+                    if (
+                        len(shape) <= 1
+                        or _LOWRANK.search(name)
+                        or (_ROUTER.search(name) and shape[0] == (arch.n_experts or -1))
+                    ):
+                        replicated += nb
+                    elif _KV_PROJ.search(name):
+                        kv_proj += nb
+                    if m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
                         per_layer[int(m.group(1))] += nb
                         if _EXPERT.search(name):
                             per_expert[int(m.group(1))] += nb
-                    elif m and mtp_layers:
-                        skipped += nb  # an MTP block (layer >= num_hidden_layers)
-                    elif "embed_tokens" in name or name.endswith("wte.weight"):
+                    elif _EMBED.search(name) and not tok:
                         tok += nb
-                    elif "lm_head" in name:
+                    elif _OUTPUT.search(name):
                         out += nb
                     else:
                         other += nb
@@ -364,6 +250,9 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
         exact=True,
         vision_bytes=vision,
         skipped_bytes=skipped,
+        replicated_bytes=replicated,
+        kv_proj_bytes=kv_proj,
+        parameters=elements,
     )
     art = Artifact(
         engine="vllm",
@@ -379,11 +268,17 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
 
 def spec_from_hf_dir(path: Path) -> ModelSpec:
     arch, art = read_hf_dir(path)
+    layout = art.layout
+    params = (
+        count_params(arch).total
+        if arch.architecture in _COUNTED or layout is None
+        else layout.parameters
+    )
     return ModelSpec(
         id=path.name.lower(),
         name=path.name,
         hf_id=path.name,
-        params_b=round(count_params(arch).total / 1e9, 2),
+        params_b=round(params / 1e9, 2),
         active_params_b=None,
         arch=arch,
         artifacts=(art,),

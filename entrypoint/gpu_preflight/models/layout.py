@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gguf import MODEL_ARCH_NAMES
+
 from gpu_preflight.boundedio import FileInputError, NumberRule
 from gpu_preflight.models.errors import ModelFileError
 from gpu_preflight.models.types import ModelArch, WeightLayout
@@ -75,7 +77,18 @@ def check_arch(arch: ModelArch, origin: str) -> ModelArch:
             layers.check(i, origin, "sliding_window_layers[]")
         for i in arch.recurrent_layers:
             layers.check(i, origin, "recurrent_layers[]")
-        if arch.recurrent_layers:
+        # a GGUF gives llama.cpp's state sizes directly (recurrent_state_elems)
+        for i in (*arch.no_kv_layers, *arch.chunked_layers):
+            layers.check(i, origin, "no_kv_layers[]")
+        if arch.layer_kv_heads and len(arch.layer_kv_heads) != arch.n_layers:
+            raise FileInputError(
+                origin,
+                f"lists K/V heads for {len(arch.layer_kv_heads)} layers",
+                f"one entry per layer ({arch.n_layers})",
+                key="layer_kv_heads",
+            )
+        # ssm_* sizes (state_kind, from a config.json) carry the other recurrent kinds
+        if arch.recurrent_layers and arch.recurrent_state_elems is None and arch.state_kind is None:
             missing = [f for f in LINEAR_FIELDS if getattr(arch, f) is None]
             if missing:
                 raise FileInputError(
@@ -449,12 +462,12 @@ def scale_layout(layout: WeightLayout, total_bytes: int) -> WeightLayout:
     )
 
 
-# The architectures the memory models know, each with its own KV rule: layers x KV heads x head
-# size (with sliding windows and routed experts where the family has them); multi-head latent
-# attention for deepseek_v2/v3 (one latent + rope key per token and layer); gated DeltaNet layers
-# with a per-sequence recurrent state instead of KV for qwen3_next. Anything else is refused by
-# name, never planned as a look-alike. HF config.json model_type -> our name (the GGUF
-# general.architecture of the same family, llama.cpp's LLM_ARCH_NAMES).
+# HF config.json model_type -> the family name the memory models use for it (the GGUF
+# general.architecture of the same family, llama.cpp's LLM_ARCH_NAMES), for the families whose
+# parameters count_params counts from the architecture (the catalog's). Which model_types are
+# planned is no longer this list: any architecture the pinned vLLM's registry serves
+# (data/vllm_registry.json, models/registry.py) is read generically by models/hf_config.py,
+# whose ROWS name the exceptions with their reason; a model_type not here keeps its own name.
 HF_MODEL_TYPES = {
     "llama": "llama",
     "mistral": "llama",
@@ -472,27 +485,39 @@ HF_MODEL_TYPES = {
     "glm4_moe": "glm4moe",
     "qwen3_next": "qwen3next",
 }
-# GGUF general.architecture values of the same families.
-GGUF_ARCHITECTURES = frozenset(
-    {
-        "llama",
-        "qwen2",
-        "qwen3",
-        "qwen3moe",
-        "gemma2",
-        "gemma3",
-        "phi3",
-        "gpt-oss",
-        "deepseek2",
-        "glm4moe",
-        "qwen3next",
-    }
-)
+# GGUF general.architecture: every architecture llama.cpp names (gguf-py's MODEL_ARCH_NAMES, kept in
+# step with llama.cpp's src/llama-arch.cpp LLM_ARCH_NAMES) is planned generically from its header
+# (models/gguf_file.py), except those llama-server cannot serve as a model of its own, refused
+# here with the reason.
+GGUF_REFUSED: dict[str, str] = {
+    "clip": (
+        "a vision/audio projector: llama-server loads it beside a language model with --mmproj "
+        "(src/llama-model.cpp loads no hparams for it and builds no graph)"
+    ),
+    "wavtokenizer-dec": (
+        "an audio decoder (text-to-speech vocoder, src/models/wavtokenizer-dec.cpp): it makes "
+        "audio from codes, llama-server serves it only as the second model of a TTS pipeline"
+    ),
+    "gptj": (
+        "named by llama.cpp but not implemented: its loader refuses it (src/llama-model.cpp: "
+        "unsupported model architecture)"
+    ),
+    "t5": (
+        "an encoder-decoder model: llama-server never runs the encoder (tools/server calls "
+        "llama_decode only, never llama_encode), so it cannot serve it"
+    ),
+}
+GGUF_ARCHITECTURES = frozenset(set(MODEL_ARCH_NAMES.values()) - set(GGUF_REFUSED))
 
 
 def unknown_architecture(kind: str, name: str, origin: str) -> str:
     """The refusal text for an architecture the memory model does not know."""
     known = sorted(HF_MODEL_TYPES) if kind == "model_type" else sorted(GGUF_ARCHITECTURES)
+    if kind != "model_type" and name in GGUF_REFUSED:
+        return (
+            f"{origin}: {kind} {name!r} is {GGUF_REFUSED[name]}, so it is not planned as a model. "
+            f"Accepted: a GGUF of a language model ({len(known)} llama.cpp architectures)."
+        )
     return (
         f"{origin}: {kind} {name!r} is not an architecture the memory model knows, so its memory "
         f"cannot be planned. Accepted: {', '.join(known)}."

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from gpu_preflight.models.catalog import same_architecture
 from gpu_preflight.models.errors import ModelError
 from gpu_preflight.models.types import ModelSpec
 
@@ -34,17 +35,10 @@ def known_model(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
 
 
 def _known(spec: ModelSpec, catalog: CatalogLike) -> ModelSpec:
-    a = spec.arch
+    # Matched on the full architecture (catalog.same_architecture): a dense Mistral-7B
+    # directory is not Mixtral-8x7B, whose depth, widths, heads and vocabulary are the same.
     for m in catalog.models:
-        b = m.arch
-        if (a.architecture, a.n_layers, a.hidden_size, a.n_heads, a.n_kv_heads, a.vocab_size) == (
-            b.architecture,
-            b.n_layers,
-            b.hidden_size,
-            b.n_heads,
-            b.n_kv_heads,
-            b.vocab_size,
-        ):
+        if same_architecture(spec.arch, m.arch):
             return replace(spec, id=m.id, name=m.name, hf_id=m.hf_id, draft=m.draft)
     return spec
 

@@ -6,7 +6,7 @@ so that a model on disk and a catalog entry look the same to the memory models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Engine = Literal["vllm", "llama.cpp"]
@@ -64,6 +64,49 @@ class ModelArch:
     linear_v_head_dim: int | None = None
     # A vision tower (config.json vision_config) whose weights the checkpoint holds.
     has_vision: bool = False
+    # The config's own names, kept so a catalog match is on the full architecture (a dense
+    # Mistral-7B directory is not Mixtral) and notes can say what was read; "" from a catalog.
+    hf_model_type: str = field(default="", compare=False)
+    hf_architecture: str = field(default="", compare=False)
+    # Per-layer K/V heads where they differ between layers (DeciLM / Nemotron-NAS, OpenELM);
+    # () when every attention layer has n_kv_heads.
+    layer_kv_heads: tuple[int, ...] = ()
+    # Per-layer K (= V) head size where it differs between layers (Gemma-4 per_layer_config:
+    # global layers 512, sliding 256); () when every layer has head_dim / head_dim_v.
+    layer_head_dims: tuple[int, ...] = ()
+    # Layers with neither a KV cache nor a recurrent state of their own: attention-free blocks
+    # (DeciLM no_op attention) and layers reading another layer's cache (KV sharing).
+    no_kv_layers: tuple[int, ...] = ()
+    # Chunked local attention (Llama-4 attention_chunk_size): these layers keep one chunk.
+    attention_chunk_size: int | None = None
+    chunked_layers: tuple[int, ...] = ()
+    # Recurrent layers other than gated DeltaNet (vllm/model_executor/layers/mamba/
+    # mamba_utils.py MambaStateShapeCalculator): "mamba1", "mamba2", "short_conv",
+    # "linear_attention"; None with recurrent_layers set is gated DeltaNet (linear_* fields).
+    state_kind: str | None = None
+    ssm_inner_size: int | None = None  # mamba intermediate_size / short-conv width
+    ssm_state_size: int | None = None  # d_state
+    ssm_conv_kernel: int | None = None
+    ssm_n_groups: int | None = None
+    ssm_n_heads: int | None = None
+    ssm_head_dim: int | None = None
+    ssm_state_fp32: bool = False  # the temporal state in float32 (mamba_ssm_cache_dtype)
+    # DeepSeek sparse attention (DeepSeek-V3.2, GLM-5): each attention layer also caches the
+    # indexer's key, bytes per token (vLLM deepseek_v2.py DeepseekV32IndexerCache: fp8 keys of
+    # index_head_dim plus a float32 scale per 128); 0 without an indexer.
+    indexer_bytes_per_token: int = 0
+    # What llama.cpp reads from a GGUF header beyond the fields above (models/gguf_file.py):
+    # K/V head sizes of the sliding-window layers where they differ from head_dim/head_dim_v
+    # ({arch}.attention.key_length_swa / value_length_swa; llama-hparams.cpp n_embd_head_k(il)).
+    swa_head_dim: int | None = None
+    swa_head_dim_v: int | None = None
+    # (n_embd_r, n_embd_s): f32 elements of one sequence's state in each recurrent layer as
+    # llama.cpp sizes it (llama-hparams.cpp n_embd_r()/n_embd_s(): Mamba/Mamba-2 conv + SSM state,
+    # RWKV token shift + wkv state, LFM2 short-conv window); None: from the linear_* fields.
+    recurrent_state_elems: tuple[int, int] | None = None
+    # Every layer has an attention KV cache and a recurrent state side by side (Falcon-H1:
+    # llama-model.cpp create_memory, both layer filters true).
+    parallel_hybrid: bool = False
 
     @property
     def v_head_dim(self) -> int:
@@ -77,7 +120,12 @@ class ModelArch:
         """Whether layer il has an attention KV cache (not an MTP block, not recurrent)."""
         if il >= self.n_layers - self.n_nextn_layers:
             return False
-        return il not in self.recurrent_layers
+        recurrent = il in self.recurrent_layers and not self.parallel_hybrid
+        return not recurrent and il not in self.no_kv_layers
+
+    def kv_heads_of(self, il: int) -> int:
+        """K/V heads of attention layer il (layer_kv_heads where the layers differ)."""
+        return self.layer_kv_heads[il] if self.layer_kv_heads else self.n_kv_heads
 
     @property
     def kv_layer_count(self) -> int:
@@ -114,6 +162,14 @@ class WeightLayout:
     vision_bytes: int = 0
     # Bytes in the files that the engine does not load (MTP blocks), left out of total_bytes.
     skipped_bytes: int = 0
+    # Tensor-parallel sharding read from each tensor's name and shape (hf_dir.py), None where
+    # unknown (catalog, GGUF): bytes every rank holds whole (norms, biases of row-parallel
+    # layers, routers, MLA's low-rank "a" projections, vision towers vLLM does not shard), and
+    # the K/V projections, which are replicated once tensor parallel exceeds the KV heads.
+    replicated_bytes: int | None = None
+    kv_proj_bytes: int = 0
+    # Elements in the headers (packed quantized tensors count their packed elements); 0 unknown.
+    parameters: int = 0
 
 
 @dataclass(frozen=True)
