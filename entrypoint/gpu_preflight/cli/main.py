@@ -281,8 +281,10 @@ def estimate(
     """Will exactly this command fit on these devices? The per-device breakdown.
 
     Give the engine command after `--` (llama-server ... or vllm serve ...), read with the same
-    flag table `run` uses, or describe one configuration with the options. Every value given is
-    pinned; the rest is chosen as `plan` would. Exit 0 fits, 3 does not, 2 bad input.
+    flag table `run` uses, or describe one configuration with the options. The command is
+    planned as typed: what it leaves open is the engine's own default (vLLM 0.32; llama-server
+    0.3.36, whose own --fit lowers an unset -c), and "does not fit" comes with the shortfall per
+    device and the nearest commands that fit. Exit 0 fits, 3 does not, 2 bad input.
     """
     from gpu_preflight.cli.estimate_cmd import run_estimate
 
@@ -306,7 +308,7 @@ def estimate(
     if as_json:
         _emit_json(to_dict(result))
     else:
-        _render().render_plan(_console(), result)
+        _render().render_plan(_console(), result, estimate=True)
     sys.exit(EXIT_OK if result.verdict == "ship" else EXIT_REFUSE)
 
 
@@ -488,6 +490,11 @@ def _command_line(simulate: str | None, with_services: tuple[str, ...]) -> str:
     for w in with_services:
         parts += ["--with", w]
     return " ".join(parts)
+
+
+from gpu_preflight.cli.k8s_cmd import k8s as _k8s  # noqa: E402
+
+main.add_command(_k8s)  # `gpu-preflight k8s` (cli/k8s_cmd.py)
 
 
 # ------------------------------------------------------------------------------------------------
