@@ -85,6 +85,37 @@ VLLM_COMPONENTS = (
 OVER_IS_DANGEROUS = {"kv_pool", "kv_tokens"}
 # What issue 12 (item 3) asks the evidence set to hold.
 TARGET_ENTRIES = {"llama.cpp": 30, "vllm": 20}
+# Published sets compared as their own group, with the targets issue 20 (item 4) sets for them:
+# on every log whose settings the planner can express, the KV pool never over by more than 1 %
+# and its median |error| at most 3 %, the total per GPU never under by more than 1 %, and every
+# run that failed for a memory or configuration reason refused (or changed so it would start).
+LLMD = "llm-d-v0.19"
+GROUPS = (LLMD,)
+LLMD_TARGETS = {
+    "kv_pool_max_over_pct": 1.0,
+    "kv_pool_median_abs_pct": 3.0,
+    "total_max_under_pct": 1.0,
+}
+# How each component's constant is keyed to the image's vLLM 0.32 while these logs are 0.19.0.
+LLMD_VERSION_GAP = """\
+- **KV pool**: 0.19 captured CUDA graphs after sizing the pool (the logs' 'CUDA graph memory
+  profiling will be enabled by default' line), so the pool is compared with the graphs outside
+  the budget (`cudagraph_in_budget=False`), as 0.19 did; 0.32 takes its graph estimate out of the
+  budget, which `memory/vllm.py` does for the planner (`VLLM_CUDAGRAPH_IN_BUDGET`).
+- **Activation**: the sampler's bytes per logit are fitted to these 0.19 logs (14.8-16.0; 16
+  kept). 0.32's profile run (`v1/worker/gpu/model_runner.py`, Model Runner V2) samples the same
+  rows (one per request, `min(max_num_seqs, max_num_batched_tokens)`) and skips top-k/top-p while
+  profiling as 0.17+ does; no 0.32 GPU log was available to check the constant against.
+- **Non-torch**: fitted to these logs per TP size (0.28 / 2.15 / 2.25 GiB at TP 1 / 2 / 4+); the
+  tp group's communicators (PyNccl + custom all-reduce) are the same in 0.32's
+  `CudaCommunicator`. Pipeline stages: 0.07 GiB logged; one GPU's figure + 128 MiB charged.
+- **CUDA graphs**: the capture sizes are 0.32's (`VllmConfig._set_cudagraph_sizes`, and gpt-oss's
+  own 1024 ceiling, `GptOssForCausalLMConfig`); the per-graph constants stay fitted to the
+  published 0.21+ estimates. The `cuda_graph` rows of this group compare them with 0.19's
+  preview estimator (V1 runner), which 0.32 replaced (V2 `profile_cudagraph_memory`).
+- **Weights**: version-independent (checkpoint bytes); Gemma 3's vision tower is left out of the
+  catalog's sizes, so those three runs are not held to the targets here.
+"""
 
 
 class EvidenceError(ValueError):
@@ -407,7 +438,21 @@ def vllm_config(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> VllmC
         enforce_eager=s.get("enforce_eager", False),
         gpu_name=gpu["nvml_name"] if gpu else None,
         chunked_prefill=s.get("chunked_prefill", True),
+        vllm_version=log_version(entry),
     )
+
+
+def log_version(entry: dict[str, Any]) -> tuple[int, int]:
+    """The vLLM release a log is from, (major, minor), for the constants that changed between
+    releases (memory/vllm.py SAMPLER_CHANGED_IN): the printed or stated version, else the one
+    its version note names; unknown: the oldest (the pre-0.17 sampler, the larger peak)."""
+    import re
+
+    for text in (entry.get("engine_version") or "", entry.get("version_note") or ""):
+        m = re.search(r"(\d+)\.(\d+)", text)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return (0, 0)
 
 
 def printed_tokens(entry: dict[str, Any]) -> int | None:
@@ -566,6 +611,10 @@ def kv_arithmetic(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> tup
     tokens = printed_tokens(entry)
     if tokens is None or p.get("kv_cache_gib", 0) <= 0:
         return None
+    if "float32" in entry["settings"].get("other_flags", ()):
+        return None  # a float32 KV cache (--dtype float32): 16-bit only is modelled
+    if entry["settings"].get("pipeline_parallel_size", 1) > 1:
+        return None  # the pool is summed over stages (memory/vllm_pipeline.py), not one rank
     spec, _ = vllm_model(entry)
     layout = kv_layout(spec.arch, vllm_config(entry, gpus))
     blocks = kv_pool(layout, int(p["kv_cache_gib"] * GIB))
@@ -573,6 +622,11 @@ def kv_arithmetic(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> tup
 
 
 def evaluate(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> EntryResult:
+    if entry.get("failure_cause") == "config":
+        # vLLM stopped before any memory figure: what counts is whether the plan refuses it.
+        return EntryResult(
+            entry["id"], entry["engine"], entry["source"], entry["expressible"], "failed to start"
+        )
     try:
         if entry["engine"] == "llama.cpp":
             return evaluate_llamacpp(entry)
@@ -845,6 +899,9 @@ def markdown(results: list[EntryResult], s: dict[str, Any], n_llama: int, n_vllm
             "|---|---:|---:|",
         ]
         out += [f"| {a['entry']} | {a['ours']:,} | {a['logged']:,} |" for a in arith]
+    g = s.get("groups", {}).get(LLMD)
+    if g:
+        out += llmd_markdown(g)
     cov = s.get("coverage")
     if cov:
         out += ["", "## Coverage", ""]
@@ -873,6 +930,69 @@ def markdown(results: list[EntryResult], s: dict[str, Any], n_llama: int, n_vllm
             )
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def llmd_markdown(g: dict[str, Any]) -> list[str]:
+    t = g["targets"]
+    kv_over, kv_med, tot_under = (
+        t["kv_pool_max_over_pct"],
+        t["kv_pool_median_abs_pct"],
+        t["total_max_under_pct"],
+    )
+    refused, n_failed = t["failed_runs_refused"]
+
+    def met(value: float | None, bound: float) -> str:
+        return "-" if value is None else ("met" if value <= bound else "**not met**")
+
+    out = [
+        "",
+        "## llm-d-planner's vLLM 0.19.0 suite (its own group)",
+        "",
+        f"{g['entries']} logs of llm-d-planner's accuracy sweep on H100-80GB (commit d3121e0, "
+        "`accuracy/results/v0.19.0/logs/`; 6 more failed before start because the Hub was "
+        "unreachable and 3 because another process held the GPU: not copied), every run at "
+        "vLLM's default max_num_seqs 1024 and 8192 batched tokens. "
+        f"{g['started']} started; {g['expressible_started']} of them with settings the planner "
+        "expresses (not: Gemma 3, whose catalog sizes leave out the vision tower; pipeline "
+        "parallel; float32; online fp8). The figures below are over those.",
+        "",
+        "| component | comparisons | median error | median abs error | most over | most under "
+        "| under |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in g["components"].items():
+        out.append(
+            f"| {name} | {c['comparisons']} | {c['median_error_pct']:+.1f}% "
+            f"| {c['median_abs_error_pct']:.1f}% | {c['max_over_pct']:+.1f}% "
+            f"| {-c['max_under_pct']:+.1f}% | {c['under']} |"
+        )
+    out += [
+        "",
+        "Targets (issue 20, item 4):",
+        "",
+        f"- KV pool never over by more than {kv_over[1]:g} %: most over {_fmt(kv_over[0], '+.2f')} % "
+        f"({met(kv_over[0], kv_over[1])})",
+        f"- KV pool median |error| at most {kv_med[1]:g} %: {_fmt(kv_med[0], '.2f')} % "
+        f"({met(kv_med[0], kv_med[1])})",
+        f"- total per GPU never under by more than {tot_under[1]:g} %: most under "
+        f"{_fmt(tot_under[0], '.2f')} % ({met(tot_under[0], tot_under[1])})",
+        f"- failed runs (memory or configuration) refused by the plan: {refused} of {n_failed}; "
+        f"refused or starting as typed on 0.32: {t['failed_runs_refused_or_starting_on_032'][0]} "
+        f"of {n_failed}",
+        "",
+        "| failed run | refused | why |",
+        "|---|---|---|",
+    ]
+    for v in g["failed_runs"]:
+        why = str(v["why"]).replace("|", "/")[:300]
+        verdict = (
+            "yes"
+            if v["refused"]
+            else ("no (starts on 0.32)" if v.get("starts_on_032") else "**no**")
+        )
+        out.append(f"| {v['entry']} | {verdict} | {why} |")
+    out += ["", "How each component is keyed to the image's vLLM 0.32:", "", LLMD_VERSION_GAP]
+    return out
 
 
 def plot(results: list[EntryResult], path: Path) -> bool:
@@ -924,10 +1044,123 @@ def plot(results: list[EntryResult], path: Path) -> bool:
 
 
 def run(path: Path = LOGS) -> tuple[list[EntryResult], dict[str, Any], list[dict[str, Any]]]:
+    """Every entry evaluated; the summary of the entries outside the groups, and each group's."""
     entries = load_entries(path)
     gpus = gpu_catalog()
     results = [evaluate(e, gpus) for e in entries]
-    return results, summarize(results), entries
+    grouped = {e["id"] for e in entries if e.get("group")}
+    s = summarize(r for r in results if r.id not in grouped)
+    s["groups"] = {LLMD: summarize_llmd(results, entries)}
+    return results, s, entries
+
+
+def typed_command(entry: dict[str, Any]) -> tuple[str, ...]:
+    """The `vllm serve` command an entry ran, from its settings (the log's non-default args)."""
+    st = entry["settings"]
+    argv = ["vllm", "serve", entry["artifact"]["repo"], "--max-model-len", str(st["max_model_len"])]
+    argv += ["--gpu-memory-utilization", f"{st['gpu_memory_utilization']:g}"]
+    for key, flag in (
+        ("tensor_parallel_size", "--tensor-parallel-size"),
+        ("pipeline_parallel_size", "--pipeline-parallel-size"),
+        ("data_parallel_size", "--data-parallel-size"),
+    ):
+        if st.get(key, 1) > 1:
+            argv += [flag, str(st[key])]
+    if st["kv_cache_dtype"] != "auto":
+        argv += ["--kv-cache-dtype", st["kv_cache_dtype"]]
+    return (*argv, *st.get("other_flags", ()))
+
+
+def failed_run_verdict(entry: dict[str, Any]) -> dict[str, Any]:
+    """Would the plan refuse this failed run's command? `estimate` on the command as typed (the
+    catalog's checkpoints), or vLLM's own rules (plan/vllm.py vllm_rules) for a model the catalog
+    lacks, whose facts the entry carries."""
+    from gpu_preflight.cli.estimate_cmd import run_estimate
+    from gpu_preflight.plan.common import Wants
+    from gpu_preflight.plan.vllm import vllm_rules
+
+    argv = typed_command(entry)
+    st = entry["settings"]
+    n = len(entry["gpus"])
+    if "catalog_id" not in entry["model"]:
+        ctx = st["max_model_len"]
+        w = Wants(
+            min_context=ctx,
+            target_context=ctx,
+            fixed_context=True,
+            parallel=st.get("max_num_seqs", 1),
+            cache_type_k=None,
+            cache_type_v=None,
+            flash_attn="on",
+            min_tok_s=0.0,
+            tensor_parallel=st["tensor_parallel_size"],
+            data_parallel=st.get("data_parallel_size"),
+        )
+        why = vllm_rules(spec_for(entry), w, n)
+        return {"entry": entry["id"], "refused": why is not None, "why": why or "ships"}
+    plan = run_estimate(
+        {"HF_HUB_OFFLINE": "1"}, {}, argv, f"{n}xh100-sxm" if n > 1 else "h100-sxm", False, None
+    )
+    if plan.verdict == "refuse":
+        return {"entry": entry["id"], "refused": True, "why": plan.reasons[0]}
+    why = f"ships at {plan.context} tokens"
+    warmup = any("warming up sampler" in line for line in entry["log"])
+    if warmup:
+        # The step that failed is V1's: 0.32 runs it only with the V1 model runner
+        # (v1/worker/gpu_worker.py compile_or_warm_up_model: "if not self.use_v2_model_runner and
+        # get_pp_group().is_last_rank"), and Model Runner V2 is 0.32's default
+        # (config/vllm.py VllmConfig.use_v2_model_runner).
+        why += (
+            "; the step that failed (the V1 model runner's sampler warm-up after the pool is "
+            "allocated) is not run by 0.32's default Model Runner V2, so as typed it would start"
+        )
+    return {"entry": entry["id"], "refused": False, "starts_on_032": warmup, "why": why}
+
+
+def summarize_llmd(results: list[EntryResult], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """llm-d-planner's vLLM 0.19.0 suite as its own group, against issue 20's targets."""
+    ids = {e["id"] for e in entries if e.get("group") == LLMD}
+    mine = [r for r in results if r.id in ids and r.expressible]
+    started = {e["id"] for e in entries if e["id"] in ids and not e.get("failure_cause")}
+    comps = [c for r in mine if r.id in started for c in r.comparisons]
+    out: dict[str, Any] = {
+        "entries": len(ids),
+        "started": len(started),
+        "expressible_started": sum(1 for r in mine if r.id in started),
+        "components": {},
+    }
+    for name in VLLM_COMPONENTS:
+        errs = [c.error_pct for c in comps if c.component == name and c.error_pct is not None]
+        if not errs:
+            continue
+        out["components"][name] = {
+            "comparisons": len(errs),
+            "median_error_pct": round(statistics.median(errs), 2),
+            "median_abs_error_pct": round(statistics.median(abs(e) for e in errs), 2),
+            "max_over_pct": round(max(errs), 2),
+            "max_under_pct": round(-min(errs), 2),
+            "under": sum(1 for e in errs if e < 0),
+        }
+    kv, total = out["components"].get("kv_pool", {}), out["components"].get("total", {})
+    failed = [
+        e for e in entries if e["id"] in ids and e.get("failure_cause") in ("memory", "config")
+    ]
+    verdicts = [failed_run_verdict(e) for e in failed]
+    out["failed_runs"] = verdicts
+    out["targets"] = {
+        "kv_pool_max_over_pct": (kv.get("max_over_pct"), LLMD_TARGETS["kv_pool_max_over_pct"]),
+        "kv_pool_median_abs_pct": (
+            kv.get("median_abs_error_pct"),
+            LLMD_TARGETS["kv_pool_median_abs_pct"],
+        ),
+        "total_max_under_pct": (total.get("max_under_pct"), LLMD_TARGETS["total_max_under_pct"]),
+        "failed_runs_refused": (sum(1 for v in verdicts if v["refused"]), len(verdicts)),
+        "failed_runs_refused_or_starting_on_032": (
+            sum(1 for v in verdicts if v["refused"] or v.get("starts_on_032")),
+            len(verdicts),
+        ),
+    }
+    return out
 
 
 def main() -> int:

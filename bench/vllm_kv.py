@@ -17,6 +17,7 @@ posts, with the settings they were printed under. For each row:
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -112,7 +113,15 @@ def config_for(row: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> VllmConf
         enforce_eager=s.get("enforce_eager", False),
         gpu_name=gpu["nvml_name"] if gpu else None,
         chunked_prefill=s.get("chunked_prefill", True),
+        vllm_version=row_version(row),
     )
+
+
+def row_version(row: dict[str, Any]) -> tuple[int, int]:
+    """The row's vLLM release (major, minor) for the constants keyed to releases (the sampler,
+    memory/vllm.py SAMPLER_CHANGED_IN); unknown: the oldest."""
+    m = re.search(r"(\d+)\.(\d+)", str(row.get("vllm_version") or ""))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from bench.gpu_logs import (
+    LLMD,
     LOGS,
     SCHEMA,
     EvidenceError,
@@ -138,8 +139,34 @@ def test_a_broken_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_total_per_device_and_kv_pool_never_on_the_dangerous_side() -> None:
     """Issue 12's gate: for every entry the planner can express, the predicted total per GPU
     covers the printed one and the predicted vLLM KV pool is not larger than vLLM's."""
-    results, _, _ = run()
-    assert gate_failures(results) == []
+    results, _, entries = run()
+    grouped = {e["id"] for e in entries if e.get("group")}
+    assert gate_failures([r for r in results if r.id not in grouped]) == []
+
+
+def test_llmd_v019_group_meets_issue_20_targets() -> None:
+    """llm-d-planner's vLLM 0.19.0 suite as its own group (issue 20, item 4): on every run the
+    planner can express, the KV pool never over by more than 1 % and its median |error| at most
+    3 %, the total per GPU never under by more than 1 %; every run that failed for a memory or
+    configuration reason is refused, or would start as typed on the pinned vLLM 0.32."""
+    _, summary, entries = run()
+    g = summary["groups"][LLMD]
+    assert sum(1 for e in entries if e.get("group") == LLMD) >= 40
+    assert g["expressible_started"] >= 25
+    t = g["targets"]
+    assert t["kv_pool_max_over_pct"][0] <= 1.0
+    assert t["kv_pool_median_abs_pct"][0] <= 3.0
+    assert t["total_max_under_pct"][0] <= 1.0
+    # The other two (gpt-oss-20b at 0.95) failed in V1's post-allocation sampler warm-up, which
+    # 0.32's default Model Runner V2 does not run.
+    done, n = t["failed_runs_refused_or_starting_on_032"]
+    assert done == n == 5
+    refused = {v["entry"] for v in g["failed_runs"] if v["refused"]}
+    assert {
+        "llmd-v019-meta-llama-llama-3-1-8b-tp1pp1dp2-8192-failed",
+        "llmd-v019-microsoft-phi-2-tp1pp1dp1-8192-failed",
+        "llmd-v019-qwen-qwen3-14b-tp5pp1dp1-8192-failed",
+    } <= refused
 
 
 def test_compute_buffers_of_expressible_entries_are_never_under() -> None:
@@ -159,7 +186,15 @@ def test_cuda_graph_estimate_is_never_under_a_published_021_figure() -> None:
     """memory/vllm.py's vLLM 0.32 CUDA graph formula is at or above every 'Estimated CUDA graph
     memory' figure of vLLM >= 0.21 in the evidence set (an under-estimate promises KV that vLLM
     takes for graphs)."""
-    results, _, _ = run()
-    graphs = [c for r in results for c in r.comparisons if c.component == "cuda_graph"]
+    results, _, entries = run()
+    # llm-d's 0.19 logs print 0.19's preview estimator (V1 runner), not a 0.21+ figure.
+    grouped = {e["id"] for e in entries if e.get("group")}
+    graphs = [
+        c
+        for r in results
+        if r.id not in grouped
+        for c in r.comparisons
+        if c.component == "cuda_graph"
+    ]
     assert len(graphs) >= 8
     assert [c.as_dict() for c in graphs if c.dangerous] == []

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight import engine_check, launch
+from gpu_preflight import engine_check, launch, vllm_check
 from gpu_preflight.errors import SetupError
 from gpu_preflight.models.catalog import Catalog, load_catalog
-from gpu_preflight.models.errors import ModelError
+from gpu_preflight.models.errors import ModelError, ModelFileError
+from gpu_preflight.models.gguf_file import mmproj_bytes, mmproj_compute_bytes
 from gpu_preflight.models.hub import parse_hub_ref, resolve_hub_model
 from gpu_preflight.models.resolve import known_model, resolve_model
 from gpu_preflight.models.types import Artifact, ModelSpec
@@ -176,18 +177,23 @@ def receipt_job(started: Started) -> launch.ReceiptJob | None:
 
 
 def start(env: Mapping[str, str], engine_argv: Sequence[str], dry_run: bool) -> Started:
-    """run's pipeline up to the record: inputs, probe, profile, plan, llama.cpp's own check."""
+    """run's pipeline up to the record: inputs, probe, profile, plan, the engines' own checks."""
     from gpu_preflight.cli.probe_opts import flag, probe_options
+    from gpu_preflight.cluster import lws
 
     dry = dry_run or flag(env, "PREFLIGHT_DRY_RUN")
     # Every input is checked before the probe: a typo must not cost a fio pass.
     inputs = prepare(env, engine_argv)
+    rank = lws.rank_env(env)  # a LeaderWorkerSet pod's LWS_* (cluster/lws.py), checked first
     pdir = launch.choose_profile_dir(env)
     opts = probe_options(env, None, None, pdir.path)
     profile = make_profile(collect_hardware(env, opts))
     history = load_history(pdir.path) if receipts_on(inputs.overrides) else None
     result = plan_on(
-        inputs, profile, launch.available_engines(env), history=history.receipts if history else ()
+        inputs,
+        lws.group_profile(rank, profile),  # a group of nodes plans as one machine
+        launch.available_engines(env),
+        history=history.receipts if history else (),
     )
     if history is not None and history.skipped:
         result = replace(
@@ -198,6 +204,11 @@ def start(env: Mapping[str, str], engine_argv: Sequence[str], dry_run: bool) -> 
             ),
         )
     result = check_with_engine(inputs, result, env)
+    result = lws.pinned_rank(env, rank, profile, result)  # the pool's pin; this rank's argv
+    # vLLM's own dummy-weight start before the download (vllm_check.py); one node's GPUs only
+    here = profile.simulated is None and bool(profile.hardware.gpus.devices) and rank.size <= 1
+    mode = str(inputs.overrides.value("vllm_dry_run", "auto"))
+    result = vllm_check.check_vllm(result, engine_env(env, result), mode, here, dry)
     return Started(profile, result, pdir, dry, inputs.overrides)
 
 
@@ -410,6 +421,18 @@ def resolve_request(
                     "engine's model flag), so both can be planned",
                     "no model is named",
                 )
+        # A projector or adapter belongs to one model: with the model left to auto-selection
+        # its bytes would be planned against whichever model is chosen, so it is refused.
+        for knob in ("mmproj", "lora", "lora_scaled"):
+            d = o.get(knob)
+            if d is not None:
+                raise FlagValueError(
+                    d.where,
+                    str(d.value)[:200],
+                    "a projector or adapter together with the model it belongs to "
+                    "(PREFLIGHT_MODEL or the engine's model flag)",
+                    "no model is named",
+                )
         return None
     hf_file = o.value("hf_file")
     env = env or {}
@@ -433,7 +456,14 @@ def resolve_request(
     quant = best.quant
     q = o.get("quantization")
     if q is not None:
-        if best.artifact is not None and _quant_name(q.value) != best.artifact.quant.lower():
+        # A vLLM checkpoint named with a --quantization it does not carry is vLLM's to refuse:
+        # the plan refuses it naming vLLM's rule (plan/vllm.py quantization_rule), exit 3.
+        vllm_art = best.artifact is not None and best.artifact.engine == "vllm"
+        if (
+            best.artifact is not None
+            and not vllm_art
+            and _quant_name(q.value) != best.artifact.quant.lower()
+        ):
             raise FlagValueError(
                 q.where,
                 str(q.value),
@@ -531,7 +561,14 @@ def _extra_files(o: Overrides) -> int:
     total = 0
     mm = o.get("mmproj")
     if mm is not None:
-        total += _file_bytes(mm, str(mm.value))
+        # The projector's own tensors (a clip GGUF, refused otherwise) and the compute buffer
+        # clip.cpp reserves for its warmup image, both on the projector's device.
+        _file_bytes(mm, str(mm.value))
+        try:
+            path = Path(str(mm.value)).expanduser()
+            total += mmproj_bytes(path) + mmproj_compute_bytes(path)
+        except ModelFileError as exc:
+            raise FlagValueError(mm.where, str(mm.value), "a projector GGUF", str(exc)) from None
     lora = o.get("lora")
     if lora is not None:
         for part in str(lora.value).split(","):

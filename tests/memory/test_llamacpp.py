@@ -230,3 +230,19 @@ def test_amx_packing_and_tied_copy(gguf_files):
     dense = sum(layout.per_layer_bytes) + layout.token_embd_bytes  # layers + the output copy
     assert amx == plain + layout.token_embd_bytes + -(-dense * 4 // 34)
     assert _file_estimate(q8, amx=True, repack=False) == plain  # --no-repack: no AMX either
+
+
+def test_a_slot_checkpoint_is_its_own_window_in_a_unified_cache_too() -> None:
+    # A unified KV holds every slot's SWA window in one stream; one slot's checkpoint is its own
+    # window plus a ubatch (llama-kv-cache.cpp prunes a sequence below pos - n_swa), as with
+    # split streams, not the whole stream (which charged 4 slots' windows per checkpoint).
+    from dataclasses import replace
+
+    from gpu_preflight.memory.llamacpp import LlamaCppConfig, checkpoint_bytes
+
+    spec = CATALOG.get("gemma-2-2b-it")
+    assert spec is not None
+    arch = spec.arch
+    split = LlamaCppConfig(context=4 * 8192, parallel=4, kv_unified=False)
+    unified = replace(split, kv_unified=True)
+    assert checkpoint_bytes(arch, unified) == checkpoint_bytes(arch, split) > 0

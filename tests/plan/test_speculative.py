@@ -82,7 +82,9 @@ def test_vllm_draft_under_tensor_parallel_uses_the_same_size():
         {
             "PREFLIGHT_MODEL": "llama-3.1-70b-instruct@fp8",
             "PREFLIGHT_SPECULATIVE": "on",
-            "PREFLIGHT_PARALLEL": "4",
+            # The tier's concurrency (not pinned): the planner sizes the context for 8 requests
+            # at once, so the draft's KV pages cost context. (A pinned PREFLIGHT_PARALLEL=4 is
+            # admitted by vLLM's one-request rule, issue 20, and keeps the tier's target here.)
         },
     )
     assert p.verdict == "ship", p.reasons

@@ -1,8 +1,16 @@
 """`gpu-preflight estimate`: will *this* command fit on *these* devices? (a VRAM calculator)
 
-The command is read with the same flag table as ``run`` and planned by the same code path, with
-every value it gives pinned: what ``estimate`` prints for a command is what ``plan`` predicts for
-the same configuration, and the same numbers ``run`` would ship with.
+The command is read with the same flag table as ``run`` and planned by the same code path. A
+``vllm serve`` command is planned exactly as typed (issue 20): what it leaves open takes vLLM
+0.32's own default (plan/vllm.py typed_defaults), nothing is chosen for it, the plan's argv is the
+typed command, and a command that does not fit is answered with the shortfall per device and the
+nearest single changes that make it fit, each an exact argv (plan/refusal.py typed_alternatives).
+A ``llama-server`` command is planned the same way: what it leaves open takes llama-server 0.3.36's
+own default or what llama-server resolves itself (plan/llamacpp.py typed_defaults_llama: -np
+auto is 4 unified slots, -c the trained context, lowered by its own --fit where it does not
+fit, ...).
+Without an engine command (--model/--engine only) llama.cpp's estimate is one sequence, the rest
+chosen as ``plan`` would.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ _HUB_VARIABLES = (
     "HF_HUB_DOWNLOAD_TIMEOUT",
     "HOME",
 )
+# vLLM's own variables that decide what it accepts (vllm/envs.py): they are part of the command.
+_ENGINE_VARIABLES = ("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_PP_LAYER_PARTITION")
 _ANY_GPU = "rtx-4090"  # a card to build a host from, whose GPUs are then removed (--cpu)
 
 
@@ -56,6 +66,40 @@ def device_profile(
     return make_profile(hw, simulated=gpu or "cpu")
 
 
+def _engine_of(inputs: pipeline.Inputs) -> str | None:
+    """The engine the command (or --engine, or the named artifact) is for; None: open."""
+    e = inputs.overrides.engine
+    if e is not None:
+        return str(e.value)
+    art = inputs.model.artifact if inputs.model is not None else None
+    return art.engine if art is not None else None
+
+
+# The options that describe a configuration without a command, and where a typed command says
+# the same: with a command, the command is planned exactly as typed, so a value given beside it
+# would be planned but not run (the plan is what runs).
+_CONFIG_OPTIONS = {
+    "--context": "-c (llama-server) / --max-model-len (vLLM)",
+    "--parallel": "-np (llama-server) / --max-num-seqs (vLLM)",
+    "--cache-type": "-ctk/-ctv (llama-server) / --kv-cache-dtype (vLLM)",
+    "--flash-attn": "-fa (llama-server)",
+    "--gpu-memory-utilization": "--gpu-memory-utilization in the vLLM command",
+}
+
+
+def _check_options(options: Mapping[str, str | None], engine_argv: Sequence[str]) -> None:
+    if not engine_argv:
+        return
+    for opt, where in _CONFIG_OPTIONS.items():
+        value = options.get(opt)
+        if value is not None:
+            raise InvalidInput(
+                f"estimate {opt} {value!r} with an engine command: the command is planned "
+                f"exactly as typed, so a value beside it would not run. Accepted: write it in "
+                f"the command ({where}), or give the options without a command"
+            )
+
+
 def run_estimate(
     env: Mapping[str, str],
     options: Mapping[str, str | None],
@@ -64,17 +108,25 @@ def run_estimate(
     cpu: bool,
     host_ram_gib: float | None,
 ) -> Plan:
-    files = {k: env[k] for k in (*_FILE_VARIABLES, *_HUB_VARIABLES) if k in env}
+    _check_options(options, engine_argv)
+    files = {k: env[k] for k in (*_FILE_VARIABLES, *_HUB_VARIABLES, *_ENGINE_VARIABLES) if k in env}
     # Exactly the command: no catalog draft is added to it.
     files["PREFLIGHT_SPECULATIVE"] = "off"
     inputs = pipeline.prepare(files, engine_argv, options)
-    if inputs.overrides.get("parallel") is None:
-        # An estimate is one configuration: one sequence unless the command says more.
+    # The command as typed (issue 20): a `vllm serve` or `llama-server` command. Without one
+    # (--model/--engine options only), llama.cpp's estimate is the planner's own configuration.
+    engine = _engine_of(inputs)
+    as_typed = engine == "vllm" or (engine == "llama.cpp" and bool(inputs.overrides.user_args))
+    if not as_typed and inputs.overrides.get("parallel") is None:
+        # llama.cpp's estimate is one configuration: one sequence unless the command says more.
         inputs = pipeline.prepare(files, engine_argv, {**options, "--parallel": "1"})
     # An estimate answers memory: the decode-speed floor is run's policy, not a memory limit.
     values = {**inputs.overrides.values, "min_tok_s": Sourced(0.0, "estimate (no speed floor)")}
+    # The command as typed (issue 20): every value the user left open is the engine's own
+    # default, nothing is chosen for it, and the plan's argv is the typed command.
     inputs = dataclasses.replace(
-        inputs, overrides=dataclasses.replace(inputs.overrides, values=values)
+        inputs,
+        overrides=dataclasses.replace(inputs.overrides, values=values, as_typed=as_typed),
     )
     if inputs.model is None:
         raise InvalidInput(

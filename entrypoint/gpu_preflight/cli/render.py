@@ -105,12 +105,15 @@ def render_profile(console: Console, profile: Profile) -> None:
         console.print(f"[dim]note:[/dim] {escape(n)}", soft_wrap=True)
 
 
-def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None) -> None:
+def render_plan(
+    console: Console, plan: Plan, argv: Sequence[str] | None = None, estimate: bool = False
+) -> None:
+    """``estimate``: the verdict is about the typed command ("fits" / "does not fit")."""
     if plan.verdict == "ship":
         assert plan.model is not None and plan.predicted is not None
+        head = "[bold green]fits[/bold green]" if estimate else "[bold green]ship[/bold green]"
         console.print(
-            f"[bold green]ship[/bold green] tier [bold]{plan.tier}[/bold] ({plan.tier_label}) on "
-            f"{', '.join(plan.targets)}"
+            f"{head} tier [bold]{plan.tier}[/bold] ({plan.tier_label}) on {', '.join(plan.targets)}"
         )
         console.print(
             escape(
@@ -168,6 +171,11 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             for n in p.notes:
                 if n.startswith(("last receipt", "margin widened", "the receipt of")):
                     console.print(escape(f"  {n}"), soft_wrap=True)
+        if estimate:
+            # The command as typed: what the engine resolves for what it left open.
+            for n in p.notes:
+                if n.startswith(("llama-server 0.3.36 resolves", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")):
+                    console.print(escape(f"  {n}"), soft_wrap=True)
         if plan.env:  # what the plan adds to the engine's environment (VLLM_PP_LAYER_PARTITION)
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items())
             console.print(escape(f"  env: {env}"), soft_wrap=True)
@@ -175,14 +183,22 @@ def render_plan(console: Console, plan: Plan, argv: Sequence[str] | None = None)
             escape("  argv: " + shlex.join(argv if argv is not None else plan.argv)), soft_wrap=True
         )
     else:
-        console.print(
-            f"[bold red]refuse[/bold red] (tier {plan.tier}, on {', '.join(plan.targets)})"
-        )
+        head = "[bold red]does not fit[/bold red]" if estimate else "[bold red]refuse[/bold red]"
+        console.print(f"{head} (tier {plan.tier}, on {', '.join(plan.targets)})")
         for r in plan.reasons:
             console.print(escape(f"  - {r}"), soft_wrap=True)
         if plan.alternatives:
             console.print("  what would fit instead:")
             for a in plan.alternatives:
+                if a.argv:  # estimate: the typed command with one change
+                    console.print(
+                        escape(
+                            f"  * [{a.kind}] {shlex.join(a.argv)}: {_gib(a.total_bytes)} of "
+                            f"{_gib(a.budget_bytes)}"
+                        ),
+                        soft_wrap=True,
+                    )
+                    continue
                 console.print(
                     escape(
                         f"  * [{a.kind}] {a.description}: {_gib(a.total_bytes)} of "

@@ -711,7 +711,17 @@ def checkpoint_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> int:
     total = recurrent_state_bytes(arch) * len(arch.recurrent_layers)
     if not arch.sliding_window or not arch.sliding_window_layers:
         return total
-    _, _, streams = context_cells(cfg)
+    # One sequence's SWA cells: the window plus one ubatch (llama-kv-cache.cpp prunes a
+    # sequence's cells below pos - n_swa), whether the cache is split into streams or unified. A
+    # unified cache holds every slot's window in one stream (kv_layer_cells), so the checkpoint of
+    # one slot is its own share, not the whole stream (which over-counted by the slot count).
     per_layer = kv_layer_bytes(arch, cfg)
-    swa = set(arch.sliding_window_layers)
-    return total + sum(b for il, b in enumerate(per_layer) if il in swa) // max(1, streams)
+    cells = kv_layer_cells(arch, cfg)
+    _, _, streams = context_cells(cfg)
+    seq_cells = pad(arch.sliding_window + effective_ubatch(cfg))
+    swa_bytes = 0
+    for il in set(arch.sliding_window_layers):
+        if il < len(cells) and cells[il] > 0:
+            stream_cells = cells[il] // max(1, streams)
+            swa_bytes += per_layer[il] // max(1, streams) * min(seq_cells, stream_cells) // stream_cells
+    return total + swa_bytes

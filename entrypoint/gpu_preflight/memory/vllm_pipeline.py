@@ -60,8 +60,8 @@ from gpu_preflight.memory.vllm import (
     CUDA_CONTEXT_BYTES,
     GIB,
     LOAD_FACTOR,
+    MIB,
     NON_TORCH_BYTES,
-    NON_TORCH_TP_BYTES,
     WEIGHT_EXTRA_BYTES,
     KvLayout,
     VllmConfig,
@@ -88,9 +88,11 @@ from gpu_preflight.models.types import Artifact, ModelSpec, WeightLayout
 # with PyNccl only: CudaCommunicator (device_communicators/cuda_communicator.py) turns the custom
 # all-reduce and symmetric-memory buffers off for any group whose name is not "tp", and the world
 # group has no device communicator at all (parallel_state.py init_world_group). So a stage pays
-# one NCCL communicator's channel buffers, which the tensor-parallel-2 figure (NCCL plus the custom
-# all-reduce) covers with room to spare. Not measured without a GPU: that figure, on every stage.
-PP_NON_TORCH_BYTES = NON_TORCH_TP_BYTES
+# one NCCL communicator's channel buffers, not the custom all-reduce's: llm-d-planner's vLLM 0.19.0
+# logs of Llama-3.1-8B at pipeline parallel 2 and 4 on H100s show 0.07 GiB of non-torch increase per
+# stage (bench/gpu_logs.json group llm-d), below one GPU's 0.24-0.27 GiB. A stage is charged one
+# GPU's NON_TORCH_BYTES plus this allowance for the pp group's PyNccl buffers.
+PP_NON_TORCH_BYTES = 128 * MIB
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def stage_budget(
     weights = max(0, weights - cfg.cpu_offload_bytes)
     act = forward_bytes(spec.arch, tokens, tp)
     if last:
-        act = max(act, sampler_bytes(spec.arch, min(seqs, tokens)))
+        act = max(act, sampler_bytes(spec.arch, min(seqs, tokens), cfg.vllm_version))
     act += ACTIVATION_FIXED_BYTES
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp) + PP_NON_TORCH_BYTES
     # The same split as one rank of the whole model (graphs sized by this stage's weights; a

@@ -78,6 +78,13 @@ class Wants:
     cpu_offload_gb: float | None = None
     kv_cache_memory_bytes: int | None = None
     quantization: str | None = None
+    data_parallel: int | None = None  # vLLM --data-parallel-size as given
+    allow_long_context: bool = False  # VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
+    # The user set the concurrency (--max-num-seqs / -np / PREFLIGHT_PARALLEL): vLLM's own rule
+    # then admits a plan whose pool holds one request of max_model_len (issue 20).
+    parallel_pinned: bool = False
+    # `estimate`: plan exactly the typed command; an open value is the engine's default.
+    as_typed: bool = False
 
     @property
     def cache_type(self) -> str | None:

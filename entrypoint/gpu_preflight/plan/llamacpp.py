@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, replace
 
 from gpu_preflight.memory.llamacpp import (
+    NO_FLASH_ATTN,
     LlamaCppConfig,
     checkpoint_bytes,
     draft_config,
@@ -46,6 +47,19 @@ from gpu_preflight.plan.types import ModelChoice
 # plan leaves free, so the cache cannot grow the server out of memory ten minutes in.
 DEFAULT_CACHE_RAM_MIB = 8192
 DEFAULT_CTX_CHECKPOINTS = 32  # common.h n_ctx_checkpoints
+# llama-server 0.3.36's own defaults for what a typed command leaves open (`estimate`, issue 20),
+# from the llama-cpp-python 0.3.36 sdist's vendor/llama.cpp:
+# -np unset is -1, "auto" (common/arg.cpp common_params_parser_init: LLAMA_EXAMPLE_SERVER sets
+# params.n_parallel = -1), which tools/server/server.cpp main resolves to 4 slots and a unified
+# KV, whatever --kv-unified says ("n_parallel is set to auto, using n_parallel = 4 and
+# kv_unified = true").
+SERVER_AUTO_SLOTS = 4
+# --fit on by default (common.h fit_params = true): common/fit.cpp common_params_fit_impl reads
+# -c 0/unset as the trained context for every stream (n_ctx = n_ctx_train x n_streams, one stream
+# with a unified KV), and where that does not fit it lowers -c, never under fit_params_min_ctx
+# (common.h: 4096) per stream; a -c 0 the user typed sets that minimum to UINT32_MAX (common/arg.cpp
+# -c handler): no reduction. Then, only where -ngl was not set, it moves layers/experts to host.
+FIT_MIN_CTX = 4096
 MIB = 2**20
 DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
 DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
@@ -307,7 +321,10 @@ class LlamaFit:
             if limit is None or d.total_bytes <= limit:
                 continue
             where = next((g.label for g in self.gpus if device_name(g) == d.device), "host RAM")
-            out.append(f"{gib(d.total_bytes)} on {where}, {gib(limit)} usable")
+            out.append(
+                f"{gib(d.total_bytes)} on {where}, {gib(limit)} usable "
+                f"(short by {gib(d.total_bytes - limit)})"
+            )
         return out
 
     def fits(self, ctx: int, ngl: int, ncmoe: int) -> bool:
@@ -396,8 +413,8 @@ class LlamaFit:
             f"host RAM for llama-server's prompt cache: --cache-ram {cache} MiB "
             "(counted as host overhead)"
         ]
-        if n_ckpt is not None:
-            one = self.checkpoint(self.config(ctx, ngl, ncmoe, True))
+        one = self.checkpoint(self.config(ctx, ngl, ncmoe, True)) if n_ckpt is not None else 0
+        if n_ckpt is not None and (one > 0 or not self.w.as_typed):
             host_notes.append(
                 f"host RAM for sliding-window checkpoints: --ctx-checkpoints {n_ckpt} x "
                 f"{one // MIB} MiB (every slot's window KV, tools/server create_checkpoint)"
@@ -591,10 +608,19 @@ def make_llama_fit(
         split = tuple(x / total for x in padded)
     unified = bool(w.kv_unified)
     fit = LlamaFit(spec, art, gpus, host, w, draft, ck, cv, split, unified)
-    if w.tensor_split is None and len(gpus) > 1:
+    if w.tensor_split is None and len(gpus) > 1 and not w.as_typed:
+        # (a command as typed keeps llama.cpp's own split without -ts: in proportion to each
+        # device's free memory, src/llama-model.cpp load_tensors; _proportional_split above)
         fit = _planner_split(fit)
     if w.flash_attn == "off" and cv not in _UNQUANTIZED_V:
         return fit.miss(f"a quantized V cache ({cv}) needs flash attention, which is set off")
+    if spec.arch.architecture in NO_FLASH_ATTN and cv not in _UNQUANTIZED_V:
+        # src/llama-context.cpp llama_init_from_model turns flash attention off for these
+        # architectures whatever -fa says, and then refuses a quantized V cache.
+        return fit.miss(
+            f"a quantized V cache ({cv}) needs flash attention, which llama.cpp always turns off "
+            f"for {spec.arch.architecture}"
+        )
     return fit
 
 
@@ -666,6 +692,61 @@ def _order_note(
     )
 
 
+def _truthy(v: str | None) -> bool:
+    # common/arg.cpp is_truthy / is_falsey for --fit: on|enabled|true|1 / off|disabled|false|0
+    return (v or "on").strip().lower() in ("on", "enabled", "true", "1")
+
+
+def typed_defaults_llama(spec: ModelSpec, w: Wants) -> Wants:
+    """``estimate``'s llama-server command as typed: what the user left open is llama-server
+    0.3.36's own default or what it resolves itself, never a value the planner chooses.
+
+    - ``-np`` unset: 4 slots sharing one unified KV (tools/server/server.cpp main);
+    - ``-c`` unset or 0 with ``--fit on`` (the default): the trained context per stream
+      (common/fit.cpp common_params_fit_impl), lowered by the fit down to 4096 per stream where
+      it does not fit, except after a typed ``-c 0``; with ``--fit off``: ``n_ctx_train`` in all
+      (src/llama-context.cpp llama_context: n_ctx = n_ctx_train when 0), split among the
+      streams of a KV that is not unified;
+    - ``-ngl`` unset: ``--fit on`` moves layers to host RAM where the GPUs are short (the
+      planner's offload search stands for it); ``--fit off``: every layer (src/llama-model.cpp
+      n_gpu_layers: a negative value is n_layer + 1);
+    - ``-b``/``-ub`` 2048/512, ``-fa auto`` (request.py), ``--cache-ram`` 8192 MiB and
+      ``--ctx-checkpoints`` 32 (common/common.h).
+    """
+    if not w.as_typed:
+        return w
+    parallel, unified = w.parallel, bool(w.kv_unified)
+    if not w.parallel_pinned:
+        parallel, unified = SERVER_AUTO_SLOTS, True
+    fit_on = _truthy(w.fit)
+    trained = spec.arch.max_position_embeddings
+    out = replace(
+        w,
+        parallel=parallel,
+        kv_unified=unified,
+        fit="on" if fit_on else "off",
+        cache_ram_mib=DEFAULT_CACHE_RAM_MIB if w.cache_ram_mib is None else w.cache_ram_mib,
+        ctx_checkpoints=(
+            DEFAULT_CTX_CHECKPOINTS if w.ctx_checkpoints is None else w.ctx_checkpoints
+        ),
+        n_gpu_layers=w.n_gpu_layers if w.n_gpu_layers is not None or fit_on else -1,
+    )
+    if w.ctx_total is not None:
+        return out  # -c N: exactly as typed
+    typed_zero = w.fixed_context  # request.py: a typed -c 0 is the trained context, fixed
+    if not fit_on:
+        # n_ctx_train cells in all; a split KV gives each stream its share (llama-context.cpp).
+        return replace(out, ctx_total=trained, fixed_context=True, target_context=trained)
+    if typed_zero:
+        return replace(out, fixed_context=True, target_context=trained, min_context=trained)
+    return replace(
+        out,
+        fixed_context=False,
+        target_context=trained,
+        min_context=min(FIT_MIN_CTX, trained),
+    )
+
+
 def fit_llamacpp(
     spec: ModelSpec,
     art: Artifact,
@@ -677,7 +758,12 @@ def fit_llamacpp(
 ) -> FitResult:
     """The best llama.cpp fit on these devices, over the device orders worth trying
     (device_orders): the longest context, then more slots and layers on the GPUs; a tie keeps
-    llama.cpp's own order, so --device is written only where another order plans better."""
+    llama.cpp's own order, so --device is written only where another order plans better.
+    ``estimate`` (a command as typed) plans llama.cpp's own order and the typed values only."""
+    w = typed_defaults_llama(spec, w)
+    if w.as_typed:
+        got = _fit_in_order(spec, art, gpus, host, w, allow_offload, draft, None)
+        return _with_resolved_note(got, w) if isinstance(got, Fit) else got
     orders = device_orders(gpus, w)
     if orders is None:
         return _fit_in_order(spec, art, gpus, host, w, allow_offload, draft, None)
@@ -698,6 +784,30 @@ def fit_llamacpp(
     if isinstance(best, Miss):
         return results[0]
     return _with_order_note(best, _order_note(orders, results, chosen, n_layers, skipped=False))
+
+
+def _with_resolved_note(fit: Fit, w: Wants) -> Fit:
+    """``estimate``: the values llama-server resolves for the command as typed, in its terms."""
+    s = fit.settings
+    assert isinstance(s, LlamaServerSettings)
+    trained = fit.spec.arch.max_position_embeddings
+    how = "as typed"
+    if w.ctx_total is None and s.n_ctx_total < trained * (1 if w.kv_unified else w.parallel):
+        how = (
+            f"the trained {trained} per stream lowered by llama-server's own --fit to what fits "
+            "(common/fit.cpp common_params_fit_impl; its own figure may differ slightly)"
+        )
+    elif w.ctx_total is None:
+        how = "the trained context (-c 0/unset)"
+    ngl = "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)
+    note = (
+        f"llama-server 0.3.36 resolves the command as: -c {s.n_ctx_total} ({how}), "
+        f"-np {s.parallel} ({'unified KV' if w.kv_unified else 'a KV stream per slot'}), "
+        f"-ngl {ngl}{f', --n-cpu-moe {s.n_cpu_moe}' if s.n_cpu_moe else ''}, -b {s.n_batch}, "
+        f"-ub {s.n_ubatch}, -fa {s.flash_attn}, KV {s.cache_type_k}/{s.cache_type_v}, "
+        f"--cache-ram {s.cache_ram_mib}, --fit {s.fit}"
+    )
+    return replace(fit, notes=(*fit.notes, note))
 
 
 def _with_order_note(fit: Fit, note: str) -> Fit:
@@ -726,10 +836,15 @@ def _fit_in_order(
         lo = hi = per_slot_context(w.ctx_total, w.parallel, f.unified)
     n_layers = spec.arch.n_layers
 
+    # estimate, -c left to llama-server's own --fit: the context it resolves, then the verdict.
+    by_fit = w.as_typed and lo < hi
     if not gpus:
         if host.usable_bytes is None:
             return f.miss("host RAM unknown, cannot plan a CPU run")
-        ctx = largest_context(lo, hi, lambda c: f.fits(c, 0, 0))
+        ctx = _fit_resolved_context(f, lo, hi, 0, 0) if by_fit else None
+        if by_fit and not f.fits(ctx or lo, 0, 0):
+            return f.miss(f.needs(ctx or lo, 0, 0))
+        ctx = ctx or largest_context(lo, hi, lambda c: f.fits(c, 0, 0))
         if ctx is None:
             return f.miss(f.needs(lo, 0, 0))
         fit = f.settle(ctx, 0, 0, "cpu")
@@ -739,7 +854,16 @@ def _fit_in_order(
     pinned = w.n_gpu_layers is not None or w.n_cpu_moe is not None
     ngl0 = w.n_gpu_layers if w.n_gpu_layers is not None else -1
     ncmoe0 = w.n_cpu_moe or 0
-    ctx = largest_context(lo, hi, lambda c: f.fits(c, ngl0, ncmoe0))
+    if by_fit:
+        ctx = _fit_resolved_context(f, lo, hi, ngl0, ncmoe0)
+        if ctx is not None and not f.fits(ctx, ngl0, ncmoe0):
+            # llama-server's fit is content at this -c (it leaves the layers where they are);
+            # what it does not count (host caches) does not fit: the verdict is no.
+            return f.miss(f.needs(ctx, ngl0, ncmoe0))
+        if ctx is None:
+            hi = lo  # the fit lowers -c to its minimum before it moves any layer
+    else:
+        ctx = largest_context(lo, hi, lambda c: f.fits(c, ngl0, ncmoe0))
     if ctx is not None:
         full = ngl0 < 0 or ngl0 > n_layers
         fit = f.settle(ctx, ngl0, ncmoe0, "gpu" if full and ncmoe0 == 0 else "offload")
@@ -777,6 +901,20 @@ def _fit_in_order(
         f"{first_miss}; offloading to host RAM needs up to {gib(need)} "
         f"there, {gib(host.usable_bytes or 0)} usable"
     )
+
+
+def _fit_resolved_context(f: LlamaFit, lo: int, hi: int, ngl: int, ncmoe: int) -> int | None:
+    """The per-stream context llama-server's own --fit gives a -c left unset, or None where even
+    its minimum does not fit (it then moves layers at that minimum).
+
+    common/fit.cpp common_params_fit_impl: it keeps the trained context where the model's buffers
+    (weights, KV, compute) leave its margin free on every device, else lowers -c toward
+    fit_params_min_ctx. It counts llama.cpp's buffers only, not llama-server's host caches
+    (--cache-ram, context checkpoints), so those are left out here and counted by the verdict.
+    Its own figure comes from a linear interpolation on its own measurements; this is the
+    largest context (a multiple of 256) that the estimator fits."""
+    bare = replace(f, w=replace(f.w, cache_ram_mib=0, ctx_checkpoints=None))
+    return largest_context(lo, hi, lambda c: bare.fits(c, ngl, ncmoe))
 
 
 def _offload_blocked(host: HostTarget) -> str | None:
@@ -846,7 +984,12 @@ def _flag(knob: str) -> str:
 
 
 def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) -> tuple[str, ...]:
-    """The command: every planned value once, canonically spelled; the user's other args last."""
+    """The command: every planned value once, canonically spelled; the user's other args last.
+
+    ``estimate`` (``o.as_typed``): the command exactly as typed; the plan's settings are its values
+    and what llama-server resolves for the rest (typed_defaults_llama)."""
+    if o.as_typed and o.user_args:
+        return tuple(o.user_args)
     argv: list[str] = ["llama-server"]
     if model.path:
         argv += [_flag("model"), model.path]

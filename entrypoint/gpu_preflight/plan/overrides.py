@@ -80,6 +80,9 @@ class Overrides:
     passthrough: tuple[str, ...] = ()  # the user's engine arguments the planner does not read
     consumed_env: tuple[str, ...] = ()  # LLAMA_ARG_* now carried on argv: unset for the engine
     user_args: tuple[str, ...] = ()  # the engine arguments as the user gave them
+    # `estimate`: the command exactly as typed. Every value the user left open takes the engine's
+    # own default at the pinned version (nothing is chosen for it), and the argv is the typed one.
+    as_typed: bool = False
 
     def get(self, knob: str) -> Sourced | None:
         return self.values.get(knob)

@@ -60,7 +60,10 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
     if total == 0:
         total = None  # -c 0: the model's trained length, which the fit takes as its target
         if ctx is None and request is not None:
-            ctx = request.spec.arch.max_position_embeddings // (1 if unified else parallel)
+            trained = request.spec.arch.max_position_embeddings
+            # estimate: llama-server's --fit (on by default) reads a typed -c 0 as the trained
+            # context per stream (plan/llamacpp.py typed_defaults_llama, also for --fit off)
+            ctx = trained if o.as_typed else trained // (1 if unified else parallel)
     kv = o.value("kv_cache_type")
     ck, cv = o.value("cache_type_k"), o.value("cache_type_v")
     ngl = _int(o, "n_gpu_layers")
@@ -69,7 +72,9 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
     ncmoe = _int(o, "n_cpu_moe")
     if o.value("cpu_moe"):
         ncmoe = 100_000  # --cpu-moe: every layer's experts (clamped to n_layer by the model)
-    fa = str(o.value("flash_attn", "on"))
+    # llama-server's own default is auto (common.h LLAMA_FLASH_ATTN_TYPE_AUTO): a command as
+    # typed (estimate) takes it; plan and run choose on.
+    fa = str(o.value("flash_attn", "auto" if o.as_typed else "on"))
     reserve = o.value("reserve_gib")
     return Wants(
         min_context=min(tier.min_context, ctx) if ctx else tier.min_context,
@@ -109,6 +114,10 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
         cpu_offload_gb=o.value("cpu_offload_gb"),
         kv_cache_memory_bytes=_int(o, "kv_cache_memory_bytes"),
         quantization=o.value("quantization"),
+        data_parallel=_int(o, "data_parallel"),
+        allow_long_context=str(o.value("allow_long_context", "0")) in ("1", "true"),
+        parallel_pinned=o.get("parallel") is not None,
+        as_typed=o.as_typed,
     )
 
 

@@ -182,6 +182,8 @@ def _ladder(
     halved down to 1, each fitted at the largest context down to the tier's minimum; then each
     KV cache type the tier allows, with the slots tried again from the tier's count down. Offload
     (step 4) is the caller's outer loop. A pinned value is never stepped."""
+    if o.as_typed:
+        return [Step(tuple(engines), w)]  # estimate: the command as typed, nothing stepped
     steps = [Step(tuple(engines), tw) for tw in _fewer_slots(w, o, tier)]
     for engine, kv in _kv_fallbacks(spec, tier, o, engines, gpus, w):
         kw = replace(w, cache_type_k=kv, cache_type_v=kv)

@@ -138,8 +138,32 @@ def _sources(
         for knob in ("batch", "ubatch", "tensor_split", "ctx_total"):
             if o.get(knob) is not None:
                 out[knob] = src(knob, "")
+        if o.as_typed:
+            # estimate: what the command left open is llama-server 0.3.36's own default, or
+            # what its own --fit resolves (plan/llamacpp.py typed_defaults_llama).
+            own = "llama-server 0.3.36 default"
+            fitted = f"llama-server 0.3.36 --fit {s.fit}" if s.fit == "on" else own
+            out["context"] = src("ctx_total", src("context", f"{fitted} (from the model)"))
+            out["parallel"] = src("parallel", f"{own} (-np auto: 4, unified KV)")
+            out["n_gpu_layers"] = src("n_gpu_layers", fitted)
+            out["flash_attn"] = src("flash_attn", f"{own} (auto)")
+            out["kv_cache_type"] = src("cache_type_k", src("kv_cache_type", f"{own} (f16)"))
+            for knob in ("batch", "ubatch", "cache_ram", "fit"):
+                out[knob] = src(knob, own)
     else:
-        out["gpu_memory_utilization"] = src("gpu_memory_utilization", "fit (free memory)")
+        # Which values the user set and which were chosen: by the planner (plan, run), or left
+        # to vLLM 0.32's own default (estimate, the command as typed).
+        chosen = "vLLM 0.32 default" if o.as_typed else "planner (fit)"
+        if o.as_typed:
+            out["context"] = src("context", "vLLM 0.32 default (the model's max_model_len)")
+        out["parallel"] = src("parallel", "vLLM 0.32 default" if o.as_typed else f"tier:{tier.id}")
+        out["gpu_memory_utilization"] = src(
+            "gpu_memory_utilization",
+            "vLLM 0.32 default (0.92)" if o.as_typed else "fit (free memory)",
+        )
+        for knob in ("tensor_parallel", "pipeline_parallel", "data_parallel", "kv_cache_type"):
+            out[knob] = src(knob, chosen)
+        out["max_num_batched_tokens"] = src("max_num_batched_tokens", "vLLM 0.32 default")
     return out
 
 

@@ -7,7 +7,13 @@ from typing import Literal
 
 Verdict = Literal["ship", "refuse"]
 AlternativeKind = Literal[
-    "smaller-quant", "shorter-context", "other-model", "offload", "cpu", "other-engine"
+    "smaller-quant",
+    "shorter-context",
+    "other-model",
+    "offload",
+    "cpu",
+    "other-engine",
+    "other-setting",
 ]
 
 
@@ -76,6 +82,8 @@ class Alternative:
     # The overrides that make it ship (in place of the user's own model, engine, context, slot,
     # layer and KV settings: plan/refusal.py ALTERNATIVE_REPLACES).
     env: dict[str, str] = field(default_factory=dict)
+    # `estimate`: the typed command with the one change that makes it fit, as an exact argv.
+    argv: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,16 @@ from gpu_preflight.memory.vllm import (
     VllmConfig,
     VllmConfigError,
     VllmDraft,
+    batch_limits,
+    budget,
     choose_gpu_memory_utilization,
+    default_batch_limits,
     estimate_vllm,
     max_model_len_that_fits,
+    min_kv_bytes_needed,
 )
 from gpu_preflight.memory.vllm_pipeline import (
+    PP_NON_TORCH_BYTES,
     Stage,
     estimate_vllm_pipeline,
     max_model_len_pipeline,
@@ -47,7 +52,9 @@ from gpu_preflight.plan.types import ModelChoice
 
 # The image's vLLM (>= 0.21) counts the CUDA graph pool inside --gpu-memory-utilization.
 VLLM_CUDAGRAPH_IN_BUDGET = True
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vllm/config/cache.py CacheConfig.gpu_memory_utilization
+# vLLM 0.32: vllm/config/cache.py CacheConfig.gpu_memory_utilization Field(default=0.92) (0.9 up to
+# 0.19: the llm-d gpt-oss-20b run without the flag logs "(0.9, ...)").
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class VllmSettings:
     served_model_name: str | None = None  # None: the model's id
     revision: str | None = None  # the Hub commit the plan read the model at
     pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1  # --data-parallel-size: ranks of tp x pp cards each
     # Layers per pipeline stage, carried to vLLM as VLLM_PP_LAYER_PARTITION (vllm_env); empty
     # with one stage.
     pp_layer_partition: tuple[int, ...] = ()
@@ -168,7 +176,8 @@ def vllm_config(
         gpu_total_bytes=ref.total_bytes,
         gpu_memory_utilization=gmu,
         tensor_parallel_size=tp,
-        max_num_seqs=w.parallel,
+        # Typed without --max-num-seqs: vLLM's own default for the card (batch_limits).
+        max_num_seqs=None if w.as_typed and not w.parallel_pinned else w.parallel,
         max_num_batched_tokens=w.max_num_batched_tokens,
         kv_cache_dtype=w.cache_type_k or "auto",
         enforce_eager=bool(w.enforce_eager),
@@ -182,6 +191,239 @@ def vllm_config(
     )
 
 
+def typed_defaults(spec: ModelSpec, w: Wants) -> Wants:
+    """``estimate``'s command as typed: what the user left open is vLLM 0.32's own default,
+    never a value the planner chooses. --max-model-len: the model's derived length
+    (vllm/config/model.py _get_and_verify_max_len); --gpu-memory-utilization 0.92
+    (vllm/config/cache.py CacheConfig); tensor, pipeline and data parallel 1
+    (vllm/config/parallel.py ParallelConfig); KV dtype auto; --max-num-seqs and
+    --max-num-batched-tokens the card's defaults (EngineArgs.get_batch_defaults, in
+    memory/vllm.py default_batch_limits)."""
+    if not w.as_typed:
+        return w
+    ctx = w.target_context if w.fixed_context else spec.arch.max_position_embeddings
+    return replace(
+        w,
+        gpu_memory_utilization=w.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION,
+        tensor_parallel=w.tensor_parallel or 1,
+        pipeline_parallel=w.pipeline_parallel or 1,
+        data_parallel=w.data_parallel or 1,
+        target_context=ctx,
+        min_context=ctx,
+        fixed_context=True,
+    )
+
+
+def vllm_rules(spec: ModelSpec, w: Wants, n_gpus: int) -> str | None:
+    """What vLLM 0.32 refuses before it sizes any memory, in its words, or None.
+
+    - vllm/config/model.py _get_and_verify_max_len: a --max-model-len above the model's derived
+      length ("User-specified max_model_len (X) is greater than the derived max_model_len"),
+      unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (vllm/envs.py);
+    - ModelConfig.verify_with_parallel_config: the attention heads must divide by the tensor
+      parallel size, and the layers be at least the pipeline stages (get_pp_indices);
+    - one GPU per rank of the world DP x TP x PP (vllm/config/parallel.py ParallelConfig
+      world_size x data_parallel_size; the multiprocessing executor opens cuda:rank).
+    """
+    a = spec.arch
+    model_max = a.max_position_embeddings
+    if w.fixed_context and w.target_context > model_max and not w.allow_long_context:
+        return (
+            f"--max-model-len {w.target_context} is greater than the model's derived "
+            f"max_model_len (max_position_embeddings={model_max}): vLLM refuses to start "
+            "(vllm/config/model.py _get_and_verify_max_len). Accepted: --max-model-len "
+            f"{model_max} or less, or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 in its environment"
+        )
+    tp, pp, dp = w.tensor_parallel or 1, w.pipeline_parallel or 1, w.data_parallel or 1
+    if a.n_heads % tp:
+        return (
+            f"--tensor-parallel-size {tp}: the total number of attention heads ({a.n_heads}) "
+            "must be divisible by the tensor parallel size (vllm/config/model.py "
+            "ModelConfig.verify_with_parallel_config)"
+        )
+    if pp > a.n_layers:
+        return (
+            f"--pipeline-parallel-size {pp} is more stages than the model's {a.n_layers} layers "
+            "(vllm/distributed/utils.py get_pp_indices gives a stage no layer)"
+        )
+    world = dp * tp * pp
+    given = [x for x in (w.data_parallel, w.tensor_parallel, w.pipeline_parallel) if x]
+    if given and world > n_gpus:
+        return (
+            f"--data-parallel-size {dp} x --tensor-parallel-size {tp} x "
+            f"--pipeline-parallel-size {pp} is a world of {world} GPUs (one per rank, "
+            f"vllm/config/parallel.py ParallelConfig), {n_gpus} here"
+        )
+    return None
+
+
+# Checkpoint dtypes that carry no quantization_config (config.json): vLLM reads no method.
+_UNQUANTIZED = frozenset({"bf16", "fp16", "f16", "f32", "bfloat16", "float16", "float32", "auto"})
+# What vLLM 0.32 itself resolves a checkpoint's method to, where the user may name it: the
+# Marlin kernels are overrides (AWQMarlinConfig / GPTQMarlinConfig.override_quantization_method
+# take "awq_marlin" / "gptq_marlin" for an awq / gptq checkpoint on a GPU that runs them), and
+# gpt-oss's MXFP4 is also "gpt_oss_mxfp4" (the overrides list of _verify_quantization).
+_SAME_METHOD = {
+    "awq": frozenset({"awq", "awq_marlin", "auto_awq"}),
+    "gptq": frozenset({"gptq", "gptq_marlin", "auto_gptq"}),
+    "mxfp4": frozenset({"mxfp4", "gpt_oss_mxfp4"}),
+}
+# Methods vLLM applies at load to a checkpoint that carries none (online quantization): fp8
+# (vllm/model_executor/model_loader/weight_utils.py get_quant_config: Fp8Config has no config
+# file, "--quantization fp8 is deprecated for online quantization" -> fp8_per_tensor) and the
+# online shorthands (vllm/config/quantization.py _ONLINE_SHORTHANDS). The plan keeps the
+# checkpoint's own weight bytes for them (an over-prediction: the loaded weights are smaller).
+_ONLINE = frozenset(
+    {"fp8", "online", "fp8_per_tensor", "fp8_per_block", "fp8_per_channel", "mxfp8"}
+)
+# vLLM 0.32's methods (vllm/model_executor/layers/quantization/__init__.py QuantizationMethods);
+# another name is "Unknown quantization method" (_verify_quantization), e.g. bitsandbytes and
+# gguf, which 0.32 no longer has.
+VLLM_QUANTIZATION_METHODS = frozenset(
+    {
+        "awq", "auto_awq", "fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4",
+        "modelopt_mxfp8", "modelopt_mixed", "auto_gptq", "gptq", "gptq_marlin", "awq_marlin",
+        "humming", "compressed-tensors", "experts_int8", "quark", "moe_wna16", "torchao", "inc",
+        "mxfp4", "gpt_oss_mxfp4", "deepseek_v4_fp8", "online", "fp8_per_tensor",
+        "fp8_per_block", "fp8_per_channel", "int8_per_channel_weight_only", "nvfp4_per_token",
+        "mxfp8",
+    }
+)  # fmt: skip
+
+
+# The catalog names a checkpoint's quantization by its weights (fp8); vLLM reads the method from
+# config.json. The FP8 checkpoints of these organisations are llm-compressor exports, whose
+# config.json says quant_method "compressed-tensors" (e.g. RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8).
+_COMPRESSED_TENSORS_ORGS = ("redhatai/", "neuralmagic/", "nm-testing/")
+
+
+def checkpoint_method(art: Artifact) -> str | None:
+    """The quant_method vLLM reads from the checkpoint's config.json; None: it carries none."""
+    q = art.quant.lower()
+    if q in _UNQUANTIZED:
+        return None
+    if q == "fp8" and art.repo.lower().startswith(_COMPRESSED_TENSORS_ORGS):
+        return "compressed-tensors"
+    return q
+
+
+def quantization_rule(art: Artifact, w: Wants) -> str | None:
+    """A --quantization the checkpoint does not carry, in vLLM 0.32's words, or None.
+
+    - The checkpoint carries a method M (its quant): vllm/config/model.py
+      ModelConfig._verify_quantization raises "Quantization method specified in the model
+      config (M) does not match the quantization method specified in the `quantization`
+      argument (X)" unless X is M or an override of it (_SAME_METHOD);
+    - it carries none (bf16/fp16 weights): a method that needs the checkpoint's own quantization
+      config file is refused while vLLM builds its config (vllm/config/vllm.py
+      VllmConfig._get_quantization_config -> vllm/model_executor/model_loader/weight_utils.py
+      get_quant_config: "Cannot find the config file for X"); fp8 quantizes at load (_ONLINE);
+    - a name vLLM 0.32 does not have: "Unknown quantization method" (_verify_quantization).
+    """
+    x = (w.quantization or "").strip().lower()
+    if not x or x == "none":
+        return None
+    if x not in VLLM_QUANTIZATION_METHODS:
+        return (
+            f'--quantization {x}: not a quantization method of vLLM 0.32 ("Unknown '
+            'quantization method", vllm/config/model.py ModelConfig._verify_quantization). '
+            f"Accepted: {', '.join(sorted(VLLM_QUANTIZATION_METHODS))}, or leave it unset"
+        )
+    carried = checkpoint_method(art)
+    if carried is None:
+        if x in _ONLINE:
+            return None
+        return (
+            f"--quantization {x}: {art.repo} carries no quantization_config ({art.quant} "
+            f"weights), and {x} reads its settings from the checkpoint: vLLM refuses to start "
+            f'("Cannot find the config file for {x}", vllm/config/vllm.py '
+            "VllmConfig._get_quantization_config -> vllm/model_executor/model_loader/"
+            "weight_utils.py get_quant_config). Accepted: leave --quantization unset, or "
+            "fp8 (quantized at load)"
+        )
+    same = _SAME_METHOD.get(carried, frozenset({carried}))
+    if x in same:
+        return None
+    return (
+        f"--quantization {x}: {art.repo} carries quantization_config quant_method "
+        f'{carried}, and vLLM refuses a different method ("Quantization method specified in '
+        f"the model config ({carried}) does not match the quantization method specified in "
+        f'the `quantization` argument ({x})", vllm/config/model.py '
+        f"ModelConfig._verify_quantization). Accepted: {' / '.join(sorted(same))}, or leave "
+        "it unset"
+    )
+
+
+def _fit_data_parallel(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    w: Wants,
+    draft: Draft | None,
+) -> FitResult:
+    """--data-parallel-size N: N engines, each its own weights and KV pool on tp (x pp) cards of
+    its own, ranks on consecutive CUDA ordinals (DP rank r on cuda:r*tp.., vllm/v1/engine
+    core_client.py / multiproc_executor.py). Planned on the first rank's cards; every other
+    rank's cards must be the same model of card with the same room."""
+    name = label(spec, art, "vllm")
+    dp = w.data_parallel or 1
+    if (w.pipeline_parallel or 1) > 1:
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{name}: --data-parallel-size {dp} with pipeline parallel is not modelled; "
+            "accepted: --data-parallel-size with tensor parallel only",
+        )
+    ordered = tuple(sorted(gpus, key=lambda g: g.cuda_ordinal))
+    if len({(g.name, g.total_bytes) for g in ordered}) > 1 or any(g.mig for g in ordered):
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{name}: --data-parallel-size {dp} needs identical, whole GPUs (each rank plans the "
+            "same memory split)",
+        )
+    block = ordered[: len(ordered) // dp]
+    one = _fit_group(spec, art, block, replace(w, data_parallel=1), draft)
+    if isinstance(one, Miss):
+        return replace(one, reason=f"{one.reason} (one of {dp} data parallel ranks)")
+    tp = len(one.gpus)
+    used = ordered[: dp * tp]
+    need = one.estimate.devices[0].total_bytes
+    tight = [g for g in used if g.usable_bytes < need]
+    if tight:
+        g = tight[0]
+        return Miss(
+            spec,
+            art,
+            "vllm",
+            f"{name}: data parallel rank on {g.label} needs {gib(need)}, {gib(g.usable_bytes)} "
+            "is usable there",
+        )
+    devices = tuple(
+        replace(d, device=f"CUDA{r * tp + i}")
+        for r in range(dp)
+        for i, d in enumerate(one.estimate.devices)
+    )
+    assert isinstance(one.settings, VllmSettings)
+    settings = replace(one.settings, data_parallel_size=dp)
+    why = f"data parallel {dp}: {dp} engines of tensor parallel {tp}, each its own weights and KV pool"
+    fit = _on_cards(
+        spec,
+        art,
+        one.context,
+        w,
+        replace(one.estimate, devices=devices),
+        used,
+        one.forecast,
+        settings,
+        draft,
+        [*one.warnings, why],
+    )
+    return replace(fit, parallel=one.parallel, notes=one.notes)
+
+
 def fit_vllm(
     spec: ModelSpec,
     art: Artifact,
@@ -191,7 +433,51 @@ def fit_vllm(
 ) -> FitResult:
     """vLLM on these devices: the largest identical group (tensor parallel), or, on cards that
     differ, pipeline parallel over all of them where that gives the longer context. A user's
-    ``-pp`` above 1 is planned as given: that many stages over the first cards."""
+    ``-pp`` above 1 is planned as given: that many stages over the first cards. What vLLM itself
+    refuses at start is a miss naming its rule; ``--data-parallel-size`` is planned, not passed."""
+    w = typed_defaults(spec, w)
+    refused = vllm_rules(spec, w, len(gpus)) or quantization_rule(art, w)
+    if refused is not None:
+        name = label(spec, art, "vllm")
+        return Miss(spec, art, "vllm", f"{name}: {refused}")
+    res = _fit_vllm(spec, art, gpus, w, draft)
+    notes = _rule_notes(spec, art, w)
+    return replace(res, notes=(*res.notes, *notes)) if notes and isinstance(res, Fit) else res
+
+
+def _rule_notes(spec: ModelSpec, art: Artifact, w: Wants) -> tuple[str, ...]:
+    """What vLLM lets through with a warning, and how the plan accounts for it."""
+    out = []
+    model_max = spec.arch.max_position_embeddings
+    if w.allow_long_context and w.fixed_context and w.target_context > model_max:
+        out.append(
+            f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1: planned at --max-model-len {w.target_context}, "
+            f"beyond the model's derived {model_max}. vLLM 0.32 only warns (vllm/config/model.py "
+            "_get_and_verify_max_len: positions past it may give NaN with RoPE) and scales "
+            "no rope: the rotary cos/sin cache stays sized by max_position_embeddings "
+            "(vllm/model_executor/layers/rotary_embedding/base.py _compute_cos_sin_cache; "
+            "get_rope(max_position=config.max_position_embeddings) in the model files), so "
+            "memory differs only by the KV of the longer length, which is planned"
+        )
+    x = (w.quantization or "").lower()
+    if x in _ONLINE and checkpoint_method(art) is None:
+        out.append(
+            f"--quantization {x} on {art.quant} weights: vLLM quantizes them at load (online, "
+            "vllm/model_executor/model_loader/weight_utils.py get_quant_config); planned at the "
+            f"checkpoint's {art.quant} weight bytes, an over-prediction"
+        )
+    return tuple(out)
+
+
+def _fit_vllm(
+    spec: ModelSpec,
+    art: Artifact,
+    gpus: tuple[GpuTarget, ...],
+    w: Wants,
+    draft: Draft | None,
+) -> FitResult:
+    if (w.data_parallel or 1) > 1:
+        return _fit_data_parallel(spec, art, gpus, w, draft)
     if w.pipeline_parallel is not None and w.pipeline_parallel > 1:
         return fit_vllm_pipeline(spec, art, gpus, w, draft)
     group = _fit_group(spec, art, gpus, w, draft)
@@ -231,8 +517,8 @@ def _tail(reason: str) -> str:
 def _pipeline_eligible(gpus: tuple[GpuTarget, ...], w: Wants, draft: Draft | None) -> bool:
     if len(gpus) < 2 or any(g.mig for g in gpus):
         return False
-    if w.pipeline_parallel is not None:
-        return False  # the user's -pp 1
+    if w.pipeline_parallel is not None or w.as_typed:
+        return False  # the user's -pp 1, or the command as typed (vLLM's default -pp 1)
     return len({(g.name, g.total_bytes) for g in gpus}) > 1
 
 
@@ -316,8 +602,9 @@ def fit_vllm_pipeline(
             choose_gpu_memory_utilization(
                 g.total_bytes,
                 g.free_bytes,
-                w.reserve_bytes + g.margin_bytes,
-                tensor_parallel_size=max(2, tp),  # NCCL between stages, before the snapshot
+                # The pp group's NCCL communicator exists before the snapshot: its allowance.
+                w.reserve_bytes + g.margin_bytes + PP_NON_TORCH_BYTES,
+                tensor_parallel_size=tp,
                 enforce_eager=bool(w.enforce_eager),
                 cudagraph_in_budget=VLLM_CUDAGRAPH_IN_BUDGET,
             )
@@ -348,19 +635,19 @@ def fit_vllm_pipeline(
                 spec, art, replace(cfg, kv_cache_memory_bytes=None), cards
             )
             plan_stages = tuple(replace(c, layers=k) for c, k in zip(cards, parts, strict=True))
-            best = max_model_len_pipeline(spec, art, cfg, plan_stages, w.parallel, hi)
+            best = max_model_len_pipeline(spec, art, cfg, plan_stages, admission(w), hi)
         except VllmConfigError as err:
             return miss(str(err))
         ctx = (best if w.fixed_context else round_ctx(best)) if best >= CONTEXT_STEP else 0
         if ctx < lo or (w.fixed_context and ctx < hi):
             why = pipeline_refusal(
-                spec, art, replace(cfg, max_model_len=lo), plan_stages, w.parallel
+                spec, art, replace(cfg, max_model_len=lo), plan_stages, admission(w)
             )
             last = miss(
                 f"pipeline parallel {len(stages)} x tensor parallel {tp} "
                 f"(VLLM_PP_LAYER_PARTITION={','.join(map(str, parts))}, "
                 f"--gpu-memory-utilization {gmu:.2f}): {why or 'no context fits'} "
-                f"(KV {kv_dtype}, {w.parallel} x {lo} tokens needed)"
+                f"(KV {kv_dtype}, {admission(w)} x {lo} tokens needed)"
             )
             continue
         if w.fixed_context:
@@ -486,9 +773,9 @@ def _fit_group(
                 f"--gpu-memory-utilization {gmu:.2f} asks for {gib(budget)} but "
                 f"{gib(ref.free_bytes - w.reserve_bytes)} is free on {ref.label}"
             )
-        # The KV pool, less the margin vLLM's own figures are kept under, must hold `parallel`
-        # whole sequences of the context ("room for the configured concurrency").
-        best = max_model_len_that_fits(spec, art, cfg, parallel=w.parallel, limit=hi)
+        # The KV pool, less the margin vLLM's own figures are kept under, must hold `admit`
+        # whole requests of the context (admission(): vLLM's one, or the tier's concurrency).
+        best = max_model_len_that_fits(spec, art, cfg, parallel=admission(w), limit=hi)
     except VllmConfigError as err:
         return miss(str(err))
     ctx = (best if w.fixed_context else round_ctx(best)) if best >= CONTEXT_STEP else 0
@@ -498,8 +785,8 @@ def _fit_group(
             f"the KV pool left after {gib(dev.weights_bytes)} of weights and "
             f"{gib(dev.compute_bytes + dev.overhead_bytes)} of activations/overhead holds "
             f"{e.kv_capacity_tokens or 0} tokens on {ref.label} (budget {gib(budget)}, "
-            f"{gib(e.margin_bytes)} of it kept as margin); {w.parallel} x {lo} tokens needed "
-            f"(KV {kv_dtype}, tensor parallel {tp})"
+            f"{gib(e.margin_bytes)} of it kept as margin); {admission(w)} x {lo} tokens needed "
+            f"(KV {kv_dtype}, tensor parallel {tp}){_shortfall(spec, art, cfg, lo, used)}"
         )
     if w.fixed_context:
         ctx = hi
@@ -511,8 +798,57 @@ def _fit_group(
             f"(attention heads {spec.arch.n_heads} must divide evenly)"
         )
     settings = _settings_for(w, ctx, gmu, tp, kv_dtype)
+    _, seqs = batch_limits(replace(cfg, max_model_len=ctx))
+    settings = replace(settings, max_num_seqs=seqs)
     forecast = _forecast(spec, art, e, ctx, used)
-    return _on_cards(spec, art, ctx, w, e, used, forecast, settings, draft, warns)
+    fit = _on_cards(spec, art, ctx, w, e, used, forecast, settings, draft, warns)
+    return replace(fit, parallel=seqs, notes=(*fit.notes, *_concurrency_notes(w, e, ref, seqs)))
+
+
+def admission(w: Wants) -> int:
+    """Whole requests of max_model_len the KV pool must hold for the plan to ship.
+
+    vLLM's own rule is one (vllm/v1/core/kv_cache_utils.py check_enough_kv_cache_memory: "To
+    serve at least one request with the models's max seq len"); --max-num-seqs then only shapes
+    the profiling run and caps concurrency. That is the rule wherever the user set the
+    concurrency, and for a command as typed. Where the planner chooses --max-num-seqs (the
+    tier's concurrency) it also sizes the context so that many requests fit at once: its own
+    goal, stricter than vLLM's."""
+    return 1 if w.parallel_pinned or w.as_typed else w.parallel
+
+
+def _shortfall(
+    spec: ModelSpec, art: Artifact, cfg: VllmConfig, ctx: int, used: tuple[GpuTarget, ...]
+) -> str:
+    """ "; short by X GiB on each of CUDA0, CUDA1": KV one request of ctx needs, less the pool."""
+    try:
+        b = budget(spec, art, replace(cfg, max_model_len=ctx))
+        need = min_kv_bytes_needed(spec, replace(cfg, max_model_len=ctx))
+    except VllmConfigError:
+        return ""
+    short = need - (b.available_kv_bytes - b.margin_bytes)
+    if short <= 0:
+        return ""
+    names = ", ".join(f"CUDA{g.cuda_ordinal}" for g in used)
+    return f"; short by {gib(short)} of KV memory on each of {names}"
+
+
+def _concurrency_notes(w: Wants, e: Estimate, ref: GpuTarget, seqs: int) -> tuple[str, ...]:
+    """What the pool gives, and a --max-num-seqs the planner chose in place of vLLM's default."""
+    notes = []
+    if e.max_concurrency is not None:
+        notes.append(
+            f"the KV pool holds {e.max_concurrency:g} requests of max_model_len at once; vLLM "
+            f"admits up to --max-num-seqs {seqs} and queues the rest"
+        )
+    default = default_batch_limits(ref.total_bytes, ref.name)[1]
+    if not w.parallel_pinned and not w.as_typed and seqs < default:
+        notes.append(
+            f"--max-num-seqs {seqs} chosen by the planner (the tier's concurrency) in place of "
+            f"vLLM's default {default}: the profiling run's sampler pass then holds {seqs} rows "
+            f"of logits instead of {default}, which buys KV memory (set --max-num-seqs to pin it)"
+        )
+    return tuple(notes)
 
 
 def _on_cards(
@@ -571,7 +907,12 @@ def _flag(knob: str) -> str:
 
 
 def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, ...]:
-    """`vllm serve MODEL` with every planned value once, canonically spelled; the rest last."""
+    """`vllm serve MODEL` with every planned value once, canonically spelled; the rest last.
+
+    ``estimate`` (``o.as_typed``): the command exactly as typed; the plan's settings are its
+    values and vLLM's defaults, which the argv leaves to vLLM."""
+    if o.as_typed and o.user_args:
+        return tuple(o.user_args)
     argv: list[str] = ["vllm", "serve", model.path or model.repo]
     if s.revision is not None:
         argv += [_flag("revision"), s.revision]
@@ -581,6 +922,8 @@ def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, .
         argv += [_flag("tensor_parallel"), str(s.tensor_parallel_size)]
     if s.pipeline_parallel_size > 1 or o.get("pipeline_parallel") is not None:
         argv += [_flag("pipeline_parallel"), str(s.pipeline_parallel_size)]
+    if s.data_parallel_size > 1 or o.get("data_parallel") is not None:
+        argv += [_flag("data_parallel"), str(s.data_parallel_size)]
     argv += [_flag("parallel"), str(s.max_num_seqs)]
     if s.kv_cache_dtype != "auto" or o.get("kv_cache_type") is not None:
         argv += [_flag("kv_cache_type"), s.kv_cache_dtype]

@@ -1,4 +1,4 @@
-"""--mmproj: the projector's own tensors and its warmup compute buffer are planned on the GPU.
+"""What llama-server loads or refuses beside the model: a --mmproj projector and its compute, Grok's V cache.
 
 llama-fit-params does not count the projector (common/fit.cpp sizes the text model only), so the
 plan adds it itself: the clip GGUF's exact tensor bytes and the compute allowance of
@@ -71,3 +71,18 @@ def test_a_projector_without_a_named_model_is_bad_input(tmp_path: Path) -> None:
     proj = _projector(tmp_path / "mmproj-f16.gguf")
     with pytest.raises(FlagValueError, match="no model is named"):
         run_plan("rtx-4090", {"PREFLIGHT_ENGINE": "llama.cpp"}, ("--mmproj", str(proj)))
+
+
+def test_grok_with_a_quantized_v_cache_is_refused(tmp_path: Path) -> None:
+    # llama.cpp turns flash attention off for Grok whatever -fa says (src/llama-context.cpp),
+    # and a quantized V cache needs it: llama-server would refuse to start.
+    from tests.support.gguf_archs import load_cases, write_case
+
+    c = load_cases()["grok"]
+    path = write_case(tmp_path / "grok.gguf", "grok", c.keys, c.tensors)
+    env = {"PREFLIGHT_ENGINE": "llama.cpp", "PREFLIGHT_MODEL": str(path)}
+    ok = run_plan("h100-sxm", env, ("-c", "4096", "-ctk", "q8_0"))
+    assert ok.verdict == "ship", ok.reasons
+    bad = run_plan("h100-sxm", env, ("-c", "4096", "-ctk", "q8_0", "-ctv", "q8_0"))
+    assert bad.verdict == "refuse"
+    assert "always turns off" in " ".join(bad.reasons)
