@@ -31,7 +31,7 @@ from gpu_preflight.memory import llamacpp as lc
 from gpu_preflight.memory import vllm as vm
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.errors import ModelError, ModelFileError
-from gpu_preflight.models.gguf_file import read_gguf
+from gpu_preflight.models.gguf_file import mmproj_bytes, mmproj_compute_bytes, read_gguf
 from gpu_preflight.models.hf_dir import arch_from_config, read_hf_dir
 from gpu_preflight.models.hub import resolve_hub_model
 from gpu_preflight.models.layout import (
@@ -825,10 +825,13 @@ def test_llama_cpp_projector_is_counted_or_not_loaded_or_refused(tmp_path, monke
     model = write_gguf(
         tmp_path / "gemma-3-12b-it-Q4_K_M.gguf", load_catalog().get("gemma-3-12b-it").arch
     )
-    mmproj = tmp_path / "mmproj-gemma-3-12b-it-F16.gguf"
-    with mmproj.open("wb") as f:  # only its size matters to the plan
-        f.write(b"GGUF")
-        f.truncate(854 << 20)
+    # A projector GGUF (general.architecture clip) of 854 MiB of F16 tensors, sparse.
+    mmproj = write_gguf_kvs(
+        tmp_path / "mmproj-gemma-3-12b-it-F16.gguf",
+        "clip",
+        [("clip.has_vision_encoder", "bool", True)],
+        [("mm.0.weight", (1 << 20, 427), 1)],
+    )
     with FakeHub() as hub:
         hub.add("google/gemma-3-12b-it-GGUF", {model.name: model, mmproj.name: mmproj})
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -850,7 +853,10 @@ def test_llama_cpp_projector_is_counted_or_not_loaded_or_refused(tmp_path, monke
                 "weights_bytes"
             ]
 
-        assert gpu_weights(doc_mm) - gpu_weights(doc) == 854 << 20
+        # its tensors plus the allowance for the compute buffer of its warmup image
+        extra = mmproj_bytes(mmproj) + mmproj_compute_bytes(mmproj)
+        assert mmproj_bytes(mmproj) == 854 << 20
+        assert gpu_weights(doc_mm) - gpu_weights(doc) == extra
         monkeypatch.delenv("LLAMA_ARG_MMPROJ")
         monkeypatch.setenv("LLAMA_ARG_MMPROJ_AUTO", "1")
         auto = runner.invoke(main, args)

@@ -52,16 +52,21 @@ DRIVER_RESERVED_BYTES = 512 * MIB
 # budget, but it must be free for the start-up check to pass (logged "700 MiB" for all
 # processes on one A100; a torch context alone is 300-500 MiB).
 CUDA_CONTEXT_BYTES = 640 * MIB
-# Non-torch increase during profiling: cuBLAS/cuBLASLt workspaces, attention-backend buffers.
-# Logged 0.13-0.14 GiB on one H100 (v0.11+), 0.35 GiB under V0; 0.55 GiB per rank at tensor
-# parallel 2, where NCCL and the custom all-reduce buffers add to it.
-NON_TORCH_BYTES = 192 * MIB
-NON_TORCH_TP_BYTES = 384 * MIB
-# From 4 ranks on, NCCL's per-peer channel buffers (NCCL_BUFFSIZE x channels x peers) and the
-# custom all-reduce's IPC buffers grow with the ranks: published TP 4 logs show about 2 GiB of
-# non-torch memory per GPU (issue 12), against 0.55 GiB at TP 2. Modelling TP >= 4 with the TP 2
-# figure promised ~22 % more KV than vLLM had; this keeps 2 GiB per rank from TP 4 on.
-NON_TORCH_TP4_BYTES = 2048 * MIB - NON_TORCH_BYTES
+# Non-torch increase during profiling ("non-torch forward increase memory", vllm/v1/worker/
+# gpu_worker.py determine_available_memory, measured by vllm/utils/mem_utils.py memory_profiling):
+# cuBLAS/cuBLASLt workspaces, attention-backend buffers, and under tensor parallel NCCL's channel
+# buffers and the custom all-reduce's IPC buffers (vllm/distributed/device_communicators/
+# cuda_communicator.py CudaCommunicator: PyNccl + CustomAllreduce for the "tp" group).
+# Keyed to llm-d-planner's vLLM 0.19.0 H100 logs (bench/gpu_logs.json, group llm-d): one GPU
+# 0.24-0.27 GiB in 36 of 37 runs (0.46 for Granite 3.1), TP 2 2.06-2.11 GiB, TP 4 2.13-2.21 GiB
+# per GPU. Between 0.19 and 0.32 the communicators the "tp" group builds are the same (PyNccl,
+# custom all-reduce, symmetric memory off by default), so the figures carry over; no 0.32 log
+# on a GPU was available to check them. The constants sit at the top of each range: 0.28 GiB,
+# 2.15 GiB at TP 2, 2.25 GiB from TP 4 on (per GPU, the one-GPU part included). The old 0.56 GiB
+# at TP 2 was under in 37 of 39 llm-d runs (issue 20).
+NON_TORCH_BYTES = 288 * MIB
+NON_TORCH_TP_BYTES = 2200 * MIB - NON_TORCH_BYTES
+NON_TORCH_TP4_BYTES = 2304 * MIB - NON_TORCH_BYTES
 
 
 def non_torch_tp_bytes(tensor_parallel_size: int) -> int:
@@ -72,14 +77,23 @@ def non_torch_tp_bytes(tensor_parallel_size: int) -> int:
 
 
 # Activation peak = max(forward pass, dummy sampler pass) + a fixed allowance. The sampler pass
-# dominates for the default max_num_seqs: per logit it holds fp32 logits, the temperature-scaled
-# copy, top-k/top-p sort values and int64 indices, softmax and cumsum. The logged peaks give 38-39
-# bytes per logit on an H100 (1024 rows: Llama-3.1-8B 4.76 GiB, Qwen3-32B 5.64 GiB, gpt-oss-20b
-# 7.38 GiB; llm-d-benchmark) and on an A100 (256 rows of Llama-3.1-8B: 1.44 GiB); 39, the upper
-# end, because 38 put Llama-3.3-70B (4.84 GiB logged) and Qwen3-32B 0.07 / 0.01 GiB under.
-# These are pre-0.17 profiles (vLLM 0.11-0.13): one public report measured a ~60 % lower peak
-# from 0.17 on, so for the image's 0.32 this errs high (a smaller modelled KV pool), never low.
-SAMPLER_BYTES_PER_LOGIT = 39
+# dominates for the default max_num_seqs (1024 rows on an H100). vLLM 0.32's profile_run
+# (vllm/v1/worker/gpu/model_runner.py, Model Runner V2) runs _dummy_sampler_run over one row per
+# request (min(max_num_seqs, max_num_batched_tokens) rows): compute_logits, then the sampler,
+# which during profiling skips top-k/top-p and logprobs ("the sampler may skip top_k, top_p, and
+# logprobs"): fp32 logits, the temperature-scaled copy and the sampling buffers. llm-d-planner's
+# vLLM 0.19.0 logs (the 0.17+ sampler; bench/gpu_logs.json group llm-d) show 14.8-16.0 bytes per
+# logit (torch peak / (1024 x vocab): Llama-3.1-8B 1.89 GiB, Qwen2.5-7B 2.21 GiB, Gemma-2 3.62-
+# 3.66 GiB); 16, the top of that range. The pre-0.17 logs (vLLM 0.11-0.13, 38-39 bytes: top-k/
+# top-p sort values and int64 indices) no longer apply: the 39 used before charged a median
+# +159 % of activation on the llm-d runs (issue 20).
+SAMPLER_BYTES_PER_LOGIT = 16
+# The sampler before 0.17 (top-k/top-p sort values and int64 indices in the profile pass): what
+# the published 0.10-0.13 logs in bench/gpu_logs.json show. Only the benchmark asks for it, to
+# compare those logs on their own version's terms; the planner plans for the pinned vLLM.
+SAMPLER_BYTES_PER_LOGIT_PRE_017 = 39
+SAMPLER_CHANGED_IN = (0, 17)
+PINNED_VLLM = (0, 32)  # the image's vLLM (.ci/vllm.sh); every constant here is keyed to it
 ACTIVATION_FIXED_BYTES = 128 * MIB
 # CUDA graphs before v0.21: captured after the KV pool is sized (gpu_model_runner.py
 # capture_model, "Graph capturing finished ... took X GiB"), on top of the budget: 0.23-1.03 GiB
@@ -130,6 +144,7 @@ def cudagraph_capture_sizes(
     *,
     decode_query_len: int = 1,
     max_capture: int = CG_MAX_CAPTURE,
+    model_capture: int | None = None,
 ) -> tuple[int, ...]:
     """The token counts vLLM 0.32 captures graphs for when --cudagraph-capture-sizes is not given.
 
@@ -139,7 +154,8 @@ def cudagraph_capture_sizes(
     sizes (max_num_seqs, or request counts x decode_query_len with speculative decoding).
     """
     seqs, q = max(1, max_num_seqs), max(1, decode_query_len)
-    top = min(seqs * q * 2, max_capture)
+    # A model's own max_cudagraph_capture_size (model_capture) replaces the default ceiling.
+    top = model_capture if model_capture is not None else min(seqs * q * 2, max_capture)
     decode: list[int] = []
     if q > 1:
         reqs = min(seqs, max_capture)
@@ -178,6 +194,17 @@ def cudagraph_counts(
         if -(-s // q) * q <= min(sizes[-1], max_num_seqs * q) and -(-s // q) <= max_num_seqs
     }
     return len(sizes), len(full)
+
+
+# vllm/model_executor/models/config.py GptOssForCausalLMConfig.verify_and_update_config: gpt-oss
+# sets max_cudagraph_capture_size 1024 "for performance" (83 graphs instead of 67) unless the user
+# set capture sizes; llm-d's vLLM 0.19 logs of gpt-oss-20b show 83 + 83 graphs up to 1024 tokens.
+MODEL_CAPTURE_SIZE = {"gpt-oss": 1024}
+
+
+def model_capture(arch: ModelArch) -> int | None:
+    """The capture ceiling a model's own config hook sets (None: vLLM's default)."""
+    return MODEL_CAPTURE_SIZE.get(arch.architecture)
 
 
 def is_blackwell_datacenter(gpu_name: str | None) -> bool:
@@ -224,7 +251,9 @@ def cuda_graph_bytes(
     tokens, seqs = batch_limits(cfg)
     q = 1 + (cfg.draft.num_speculative_tokens if cfg.draft is not None else 0)
     top = CG_MAX_CAPTURE_BLACKWELL if is_blackwell_datacenter(cfg.gpu_name) else CG_MAX_CAPTURE
-    sizes = cudagraph_capture_sizes(seqs, tokens, decode_query_len=q, max_capture=top)
+    sizes = cudagraph_capture_sizes(
+        seqs, tokens, decode_query_len=q, max_capture=top, model_capture=model_capture(arch)
+    )
     pw, full = cudagraph_counts(sizes, seqs, q)
     est = cuda_graph_estimate(
         arch,
@@ -311,6 +340,9 @@ class VllmConfig:
     # is_prefix_caching_supported); for those it sets mamba_cache_mode "align" (models/config.py
     # MambaModelConfig), which keeps 2 state blocks per request and recurrent layer group.
     prefix_caching: bool = True
+    # The vLLM release whose constants apply (the planner: the pinned one; the benchmark: a
+    # published log's own, where a constant changed between releases).
+    vllm_version: tuple[int, int] = PINNED_VLLM
 
 
 @dataclass(frozen=True)
@@ -415,10 +447,36 @@ def kv_bytes_per_token(
     """K+V bytes one token takes on one rank, over the attention layers (sliding-window ones at
     full width; recurrent layers hold a per-sequence state instead, see state_bytes)."""
     archs = (spec.arch, draft.spec.arch) if draft else (spec.arch,)
-    return sum(a.kv_layer_count * _page_bytes(a, 1, tp, kv_cache_dtype) for a in archs)
+    return sum(_layer_pages(a, 1, tp, kv_cache_dtype) for a in archs)
 
 
-def _page_bytes(arch: ModelArch, block_size: int, tp: int, kv_cache_dtype: str) -> int:
+def _layer_pages(arch: ModelArch, block_size: int, tp: int, kv_cache_dtype: str) -> int:
+    """One block of every attention layer with its own cache (per-layer K/V heads where the
+    config gives them: DeciLM / Nemotron-NAS, OpenELM)."""
+    if not arch.layer_kv_heads and not arch.layer_head_dims:
+        return arch.kv_layer_count * _page_bytes(arch, block_size, tp, kv_cache_dtype)
+    return sum(
+        _page_bytes(arch, block_size, tp, kv_cache_dtype, arch.kv_heads_of(il), il)
+        for il in range(arch.n_layers)
+        if arch.has_kv(il)
+    )
+
+
+def _uniform_pages(arch: ModelArch) -> bool:
+    kv = [il for il in range(arch.n_layers) if arch.has_kv(il)]
+    heads = {arch.kv_heads_of(il) for il in kv}
+    dims = {arch.layer_head_dims[il] for il in kv} if arch.layer_head_dims else set()
+    return len(heads) <= 1 and len(dims) <= 1
+
+
+def _page_bytes(
+    arch: ModelArch,
+    block_size: int,
+    tp: int,
+    kv_cache_dtype: str,
+    kv_heads: int | None = None,
+    layer: int | None = None,
+) -> int:
     """One block of one layer on one rank: K and V of every token in the block.
 
     MLA (deepseek_v2/v3): vllm/model_executor/layers/attention/mla_attention.py
@@ -430,9 +488,14 @@ def _page_bytes(arch: ModelArch, block_size: int, tp: int, kv_cache_dtype: str) 
     if arch.is_mla:
         assert arch.kv_lora_rank is not None and arch.qk_rope_head_dim is not None
         width = arch.kv_lora_rank + arch.qk_rope_head_dim
-        return block_size * width * kv_dtype_bytes(kv_cache_dtype)
-    heads = kv_heads_per_rank(arch.n_kv_heads, tp)
-    return block_size * heads * (arch.head_dim + arch.v_head_dim) * kv_dtype_bytes(kv_cache_dtype)
+        # + DeepSeek sparse attention's indexer key cache (uint8, whatever the KV dtype)
+        indexer = block_size * arch.indexer_bytes_per_token
+        return block_size * width * kv_dtype_bytes(kv_cache_dtype) + indexer
+    heads = kv_heads_per_rank(arch.n_kv_heads if kv_heads is None else kv_heads, tp)
+    widths = arch.head_dim + arch.v_head_dim
+    if layer is not None and arch.layer_head_dims:
+        widths = 2 * arch.layer_head_dims[layer]  # Gemma-4 per_layer_config head_dim, K = V
+    return block_size * heads * widths * kv_dtype_bytes(kv_cache_dtype)
 
 
 def state_bytes(arch: ModelArch, tp: int) -> int:
@@ -446,6 +509,8 @@ def state_bytes(arch: ModelArch, tp: int) -> int:
     """
     if not arch.recurrent_layers:
         return 0
+    if arch.state_kind is not None:
+        return _ssm_state_bytes(arch, tp)
     kh, vh = arch.linear_k_heads or 0, arch.linear_v_heads or 0
     kdim, vdim = arch.linear_k_head_dim or 0, arch.linear_v_head_dim or 0
     conv_dim = 2 * kh * kdim + vh * vdim
@@ -457,6 +522,50 @@ def state_bytes(arch: ModelArch, tp: int) -> int:
     conv = ((arch.linear_conv_kernel or 1) - 1) * conv_dim // tp
     temporal = vh // tp * vdim * kdim
     return (conv + temporal) * MODEL_DTYPE_BYTES
+
+
+def _split(value: int, tp: int, what: str) -> int:
+    # vllm/distributed/utils.py divide: an exact split or an AssertionError at start-up
+    if value % tp:
+        raise VllmConfigError(
+            f"tensor_parallel_size {tp} does not divide the model's {what} ({value}); vLLM "
+            "accepts a divisor of it"
+        )
+    return value // tp
+
+
+def _ssm_state_bytes(arch: ModelArch, tp: int) -> int:
+    """One sequence's state in one Mamba / short-conv layer on one rank.
+
+    vllm/model_executor/layers/mamba/mamba_utils.py MambaStateShapeCalculator:
+    - mamba1_state_shape: conv (conv_kernel - 1) x intermediate / tp, temporal
+      intermediate / tp x state_size;
+    - mamba2_state_shape: n_groups raised to tp when tp does not divide it
+      (extra_groups_for_head_shards), conv (conv_kernel - 1) x (intermediate + 2 x n_groups x
+      state_size) / tp, temporal num_heads / tp x head_dim x state_size;
+    - short_conv_state_shape: conv (conv_kernel - 1) x width / tp.
+    Dtypes (MambaStateDtypeCalculator): the model dtype with mamba_cache_dtype "auto"; the
+    temporal state float32 where the model sets mamba_ssm_cache_dtype (ssm_state_fp32).
+    """
+    kind = arch.state_kind
+    k = (arch.ssm_conv_kernel or 1) - 1
+    inner = arch.ssm_inner_size or 0
+    state = arch.ssm_state_size or 0
+    temporal_bytes = 4 if arch.ssm_state_fp32 else MODEL_DTYPE_BYTES
+    if kind == "short_conv":
+        return k * _split(inner, tp, "short-conv width") * MODEL_DTYPE_BYTES
+    if kind == "mamba1":
+        per_rank = _split(inner, tp, "Mamba intermediate size")
+        return k * per_rank * MODEL_DTYPE_BYTES + per_rank * state * temporal_bytes
+    if kind == "mamba2":
+        groups = arch.ssm_n_groups or 1
+        if groups % tp:
+            groups = tp if groups < tp else groups + tp - groups % tp
+        conv_dim = _split(inner + 2 * groups * state, tp, "Mamba-2 conv width")
+        heads = _split(arch.ssm_n_heads or 0, tp, "Mamba-2 heads")
+        temporal = heads * (arch.ssm_head_dim or 0) * state
+        return k * conv_dim * MODEL_DTYPE_BYTES + temporal * temporal_bytes
+    raise VllmConfigError(f"recurrent state kind {kind!r} is not modelled")
 
 
 def hybrid_block_size(arch: ModelArch, cfg: VllmConfig) -> int:
@@ -482,8 +591,24 @@ def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
         return _hybrid_state_layout(arch, cfg)
     page = _page_bytes(arch, cfg.block_size, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
     n_kv = arch.kv_layer_count
-    sliding = len(arch.sliding_window_layers) if arch.sliding_window else 0
+    windowed = set(arch.sliding_window_layers) if arch.sliding_window else set()
+    window = arch.sliding_window
+    if arch.attention_chunk_size and arch.chunked_layers:
+        # Chunked local attention (Llama-4): ChunkedLocalAttentionSpec, its own group type like
+        # a sliding window; max_memory_usage_bytes min(chunk + batched tokens, max_model_len),
+        # at or below the sliding-window rule used here (window - 1 + batched tokens, +1 block).
+        windowed |= set(arch.chunked_layers)
+        window = max(window or 0, arch.attention_chunk_size)
+    windowed = {il for il in windowed if arch.has_kv(il)}
+    sliding = len(windowed)
     full = n_kv - sliding
+    if not _uniform_pages(arch):
+        # Layers of different page sizes: one group whose page is the sum of every layer's page
+        # (UniformTypeKVCacheSpecs in vllm/v1/kv_cache_interface.py for full attention). With
+        # sliding-window layers among them every layer is counted as full here: never fewer
+        # bytes than vLLM's grouping, the safe side.
+        pages = _layer_pages(arch, cfg.block_size, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
+        return KvLayout(pages, cfg.block_size, n_kv, 0, None, 1, 1, 0)
     if cfg.draft is not None:
         # Target and draft layers of one attention type form one group whose page is the sum of
         # every layer's page (UniformTypeKVCacheSpecs in vllm/v1/kv_cache_interface.py).
@@ -496,14 +621,14 @@ def kv_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
         # One group of every layer; with the hybrid manager off, sliding layers count as full.
         return KvLayout(page, cfg.block_size, n_kv, 0, None, n_kv, 1, 0)
     if full == 0:
-        return KvLayout(page, cfg.block_size, 0, sliding, arch.sliding_window, sliding, 0, 1)
+        return KvLayout(page, cfg.block_size, 0, sliding, window, sliding, 0, 1)
     group = _group_size(full, sliding)
     return KvLayout(
         page,
         cfg.block_size,
         full,
         sliding,
-        arch.sliding_window,
+        window,
         group,
         math.ceil(full / group),
         math.ceil(sliding / group),
@@ -528,10 +653,29 @@ def _hybrid_state_layout(arch: ModelArch, cfg: VllmConfig) -> KvLayout:
             "--disable-hybrid-kv-cache-manager is not modelled; accepted: the hybrid KV cache "
             "manager, no draft model"
         )
-    block = hybrid_block_size(arch, cfg)
-    page = _page_bytes(arch, block, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
     full = arch.kv_layer_count
     state = len(arch.recurrent_layers)
+    if full == 0:
+        # Attention-free (Mamba, Mamba-2): every page is one sequence's state, unpadded
+        # (vllm/model_executor/models/config.py MambaModelConfig: the block is the whole
+        # max_model_len, one state per request and layer).
+        page = state_bytes(arch, cfg.tensor_parallel_size)
+        blocks = 2 if cfg.prefix_caching else 1
+        return KvLayout(
+            page,
+            cfg.block_size,
+            0,
+            0,
+            None,
+            state,
+            0,
+            0,
+            state_layers=state,
+            state_groups=1,
+            state_blocks=blocks,
+        )
+    block = hybrid_block_size(arch, cfg)
+    page = _page_bytes(arch, block, cfg.tensor_parallel_size, cfg.kv_cache_dtype)
     group = _group_size(full, state) if full else state
     # MambaSpec.max_memory_usage_bytes: 2 pages in "align" mode (prefix caching), else 1.
     blocks = 2 if cfg.prefix_caching else 1
@@ -615,6 +759,18 @@ def weights_per_rank(spec: ModelSpec, art: Artifact, tp: int) -> int:
     total = art.weight_bytes * LOAD_FACTOR.get(art.quant.lower(), 1.0)
     per_rank = total / tp + WEIGHT_EXTRA_BYTES
     a = spec.arch
+    layout = art.layout
+    if tp > 1 and layout is not None and layout.replicated_bytes is not None:
+        # The sharding each tensor's name and shape gave (models/hf_dir.py): replicated tensors
+        # whole on every rank; K/V projections split over at most n_kv_heads ranks
+        # (QKVParallelLinear: num_kv_head_replicas = tp / total_num_kv_heads past that); the
+        # rest (column, row, vocab and expert parallel) split tp ways.
+        factor = total / art.weight_bytes if art.weight_bytes else 1.0
+        whole = layout.replicated_bytes * factor
+        kv = layout.kv_proj_bytes * factor
+        split = max(0.0, total - whole - kv)
+        per_kv = kv / min(tp, max(1, a.n_kv_heads)) if not a.is_mla else kv / tp
+        return math.ceil(split / tp + whole + per_kv + WEIGHT_EXTRA_BYTES)
     if tp > a.n_kv_heads and spec.params_b > 0:
         bytes_per_param = total / (spec.params_b * 1e9)
         kv_proj = a.n_layers * a.hidden_size * a.n_kv_heads * (a.head_dim + a.v_head_dim)
@@ -661,9 +817,62 @@ def forward_bytes(arch: ModelArch, tokens: int, tp: int) -> int:
     return int(tokens * MODEL_DTYPE_BYTES * max(per_token, attention))
 
 
-def sampler_bytes(arch: ModelArch, rows: int) -> int:
+def sampler_bytes(arch: ModelArch, rows: int, version: tuple[int, int] = PINNED_VLLM) -> int:
     # Logits are gathered to every rank, so tensor parallel does not shrink them.
-    return rows * arch.vocab_size * SAMPLER_BYTES_PER_LOGIT
+    per_logit = (
+        SAMPLER_BYTES_PER_LOGIT
+        if version >= SAMPLER_CHANGED_IN
+        else SAMPLER_BYTES_PER_LOGIT_PRE_017
+    )
+    return rows * arch.vocab_size * per_logit
+
+
+@dataclass(frozen=True)
+class EncoderProfile:
+    """vLLM 0.32's encoder profiling pass for a multimodal model, per rank.
+
+    profile_run (vllm/v1/worker/gpu/model_runner.py, Model Runner V2) first runs the tower:
+    MultiModalBudget (vllm/multimodal/encoder_budget.py) takes the modality with the most tokens
+    per item, the budget compute_mm_encoder_budget gives (vllm/v1/core/encoder_cache_manager.py:
+    max(max_num_batched_tokens, the largest item's tokens), both for the compute budget and the
+    encoder cache) and _get_max_items: max(1, min(budget // tokens_per_item, max_num_seqs x
+    max(1, max_model_len // tokens_per_item))) items of the largest size.
+    EncoderRunner.profile_encoder_cache (vllm/v1/worker/gpu/mm/encoder_runner.py) runs them in one
+    execute_mm_encoder call and keeps the outputs in the encoder cache through the language
+    model's dummy run and the sampler pass; reset_encoder_cache frees them at the end.
+    """
+
+    items: int
+    tokens: int  # language-model tokens the items become (what the encoder cache holds)
+    budget_tokens: int  # MultiModalBudget.get_encoder_budget()
+    forward_bytes: int  # the tower's activation peak over items x tokens x patches_per_token
+    cache_bytes: int  # the encoder outputs: tokens x the language model's hidden size, 16-bit
+
+
+def encoder_profile(arch: ModelArch, cfg: VllmConfig) -> EncoderProfile | None:
+    """The encoder pass of profile_run (see EncoderProfile); None for a text-only model."""
+    enc = arch.vision
+    if enc is None:
+        return None
+    tokens, seqs = batch_limits(cfg)
+    per_item = enc.tokens_per_item
+    if enc.video:
+        # Qwen2-VL's video item fills the sequence (qwen2_vl.py get_max_video_tokens: frames
+        # of the largest image until seq_len); its tokens are merged patches like an image's.
+        per_item = max(per_item, cfg.max_model_len)
+    budget_tokens = max(tokens, per_item)
+    items = max(1, min(budget_tokens // per_item, seqs * max(1, cfg.max_model_len // per_item)))
+    held = items * per_item
+    # The tower's sequence: patches_per_token positions a token. The same form as the language
+    # model's forward (forward_bytes): the MLP's 3 x intermediate and 2.5 x hidden per position,
+    # 16-bit; attention through the fused kernels holds no sequence x sequence matrix. Not split
+    # over tensor parallel (mm_encoder_tp_mode "data" replicates the tower; "weights", the
+    # default, shards it): the safe side.
+    positions = held * enc.patches_per_token
+    fwd = int(positions * MODEL_DTYPE_BYTES * (2.5 * enc.hidden_size + 3 * enc.intermediate_size))
+    return EncoderProfile(
+        items, held, budget_tokens, fwd, held * arch.hidden_size * MODEL_DTYPE_BYTES
+    )
 
 
 def activation_bytes(arch: ModelArch, cfg: VllmConfig) -> int:
@@ -675,7 +884,12 @@ def activation_bytes(arch: ModelArch, cfg: VllmConfig) -> int:
         # The drafter's dummy run follows the target's, after its activations are freed.
         fwd = max(fwd, forward_bytes(cfg.draft.spec.arch, tokens, cfg.tensor_parallel_size))
     # The forward activations are freed before the sampler runs: the peaks do not add up.
-    return max(fwd, sampler_bytes(arch, rows)) + ACTIVATION_FIXED_BYTES
+    peak = max(fwd, sampler_bytes(arch, rows, cfg.vllm_version))
+    enc = encoder_profile(arch, cfg)
+    if enc is not None:
+        # The tower runs first; its outputs stay cached through the forward and sampler passes.
+        peak = max(enc.forward_bytes, enc.cache_bytes + peak)
+    return peak + ACTIVATION_FIXED_BYTES
 
 
 def cuda_total_bytes(cfg: VllmConfig) -> int:
@@ -725,6 +939,22 @@ def profile_split(
     return requested, graphs, available, margin
 
 
+def _encoder_notes(arch: ModelArch, cfg: VllmConfig) -> tuple[str, ...]:
+    enc = encoder_profile(arch, cfg)
+    if enc is not None:
+        return (
+            f"encoder profiling pass: {enc.items} item(s) of {enc.tokens // enc.items} tokens "
+            f"through the vision tower ({enc.forward_bytes / GIB:.2f} GiB peak, modelled) and "
+            f"{enc.cache_bytes / GIB:.2f} GiB of encoder cache held through the forward pass",
+        )
+    if arch.has_vision:
+        return (
+            "vision tower: its weights are counted; its encoder profiling pass is not modelled "
+            "(the config does not give the largest item's size)",
+        )
+    return ()
+
+
 def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     """The split vLLM's profiler will make on each rank (all ranks are alike)."""
     validate_config(cfg)
@@ -746,6 +976,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
         f"{cfg.gpu_total_bytes / GIB:.2f} GiB less the driver's reserve) = {requested / GIB:.2f} GiB",
         f"profiling pass of {tokens} tokens and {min(seqs, tokens)} sampled rows: "
         f"{act / GIB:.2f} GiB activation peak (modelled)",
+        *_encoder_notes(spec.arch, cfg),
         (
             f"CUDA graphs ({graphs / GIB:.1f} GiB) "
             + ("inside the budget" if cfg.cudagraph_in_budget else "on top of the budget")

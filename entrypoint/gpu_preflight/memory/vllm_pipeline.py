@@ -70,6 +70,7 @@ from gpu_preflight.memory.vllm import (
     _page_bytes,
     batch_limits,
     cuda_total_bytes,
+    encoder_profile,
     forward_bytes,
     kv_bytes_per_token,
     kv_capacity_tokens,
@@ -220,6 +221,11 @@ def stage_budget(
     act = forward_bytes(spec.arch, tokens, tp)
     if last:
         act = max(act, sampler_bytes(spec.arch, min(seqs, tokens), cfg.vllm_version))
+    enc = encoder_profile(spec.arch, cfg) if i == 0 else None
+    if enc is not None:
+        # The encoder pass runs on the first pipeline rank only (gpu/model_runner.py profile_run:
+        # ``self.supports_mm_inputs and self.is_first_pp_rank``); memory/vllm.py EncoderProfile.
+        act = max(enc.forward_bytes, enc.cache_bytes + act)
     act += ACTIVATION_FIXED_BYTES
     non_torch = NON_TORCH_BYTES + non_torch_tp_bytes(tp) + PP_NON_TORCH_BYTES
     # The same split as one rank of the whole model (graphs sized by this stage's weights; a

@@ -18,7 +18,7 @@ from gpu_preflight.boundedio import FileInputError, NumberRule, shorten
 from gpu_preflight.models.errors import ModelFileError
 from gpu_preflight.models.layout import ARCH_RULES, HF_MODEL_TYPES, MAX_LAYERS, check_arch
 from gpu_preflight.models.registry import Registry, load_registry
-from gpu_preflight.models.types import ModelArch
+from gpu_preflight.models.types import ModelArch, VisionEncoder
 
 # transformers' Gemma3TextConfig.sliding_window_pattern: every Nth layer is global (N >= 1).
 SWA_PATTERN_RULE = NumberRule(1, MAX_LAYERS)
@@ -427,6 +427,7 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         q_lora_rank=q_lora,
         recurrent_layers=layout.state,
         has_vision=isinstance(c.get("vision_config"), dict),
+        vision=vision_encoder(c, str(c.get("_outer_model_type") or model_type)),
         linear_conv_kernel=linear.get("linear_conv_kernel"),
         linear_k_heads=linear.get("linear_k_heads"),
         linear_v_heads=linear.get("linear_v_heads"),
@@ -770,3 +771,89 @@ def _ssm_fields(c: dict[str, Any], r: _Reader, row: Row, hidden: int) -> dict[st
         inner = out["heads"] * out["head_dim"]
     out["inner"] = inner
     return out
+
+
+# Qwen2-VL's image processor bounds an image by max_pixels (12845056 = 16384 x 28 x 28; Qwen3-VL
+# 16777216 = 16384 x 32 x 32): the largest image is 16384 merged tokens either way (vLLM
+# qwen2_vl.py Qwen2VLProcessingInfo.get_max_image_tokens / get_image_size_with_most_features).
+_QWEN_VL_IMAGE_TOKENS = 16384
+_QWEN_VL = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+# Llama 4's image processor: up to 16 tiles plus the global view (transformers
+# Llama4ImageProcessor max_patches 16; vLLM mllama4.py Mllama4ProcessingInfo
+# get_max_num_tiles / get_image_size_with_most_features).
+_LLAMA4_TILES = 16 + 1
+
+
+def _pos(d: dict[str, Any], *keys: str) -> int | None:
+    for k in keys:
+        v = d.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 2**24:
+            return v
+    return None
+
+
+def vision_encoder(c: dict[str, Any], model_type: str) -> VisionEncoder | None:
+    """The tower's figures for vLLM's encoder profiling pass, from vision_config (None when the
+    config has no tower, or its per-item size cannot be read: the encoder pass is then not
+    modelled and memory/vllm.py says so)."""
+    v = c.get("vision_config")
+    if not isinstance(v, dict):
+        return None
+    hidden = _pos(v, "hidden_size", "embed_dim", "width")
+    if model_type == "qwen2_vl":
+        hidden = _pos(v, "embed_dim") or hidden  # Qwen2-VL: hidden_size is the output width
+    inter = _pos(v, "intermediate_size")
+    if inter is None and hidden is not None:
+        inter = int(hidden * float(v.get("mlp_ratio", 4) or 4))
+    if hidden is None or inter is None:
+        return None
+    merge = _pos(v, "spatial_merge_size") or _pos(c, "spatial_merge_size") or 1
+    side = None
+    image, patch = _pos(v, "image_size"), _pos(v, "patch_size")
+    if image and patch:
+        side = image // patch
+    if model_type in _QWEN_VL:
+        return VisionEncoder(
+            _QWEN_VL_IMAGE_TOKENS,
+            merge * merge,
+            hidden,
+            inter,
+            video=True,
+            source="vllm/model_executor/models/qwen2_vl.py Qwen2VLProcessingInfo",
+        )
+    if side is None:
+        return None
+    if model_type == "gemma3":
+        # gemma3_mm.py Gemma3ProcessingInfo: mm_tokens_per_image per image (pan-and-scan is
+        # off by default), the SigLIP tower over (image_size / patch_size)^2 patches.
+        tokens = _pos(c, "mm_tokens_per_image") or 256
+        return VisionEncoder(
+            tokens,
+            -(-side * side // tokens),
+            hidden,
+            inter,
+            source="vllm/model_executor/models/gemma3_mm.py Gemma3ProcessingInfo",
+        )
+    if model_type == "llama4":
+        # mllama4.py: each tile's (image_size / patch_size)^2 patches (+ the class token)
+        # pixel-shuffled by pixel_shuffle_ratio^2 into tokens.
+        ratio = float(v.get("pixel_shuffle_ratio", 0.5) or 0.5)
+        per_tile = max(1, int(side * side * ratio * ratio))
+        return VisionEncoder(
+            _LLAMA4_TILES * per_tile,
+            -(-(side * side + 1) // per_tile),
+            hidden,
+            inter,
+            source="vllm/model_executor/models/mllama4.py Mllama4ProcessingInfo",
+        )
+    # Pixtral / Mistral 3, LLaVA and the rest: one token per merge x merge patches of the
+    # largest image, plus a row-break token per row (pixtral.py / mistral3.py
+    # get_num_image_tokens); the break tokens are counted for every tower (the safe side).
+    rows = side // merge
+    return VisionEncoder(
+        rows * rows + rows,
+        merge * merge,
+        hidden,
+        inter,
+        source="vllm/model_executor/models/mistral3.py / llava.py get_num_image_tokens",
+    )

@@ -66,6 +66,17 @@ _OUTPUT = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
 _ROUTER = re.compile(r"(\.mlp\.gate|\.router|\.gate|\.block_sparse_moe\.gate|\.moe\.gate)\.weight$")
 _LOWRANK = re.compile(r"\.(q_a_proj|kv_a_proj_with_mqa|q_a_layernorm|kv_a_layernorm)\.")
 _KV_PROJ = re.compile(r"\.(k_proj|v_proj)\.")
+# Fused Q/K/V checkpoints (GPT-2 / GPT-BigCode c_attn, Falcon / GPT-NeoX / BLOOM
+# query_key_value, MPT / DBRX Wqkv, Phi-3 qkv_proj): vLLM loads each into one QKVParallelLinear
+# (vllm/model_executor/layers/linear.py), whose rank holds num_heads / tp query heads and
+# max(1, num_kv_heads / tp) K/V heads (num_kv_head_replicas = tp / total_num_kv_heads once tensor
+# parallel exceeds the K/V heads). So the K/V share of the tensor is counted with the K/V
+# projections, the query share with the split tensors: a multi-query model (Falcon-7B,
+# GPT-BigCode, one K/V head) keeps its whole K/V rows on every rank.
+_QKV_FUSED = re.compile(r"\.(c_attn|query_key_value|Wqkv|qkv_proj)\.weight$")
+# Learned absolute position embeddings: a plain nn.Embedding in vLLM, whole on every rank
+# (gpt2.py GPT2Model.__init__ and gpt_bigcode.py GPTBigCodeModel.__init__: self.wpe).
+_POSITION = re.compile(r"(^|\.)(wpe|embed_positions)\.weight$")
 # Models whose checkpoints carry MTP blocks vLLM does not load: DeepSeek-V3 and GLM-4.5 store
 # them as layers num_hidden_layers.. (vllm/model_executor/models/utils.py
 # get_spec_layer_idx_from_weight_name / skip_spec_layers), Qwen3-Next under mtp.
@@ -159,6 +170,15 @@ def _safetensors_files(path: Path) -> list[Path]:
     return files
 
 
+def _fused_kv_bytes(arch: ModelArch, nb: int) -> int:
+    """The K/V rows' bytes of a fused Q/K/V tensor of nb bytes: QKVParallelLinear's output is
+    num_heads x head_size query rows then num_kv_heads x (head_size + v_head_size) K/V rows
+    (vllm/model_executor/layers/linear.py QKVParallelLinear.__init__ output_sizes)."""
+    q = arch.n_heads * arch.head_dim
+    kv = arch.n_kv_heads * (arch.head_dim + arch.v_head_dim)
+    return nb * kv // (q + kv) if q + kv > 0 else 0
+
+
 def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
     from safetensors import SafetensorError, safe_open
 
@@ -212,11 +232,14 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
                     if (
                         len(shape) <= 1
                         or _LOWRANK.search(name)
+                        or _POSITION.search(name)
                         or (_ROUTER.search(name) and shape[0] == (arch.n_experts or -1))
                     ):
                         replicated += nb
                     elif _KV_PROJ.search(name):
                         kv_proj += nb
+                    elif _QKV_FUSED.search(name) and not arch.is_mla:
+                        kv_proj += _fused_kv_bytes(arch, nb)
                     if m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
                         per_layer[int(m.group(1))] += nb
                         if _EXPERT.search(name):

@@ -13,6 +13,22 @@ Engine = Literal["vllm", "llama.cpp"]
 
 
 @dataclass(frozen=True)
+class VisionEncoder:
+    """A multimodal checkpoint's tower as vLLM's encoder profiling pass sees it (memory/vllm.py
+    encoder_bytes): the most language-model tokens one item becomes, the tower's sequence length
+    for that item, and the tower's widths."""
+
+    tokens_per_item: int  # vLLM's get_mm_max_tokens_per_item for images
+    patches_per_token: int  # tower positions per language-model token (the spatial merge)
+    hidden_size: int
+    intermediate_size: int
+    # Video fills the sequence: its largest item is max_model_len tokens (Qwen2-VL family,
+    # qwen2_vl.py get_max_video_tokens / get_num_frames_with_most_features).
+    video: bool = False
+    source: str = ""  # the vLLM model file the per-item figure follows
+
+
+@dataclass(frozen=True)
 class ModelArch:
     """Architecture facts, named as in the model's config.json (HF) / GGUF metadata."""
 
@@ -95,6 +111,9 @@ class ModelArch:
     # indexer's key, bytes per token (vLLM deepseek_v2.py DeepseekV32IndexerCache: fp8 keys of
     # index_head_dim plus a float32 scale per 128); 0 without an indexer.
     indexer_bytes_per_token: int = 0
+    # The vision tower's figures for vLLM's encoder profiling pass (None: text only, or a tower
+    # whose per-item size the reader does not know).
+    vision: VisionEncoder | None = field(default=None, compare=False)
     # What llama.cpp reads from a GGUF header beyond the fields above (models/gguf_file.py):
     # K/V head sizes of the sliding-window layers where they differ from head_dim/head_dim_v
     # ({arch}.attention.key_length_swa / value_length_swa; llama-hparams.cpp n_embd_head_k(il)).
