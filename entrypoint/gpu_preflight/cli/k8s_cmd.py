@@ -157,6 +157,8 @@ def k8s(
     for p in plans:
         if p.kind == "refuse":
             click.echo(f"gpu-preflight: {manifests.summary(p)}", err=True)
+            for note in (n for n in p.pool.notes if n not in p.reasons):  # a GPU from its labels
+                click.echo(f"gpu-preflight:   {note}", err=True)
     if all(p.kind == "refuse" for p in plans):
         sys.exit(EXIT_REFUSE)
     docs = manifests.documents(plans, opts)

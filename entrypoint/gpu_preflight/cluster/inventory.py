@@ -7,7 +7,9 @@ pool's plan is the plan the entrypoint makes on one of its nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,9 @@ from gpu_preflight.cluster.names import check_pool_name, is_subdomain
 from gpu_preflight.errors import InvalidInput
 from gpu_preflight.gpu_catalog import GpuCatalog, GpuSpec, load_gpu_catalog
 from gpu_preflight.probe.collect import simulated_hardware
+from gpu_preflight.probe.fake_nvml import FakeNvml
+from gpu_preflight.probe.gpu import probe_gpus
+from gpu_preflight.probe.simulate import SIM_CUDA, SIM_DRIVER, Simulation
 from gpu_preflight.probe.types import Profile
 from gpu_preflight.profile import make_profile
 
@@ -69,6 +74,10 @@ class Pool:
     mig_strategy: str = "mixed"
     source: str = ""  # where the pool came from, in words
     notes: tuple[str, ...] = ()
+    # A GPU whose nvidia.com/gpu.product is not in the catalog (--from-cluster only): its total
+    # MiB from the nvidia.com/gpu.memory label, the one thing known of it. ``gpu`` is then the
+    # product label's slug, not a catalog id, and ``product_label`` the label itself.
+    label_memory_mib: int | None = None
 
     @property
     def host_ram_note(self) -> str | None:
@@ -324,15 +333,80 @@ def check_pools(pools: Sequence[Pool]) -> tuple[Pool, ...]:
 def node_ram_bytes(pool: Pool, catalog: GpuCatalog | None = None) -> int:
     if pool.host_ram_bytes is not None:
         return pool.host_ram_bytes
+    if pool.label_memory_mib is not None:
+        return 2 * pool.gpus_per_node * pool.label_memory_mib * MIB
     card = (catalog or load_gpu_catalog()).find(pool.gpu)
     assert card is not None
     return 2 * pool.gpus_per_node * card.memory_total_mib * MIB
+
+
+def unlisted_note(product: str, memory_mib: int, catalog: GpuCatalog | None = None) -> str:
+    """What the plan and the manifest say of a GPU that is not in the catalog."""
+    reserved, idle = _unlisted_reserve(catalog or load_gpu_catalog())
+    return (
+        f"memory from the nvidia.com/gpu.memory label: product {product} not in the catalog "
+        f"({memory_mib} MiB total per GPU; free assumed {memory_mib - reserved - idle} MiB, "
+        f"less the catalog's largest driver reserve {reserved} MiB and idle use {idle} MiB; "
+        "compute capability, PCIe link, power limit and memory bandwidth unknown)"
+    )
+
+
+def _unlisted_reserve(catalog: GpuCatalog) -> tuple[int, int]:
+    """The driver's reserve and the idle use to assume for a GPU the catalog lacks: the largest
+    any catalog card shows (data/gpus.json memory_reserved_mib, memory_idle_used_mib), so its
+    free memory is never over-stated (an over-stated free memory is an under-predicted OOM)."""
+    return (
+        max(g.memory_reserved_mib for g in catalog.gpus),
+        max(g.memory_idle_used_mib for g in catalog.gpus),
+    )
+
+
+def _unlisted_simulation(pool: Pool, catalog: GpuCatalog) -> Simulation:
+    """A node of GPUs known only by their labels, through the recorded-NVML fake and probe_gpus
+    as --simulate does (probe/simulate.py scenario_for): name and total memory from the labels,
+    free memory less the catalog's largest reserve; the fields NVML would give and the labels do
+    not (compute capability, PCIe link, power limit, MIG mode) are left out, so the probe reads
+    them as unknown, and bandwidth is unknown because the card is not in the catalog."""
+    assert pool.label_memory_mib is not None
+    total = pool.label_memory_mib
+    reserved, idle = _unlisted_reserve(catalog)
+    devices = [
+        {
+            "uuid": f"GPU-{uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f'gpu-preflight-k8s/{pool.product_label}/{i}')}",
+            "name": pool.product_label,
+            "memory_mib": {
+                "total": total,
+                "used": idle,
+                "reserved": reserved,
+                "free": max(total - idle - reserved, 0),
+            },
+        }
+        for i in range(pool.gpus_per_node)
+    ]
+    scenario = {
+        "description": f"{pool.gpus_per_node}x {pool.product_label} from node labels",
+        "source": "nvidia.com/gpu.product and nvidia.com/gpu.memory labels",
+        "driver_version": SIM_DRIVER,
+        "cuda_driver_version": SIM_CUDA,
+        "memory_v2": True,
+        "devices": devices,
+    }
+    report = probe_gpus({}, lib=FakeNvml(scenario), catalog=catalog)
+    note = unlisted_note(pool.product_label, total, catalog)
+    devs = tuple(dataclasses.replace(d, notes=(note,)) for d in report.devices)
+    report = dataclasses.replace(report, devices=devs, notes=(*report.notes, note))
+    return Simulation(report, None, None)
 
 
 def node_profile(pool: Pool, catalog: GpuCatalog | None = None) -> Profile:
     """One node of the pool, probed as ``--simulate`` probes a machine (probe/simulate.py:
     scenario_for through the recorded-NVML fake and probe_gpus), with the pool's host RAM."""
     catalog = catalog or load_gpu_catalog()
+    if pool.label_memory_mib is not None:
+        spec = f"{pool.gpus_per_node}x {pool.product_label} ({pool.label_memory_mib} MiB, labels)"
+        sim = _unlisted_simulation(pool, catalog)
+        hw = simulated_hardware(spec, node_ram_bytes(pool, catalog), sim=sim)
+        return make_profile(hw, simulated=f"pool {pool.name}: {spec}")
     card = catalog.find(pool.gpu)
     assert card is not None
     spec = f"{pool.gpus_per_node}x{card.id}"

@@ -23,9 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight.cluster.inventory import Pool, check_pools, make_pool
+from gpu_preflight.cluster.inventory import (
+    MAX_GPUS_PER_NODE,
+    Pool,
+    check_pools,
+    make_pool,
+    unlisted_note,
+)
+from gpu_preflight.cluster.names import check_pool_name
 from gpu_preflight.errors import InvalidInput
 from gpu_preflight.gpu_catalog import GpuCatalog, GpuSpec, load_gpu_catalog
+from gpu_preflight.plan.flags import env_setting
 
 GPU = "nvidia.com/gpu"
 PRODUCT, MEMORY, COUNT = "nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count"
@@ -56,6 +64,10 @@ def _int(node: str, key: str, raw: object, high: int = 4096) -> int:
 def _card(catalog: GpuCatalog, product: str) -> GpuSpec | None:
     key = product.strip().lower()
     return next((g for g in catalog.gpus if g.nvml_name.replace(" ", "-").lower() == key), None)
+
+
+def _slug(product: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", product.lower())).strip("-")[:64] or "gpu"
 
 
 def _group(
@@ -92,11 +104,19 @@ def _group(
     strategy = labels.get(STRATEGY, "none")
     base, _, mig = str(product).partition("-MIG-")
     card = _card(catalog, base)
-    if card is None:
+    if card is None and (mig or (strategy == "mixed" and any(mig_res.values()))):
+        # A MIG leaf's memory and count per GPU come from the catalog's profiles.
         return None, (
-            f"{name}: GPU {product!r} ({memory} MiB per {MEMORY}) is not in the GPU catalog "
-            "(`gpu-preflight gpus`); describe the pool with --cluster FILE"
+            f"{name}: MIG on GPU {product!r} ({memory} MiB per {MEMORY}), which is not in the "
+            "GPU catalog (`gpu-preflight gpus`): its MIG profiles are unknown; describe the "
+            "pool with --cluster FILE"
         )
+    if card is None:
+        # Not in the catalog: the memory label (the TOTAL MiB of one GPU) is the source, and
+        # the plan says so (inventory.py unlisted_note).
+        if memory == 0:
+            return None, f"{name}: {MEMORY}=0 for GPU {product!r} not in the GPU catalog"
+        return (_slug(str(product)), gpus, None, 0, "none", str(product), memory), None
     if strategy == "single" and mig:
         return (card.id, gpus, mig.lower(), 1, "single"), None
     if strategy == "mixed" and any(mig_res.values()):
@@ -126,11 +146,15 @@ def pools_from_nodes(
         elif key is not None:
             groups.setdefault(key, []).append(str((node.get("metadata") or {}).get("name")))
     pools = []
-    for (gpu, count, mig, per, strategy), names in sorted(
-        groups.items(), key=lambda kv: str(kv[0])
-    ):
-        tag = f"{gpu}-x{count}" + (f"-{mig.replace('.', '-')}" if mig else "")
-        name = re.sub(r"[^a-z0-9-]", "-", tag.lower())[:40].strip("-")
+    for key, names in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        gpu, count, mig, per, strategy = key[:5]
+        tail = f"-x{count}" + (f"-{mig.replace('.', '-')}" if mig else "")
+        # A long product name is cut, never the GPU count and MIG profile that tell pools apart.
+        name = re.sub(r"[^a-z0-9-]", "-", str(gpu).lower())[: 40 - len(tail)].strip("-") + tail
+        name = name if name[:1].isalpha() else f"gpu-{name}"[:40].strip("-")  # DNS-1035
+        if len(key) > 5:
+            pools.append(_unlisted_pool(name, key[5], key[6], count, sorted(names), catalog))
+            continue
         pool = make_pool(
             name,
             gpu,
@@ -156,6 +180,33 @@ def pools_from_nodes(
     return ClusterRead(check_pools(pools), tuple(refused))
 
 
+def _unlisted_pool(
+    name: str, product: str, memory: int, count: int, names: list[str], catalog: GpuCatalog
+) -> Pool:
+    """A pool of a GPU the catalog lacks, described by its labels: the product (the node
+    selector) and the total memory; the rest of the card is unknown, and the pool says so."""
+    return Pool(
+        name=check_pool_name("--from-cluster", name),
+        gpu=_slug(product),
+        gpus_per_node=_count_ok(name, count),
+        nodes=len(names),
+        node_names=tuple(names),
+        product_label=product,
+        source="--from-cluster",
+        notes=(unlisted_note(product, memory, catalog),),
+        label_memory_mib=memory,
+    )
+
+
+def _count_ok(name: str, count: int) -> int:
+    if not 1 <= count <= MAX_GPUS_PER_NODE:
+        raise InvalidInput(
+            f"--from-cluster pool {name}: {count} GPUs per node. Accepted: 1 to "
+            f"{MAX_GPUS_PER_NODE} (the largest node this tool simulates)."
+        )
+    return count
+
+
 def read_cluster(
     env: Mapping[str, str], kubeconfig: Path | None, context: str | None
 ) -> ClusterRead:
@@ -165,7 +216,8 @@ def read_cluster(
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
 
-    path = str(kubeconfig) if kubeconfig else env.get("KUBECONFIG") or None
+    # KUBECONFIG through its row of the flag table (plan/flags.py): one parser per variable.
+    path = str(kubeconfig) if kubeconfig else env_setting(env, "KUBECONFIG")
     shown = path or "~/.kube/config"
     try:
         api = config.new_client_from_config(config_file=path, context=context)  # type: ignore[no-untyped-call]

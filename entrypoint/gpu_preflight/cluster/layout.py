@@ -31,7 +31,18 @@ from gpu_preflight.probe.types import Profile
 ENGINES = ("vllm", "llama.cpp")
 MAX_GROUP_TRY = 16  # nodes tried for one model across nodes (the plan's -pp is at most 64)
 # Variables that name files on the machine running `k8s`: they do not exist in the pod.
-_LOCAL_ONLY = {"PREFLIGHT_PROFILE_DIR", "PREFLIGHT_BENCH_DIR", "PREFLIGHT_DRY_RUN"}
+_LOCAL_ONLY = {
+    "PREFLIGHT_PROFILE_DIR",
+    "PREFLIGHT_BENCH_DIR",
+    "PREFLIGHT_DRY_RUN",
+    # This machine's kubeconfig, and what Kubernetes itself sets in the pod (the pin is written
+    # per pool; LeaderWorkerSet sets LWS_* per pod): never carried from the writer's shell.
+    "KUBECONFIG",
+    "PREFLIGHT_K8S_PLAN",
+    "LWS_GROUP_SIZE",
+    "LWS_WORKER_INDEX",
+    "LWS_LEADER_ADDRESS",
+}
 _PINNED = ("PREFLIGHT_MODEL", "PREFLIGHT_ENGINE", "PREFLIGHT_CONTEXT", "PREFLIGHT_PARALLEL")
 Kind = Literal["deployment", "leaderworkerset", "refuse"]
 
@@ -123,7 +134,7 @@ def _refuse(pool: Pool, plan: Plan, reasons: Sequence[str], why: str) -> PoolPla
 
 def _gpu_words(pool: Pool) -> str:
     card = load_gpu_catalog().find(pool.gpu)
-    return f"{pool.gpus_per_node}x {card.nvml_name if card else pool.gpu}"
+    return f"{pool.gpus_per_node}x {card.nvml_name if card else pool.product_label or pool.gpu}"
 
 
 def _deployment(

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gpu_preflight.errors import InvalidInput
+from gpu_preflight.plan.flags import FlagValueError, env_setting
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.probe.types import Profile
 
@@ -33,9 +33,8 @@ LEADER_VAR, SIZE_VAR, INDEX_VAR = "LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE", "LWS_W
 # vLLM 0.32 vllm/config/parallel.py ParallelConfig.master_port's default: where rank 0 listens
 # for the other nodes (written explicitly so every rank's argv names it).
 MASTER_PORT = 29501
-PIN_MAX_CHARS = 16384
-MAX_GROUP = 64  # the plan's -pp is at most 64 (plan/flags.py pipeline_parallel)
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
+# PREFLIGHT_K8S_PLAN's and the LWS_* variables' bounds and syntax are their rows in
+# plan/flags.py (the group: at most 64 nodes, as the plan's -pp is).
 _RANK_FLAGS = ("--nnodes", "--node-rank", "--master-addr", "--master-port", "--headless")
 _LEADER_ONLY = ("--host", "--port")  # a headless rank serves no API (serve.py run_headless)
 MIB = 2**20
@@ -54,29 +53,35 @@ class Rank:
         return self.size > 1
 
 
-def _int(env: Mapping[str, str], name: str, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise InvalidInput(
-            f"{name}={raw[:80]!r} is not valid. Accepted: a whole number from {low} to {high} "
-            "(LeaderWorkerSet sets it)."
-        )
-    return int(raw)
-
-
 def rank_env(env: Mapping[str, str]) -> Rank:
-    """LWS_* read and checked before anything is probed; no LWS_GROUP_SIZE: not in a group."""
-    if SIZE_VAR not in env:
+    """LWS_* read and checked before anything is probed, each through its row of the flag table
+    (plan/flags.py env_setting: one parser per variable); no LWS_GROUP_SIZE: not in a group."""
+    size = env_setting(env, SIZE_VAR)
+    index = env_setting(env, INDEX_VAR)
+    leader = env_setting(env, LEADER_VAR)
+    if size is None:
         return Rank(None, 1, 0)
-    size = _int(env, SIZE_VAR, 1, MAX_GROUP)
-    index = _int(env, INDEX_VAR, 0, size - 1) if size > 1 or INDEX_VAR in env else 0
-    leader = env.get(LEADER_VAR, "").strip() or None
-    if size > 1 and (leader is None or _HOST.match(leader) is None):
-        raise InvalidInput(
-            f"{LEADER_VAR}={(leader or '')[:80]!r} is not valid. Accepted: the leader pod's DNS "
-            "name or IP address (LeaderWorkerSet sets it)."
+    assert isinstance(size, int) and (index is None or isinstance(index, int))
+    if index is not None and index >= size:
+        raise FlagValueError(
+            INDEX_VAR,
+            env[INDEX_VAR],
+            f"a whole number from 0 to {size - 1} (below {SIZE_VAR}={size}; LeaderWorkerSet "
+            "sets both)",
+            "not a rank of the group",
         )
-    return Rank(leader, size, index)
+    if size > 1 and index is None:
+        raise FlagValueError(
+            INDEX_VAR, "", f"a whole number from 0 to {size - 1} (LeaderWorkerSet sets it)", "unset"
+        )
+    if size > 1 and leader is None:
+        raise FlagValueError(
+            LEADER_VAR,
+            "",
+            "the leader pod's DNS name or IP address (LeaderWorkerSet sets it)",
+            f"unset, and {SIZE_VAR}={size}",
+        )
+    return Rank(str(leader) if leader is not None else None, size, index or 0)
 
 
 def _fresh_uuid(uuid: str | None, node: int) -> str | None:
@@ -153,20 +158,22 @@ def make_pin(pool: str, node: Profile, nodes: int, plan: Plan) -> str:
 
 
 def _read_pin(env: Mapping[str, str]) -> dict[str, Any] | None:
-    raw = env.get(PIN_VAR)
-    if raw is None:
+    doc = env_setting(env, PIN_VAR)  # plan/flags.py's row: a JSON object of bounded size
+    if doc is None:
         return None
-    try:
-        doc = json.loads(raw) if len(raw) <= PIN_MAX_CHARS else None
-    except ValueError:
-        doc = None
     keys = ("pool", "nodes", "gpus", "gpu", "gpu_mib", "engine", "model", "context", "argv")
-    if not isinstance(doc, dict) or any(k not in doc for k in keys):
-        raise InvalidInput(
-            f"{PIN_VAR}={raw[:80]!r} is not valid. Accepted: the value `gpu-preflight k8s` "
-            "wrote into the manifest, unchanged."
+    if any(k not in doc for k in keys):
+        raise FlagValueError(
+            PIN_VAR,
+            env[PIN_VAR],
+            "the JSON object `gpu-preflight k8s` wrote into the manifest, unchanged",
+            f"it lacks {next(k for k in keys if k not in doc)!r}",
         )
-    return doc
+    return dict(doc)
+
+
+def _label_form(name: object) -> str:
+    return str(name).replace(" ", "-")
 
 
 def differences(pin: Mapping[str, Any], rank: Rank, node: Profile, plan: Plan) -> list[str]:
@@ -175,8 +182,16 @@ def differences(pin: Mapping[str, Any], rank: Rank, node: Profile, plan: Plan) -
     if int(pin["nodes"]) != rank.size:
         out.append(f"group size {rank.size} ({SIZE_VAR}), planned {pin['nodes']}")
     for key, have in node_facts(node).items():
-        if pin.get(key) != have:
-            out.append(f"{key} {have}, planned {pin.get(key)}")
+        want = pin.get(key)
+        if key == "gpu" and isinstance(want, list):
+            # A GPU the catalog lacks was planned under its product label (spaces written as
+            # '-', k8s-device-plugin internal/lm/resource.go), the node selector's value: the
+            # names are compared in that form, which is what selected this node.
+            same = sorted(_label_form(x) for x in want) == sorted(_label_form(x) for x in have)
+        else:
+            same = want == have
+        if not same:
+            out.append(f"{key} {have}, planned {want}")
     if plan.verdict != "ship":
         return out
     for key, have in plan_facts(plan).items():

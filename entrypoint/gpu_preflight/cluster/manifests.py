@@ -327,6 +327,7 @@ def render(plans: Sequence[PoolPlan], docs: Sequence[dict[str, Any]], command: s
         lines.append("#   " + summary(p))
         if p.pool.host_ram_note:
             lines.append(f"#     {p.pool.host_ram_note}")
+        lines += [f"#     {n}" for n in p.pool.notes]
         if p.kind == "deployment" and p.pool.cache_pvc is None:
             lines.append(
                 "#     model cache: an emptyDir per pod (each pod downloads the model); set "

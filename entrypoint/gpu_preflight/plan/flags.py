@@ -162,7 +162,9 @@ class Switch:
 
     @property
     def accepted(self) -> str:
-        return "1/true/yes/on or 0/false/no/off"
+        # llama.cpp's common/arg.cpp is_truthy / is_falsey take on/enabled/true/1 and
+        # off/disabled/false/0 for its boolean LLAMA_ARG_* variables; yes/no are ours too.
+        return "1/true/yes/on/enabled or 0/false/no/off/disabled"
 
     def parse(self, where: str, raw: str) -> bool:
         text = raw.strip().lower()
@@ -202,10 +204,11 @@ class JsonObject:
     """vLLM ``--speculative-config '{...}'``: a JSON object (vLLM parses it with json.loads)."""
 
     max_len: int = 4096
+    what: str = 'a JSON object, e.g. \'{"method":"ngram","num_speculative_tokens":3}\''
 
     @property
     def accepted(self) -> str:
-        return 'a JSON object, e.g. \'{"method":"ngram","num_speculative_tokens":3}\''
+        return self.what
 
     def parse(self, where: str, raw: str) -> Mapping[str, Any]:
         if len(raw) > self.max_len:
@@ -428,6 +431,17 @@ FLAGS: tuple[Flag, ...] = (
         "llama-fit-params is in the image)",
     ),
     Flag(
+        "vllm_dry_run",
+        P,
+        (),
+        "PREFLIGHT_VLLM_DRY_RUN",
+        Choice(("auto", "on", "off"), _ON_OFF),
+        "setting",
+        "vLLM's own start of the planned command with dummy weights, stopped at its KV cache "
+        "report, before the download (auto: on GPUs, weights not on local disk, a download "
+        "of 10 GiB or more; gpu_preflight/vllm_check.py)",
+    ),
+    Flag(
         "receipt",
         P,
         (),
@@ -502,6 +516,63 @@ FLAGS: tuple[Flag, ...] = (
         PATH,
         "setting",
         "your own tier table (schemas/tiers.schema.json)",
+    ),
+    # --- a Kubernetes pod written by `gpu-preflight k8s` (cluster/lws.py) ----------------------
+    Flag(
+        "k8s_plan",
+        P,
+        (),
+        "PREFLIGHT_K8S_PLAN",
+        JsonObject(
+            16384,
+            "the JSON object `gpu-preflight k8s` wrote into the manifest, unchanged",
+        ),
+        "setting",
+        "the pool's pinned plan: a node or plan that differs from it is refused (exit 3)",
+    ),
+    # LeaderWorkerSet sets these in every pod of a group (lws: pkg/utils/pod/pod_utils.go
+    # AddLWSVariables); the group is at most 64 nodes here, as the plan's -pp is.
+    Flag(
+        "lws_group_size",
+        P,
+        (),
+        "LWS_GROUP_SIZE",
+        Int(1, 64, unit="of nodes"),
+        "setting",
+        "the LeaderWorkerSet group's size (LeaderWorkerSet sets it): vLLM's --nnodes",
+    ),
+    Flag(
+        "lws_worker_index",
+        P,
+        (),
+        "LWS_WORKER_INDEX",
+        Int(0, 63),
+        "setting",
+        "this pod's index in its group, below LWS_GROUP_SIZE (LeaderWorkerSet sets it): "
+        "vLLM's --node-rank",
+    ),
+    Flag(
+        "lws_leader_address",
+        P,
+        (),
+        "LWS_LEADER_ADDRESS",
+        Text(
+            r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?",
+            "the leader pod's DNS name or IP address (LeaderWorkerSet sets it)",
+            253,
+        ),
+        "setting",
+        "the group leader's address (LeaderWorkerSet sets it): vLLM's --master-addr",
+    ),
+    Flag(
+        "kubeconfig",
+        P,
+        (),
+        "KUBECONFIG",
+        PATH,
+        "setting",
+        "`gpu-preflight k8s --from-cluster`: the kubeconfig file(s) when --kubeconfig is not "
+        "given (the kubernetes client's own variable)",
     ),
     # --- llama-server --------------------------------------------------------------------------
     Flag("model", L, ("--model", "-m"), "LLAMA_ARG_MODEL", PATH, "planner", "model file"),
@@ -933,6 +1004,16 @@ FLAGS: tuple[Flag, ...] = (
         "tensor parallel GPUs",
     ),
     Flag(
+        "data_parallel",
+        V,
+        ("--data-parallel-size", "-dp"),
+        None,
+        Int(1, 64),
+        "modelled",
+        "data parallel ranks: world = DP x TP x PP GPUs, each DP rank its own weights and KV "
+        "pool on its own TP x PP cards (vllm/config/parallel.py ParallelConfig)",
+    ),
+    Flag(
         "pipeline_parallel",
         V,
         ("--pipeline-parallel-size", "-pp"),
@@ -941,6 +1022,17 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "pipeline parallel stages: above 1, that many stages over the first GPUs, each stage's "
         "layers sized to its card (VLLM_PP_LAYER_PARTITION); not with a draft model",
+    ),
+    Flag(
+        "allow_long_context",
+        P,
+        (),
+        "VLLM_ALLOW_LONG_MAX_MODEL_LEN",
+        # vllm/envs.py reads it as "1"/"true" (anything else is off).
+        Choice(("0", "1", "true", "false")),
+        "modelled",
+        "vLLM's own: --max-model-len above the model's max_position_embeddings is allowed "
+        "(vllm/config/model.py _get_and_verify_max_len); refused without it",
     ),
     Flag(
         "pp_layer_partition",
@@ -1079,6 +1171,18 @@ def spelling_index() -> dict[str, list[Flag]]:
 
 def env_rows() -> tuple[Flag, ...]:
     return tuple(f for f in FLAGS if f.env)
+
+
+def env_setting(env: Mapping[str, str], variable: str) -> Any:
+    """One variable's value through its row's parser (the only parser of that variable), or
+    None when it is unset or empty; FlagValueError names it and what its row accepts."""
+    row = next((f for f in FLAGS if f.env == variable), None)
+    if row is None:
+        raise KeyError(f"{variable} is not a row of the flag table")
+    raw = env.get(variable, "")
+    if raw.strip() == "":
+        return None
+    return row.parser.parse(variable, raw)
 
 
 def rows_for(knob: str, owner: Owner | None = None) -> tuple[Flag, ...]:

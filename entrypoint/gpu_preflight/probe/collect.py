@@ -16,7 +16,7 @@ from gpu_preflight.probe.memory import probe_host_memory
 from gpu_preflight.probe.pcie import cuda_ordinal_of, probe_pcie
 from gpu_preflight.probe.pinned import probe_pinned
 from gpu_preflight.probe.platform import probe_platform
-from gpu_preflight.probe.simulate import simulate
+from gpu_preflight.probe.simulate import Simulation, simulate
 from gpu_preflight.probe.storage import probe_storage
 from gpu_preflight.probe.types import (
     GpuReport,
@@ -90,10 +90,15 @@ def collect_hardware(env: Mapping[str, str], opts: ProbeOptions) -> Hardware:
 
 
 def simulated_hardware(
-    spec: str, host_ram_bytes: int | None, host_bandwidth_gb_s: float | None = None
+    spec: str,
+    host_ram_bytes: int | None,
+    host_bandwidth_gb_s: float | None = None,
+    sim: Simulation | None = None,
 ) -> Hardware:
-    """The hardware as if on a machine described by ``spec`` (catalog name, NxNAME, MIG, file)."""
-    sim = simulate(spec)
+    """The hardware as if on a machine described by ``spec`` (catalog name, NxNAME, MIG, file);
+    ``sim``: an already simulated GPU report that ``spec`` only names (cluster/inventory.py, a
+    GPU that is not in the catalog, described by its node labels)."""
+    sim = sim if sim is not None else simulate(spec)
     note = f"simulated from {spec!r}: not measured"
     platform = sim.platform or PlatformInfo(
         in_container=None,
