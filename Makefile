@@ -72,7 +72,7 @@ bench: install llama-cpp
 	$(BIN)/python bench/run_all.py
 
 docs: install
-	$(BIN)/python -m gpu_preflight.plan.flags docs/flags.md
+	$(BIN)/python -m gpu_preflight.inputs.flags docs/flags.md
 	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate rtx-4090 --out compose/single-gpu.yaml
 	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate rtx-4090,rtx-3060 --out compose/mixed-gpus.yaml
 	env -i PATH="$$PATH" $(BIN)/gpu-preflight compose --simulate rtx-4090 --with asr:4:2 --with tts:2:1 --out compose/reserve.yaml

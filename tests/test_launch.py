@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from gpu_preflight import launch
-from gpu_preflight.plan.errors import EngineMissing
+from gpu_preflight.inputs.errors import EngineMissing
 
 
 def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path):

@@ -24,7 +24,7 @@ class Config:
     quant: str  # what tests/support/gguf_factory.py writes
     context: int  # PREFLIGHT_CONTEXT
     what: str  # one line for the report
-    # user settings the plan must honour as given (plan/flags.py: a planner row the user set)
+    # user settings the plan must honour as given (inputs/flags.py: a planner row the user set)
     env: tuple[tuple[str, str], ...] = ()
 
 

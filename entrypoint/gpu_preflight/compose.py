@@ -22,7 +22,7 @@ from typing import Any
 
 from gpu_preflight.errors import InvalidInput
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.types import GpuDevice, Profile
+from gpu_preflight.profile_types import GpuDevice, Profile
 
 GIB = 2**30
 DEFAULT_IMAGE = "${GPU_PREFLIGHT_IMAGE:-gpu-preflight:both}"

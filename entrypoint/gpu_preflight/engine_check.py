@@ -20,8 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gpu_preflight.plan.flags import Flag, Switch, spelling_index
-from gpu_preflight.plan.overrides import normalise_flag
+from gpu_preflight.inputs.flags import Flag, Switch, spelling_index
+from gpu_preflight.inputs.overrides import normalise_flag
 from gpu_preflight.probe.command import run_command
 
 MIB = 2**20

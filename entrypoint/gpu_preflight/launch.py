@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpu_preflight.plan.errors import EngineMissing
-from gpu_preflight.plan.overrides import is_secret
+from gpu_preflight.inputs.errors import EngineMissing
+from gpu_preflight.inputs.overrides import is_secret
 
 DEFAULT_PROFILE_DIR = "/var/lib/gpu-preflight"
 ENGINE_BINARIES = {"llama.cpp": "llama-server", "vllm": "vllm"}
@@ -324,7 +324,7 @@ class ReceiptJob:
 
     base_url: str
     plan: Any  # plan.types.Plan (kept untyped here: launch must not import the planner)
-    profile: Any  # probe.types.Profile
+    profile: Any  # profile_types.Profile
     profile_dir: Path
     timeout_s: float
     max_tokens: int

@@ -10,7 +10,7 @@ from typing import Any
 from gpu_preflight import __version__
 from gpu_preflight.boundedio import FileInputError, read_json, shorten
 from gpu_preflight.errors import InvalidInput
-from gpu_preflight.probe.types import Hardware, Profile
+from gpu_preflight.profile_types import Hardware, Profile
 from gpu_preflight.schemas import SchemaError, validate
 from gpu_preflight.serde import DecodeError, from_dict, to_dict
 

@@ -1,5 +1,5 @@
 """Every variable the entrypoint reads in a Kubernetes pod is a row of the flag table
-(plan/flags.py), and cluster/lws.py reads it through that row's parser: one parser per
+(inputs/flags.py), and cluster/lws.py reads it through that row's parser: one parser per
 variable, so what lws accepts is what the table (and docs/flags.md) says it accepts."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gpu_preflight.cli.main import main
 from gpu_preflight.cluster import lws
-from gpu_preflight.plan.flags import FLAGS, FlagValueError
+from gpu_preflight.inputs.flags import FLAGS, FlagValueError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "flags.md"
 VARIABLES = ("LWS_GROUP_SIZE", "LWS_WORKER_INDEX", "LWS_LEADER_ADDRESS", "PREFLIGHT_K8S_PLAN")

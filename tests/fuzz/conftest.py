@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gpu_preflight.plan.errors import InvalidInput
+from gpu_preflight.inputs.errors import InvalidInput
 
 CASE_SECONDS = 2.0
 HANG_SECONDS = 10

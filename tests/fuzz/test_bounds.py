@@ -27,7 +27,7 @@ from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.plan.tiers import load_tiers
 from gpu_preflight.probe.simulate import simulate
 from gpu_preflight.profile import read_profile
-from gpu_preflight.plan.errors import InvalidInput
+from gpu_preflight.inputs.errors import InvalidInput
 import jsonschema  # imported lazily by the loaders: part of the base, not of a case
 LOAD = {
     "gguf": read_gguf, "hf": read_hf_dir, "models": load_catalog, "profile": read_profile,

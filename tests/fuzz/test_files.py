@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpu_preflight.inputs.errors import InvalidInput
 from gpu_preflight.models.catalog import load_catalog
-from gpu_preflight.plan.errors import InvalidInput
 from gpu_preflight.plan.tiers import builtin_tiers_text, load_tiers
 from gpu_preflight.probe.simulate import simulate
 from gpu_preflight.profile import read_profile

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gpu_preflight import launch
+from gpu_preflight.inputs.errors import InvalidInput
 from gpu_preflight.models.gguf_file import read_gguf
 from gpu_preflight.models.hf_dir import read_hf_dir
-from gpu_preflight.plan.errors import InvalidInput
 from tests.fuzz.conftest import expect_clean
 from tests.fuzz.test_files import LOADERS
 from tests.fuzz.test_hf_dir import CONFIG, GOOD_TENSORS, _st_file, _st_header

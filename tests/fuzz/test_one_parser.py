@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_preflight.cli.probe_opts import flag, probe_options
-from gpu_preflight.plan.flags import FLAGS, FlagValueError
+from gpu_preflight.inputs.flags import FLAGS, FlagValueError
+from gpu_preflight.inputs.probe_options import flag, probe_options
 
 from .conftest import FUZZ
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "flags.md"
-# Every variable probe_opts reads, and how it is read there.
+# Every variable inputs/probe_options.py reads, and how it is read there.
 PROBE_VARIABLES = (
     "PREFLIGHT_DRY_RUN",
     "PREFLIGHT_BENCH",

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 from tests.support.gguf_factory import write_gguf
 
+from gpu_preflight.inputs.overrides import parse_overrides
 from gpu_preflight.memory.llamacpp import LlamaCppConfig, draft_config, estimate_llamacpp
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.models.resolve import resolve_model
 from gpu_preflight.models.types import ModelArch
-from gpu_preflight.plan.llamacpp import DraftSettings, LlamaServerSettings, llama_server_argv
-from gpu_preflight.plan.overrides import parse_overrides
+from gpu_preflight.plan.llamacpp import llama_server_argv
+from gpu_preflight.plan.settings import DraftSettings, LlamaServerSettings
 from gpu_preflight.plan.types import ModelChoice
 
 pytestmark = pytest.mark.llamacpp

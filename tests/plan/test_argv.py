@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from gpu_preflight.plan.llamacpp import LlamaServerSettings, llama_server_argv
-from gpu_preflight.plan.overrides import parse_overrides
+from gpu_preflight.inputs.overrides import parse_overrides
+from gpu_preflight.plan.llamacpp import llama_server_argv
+from gpu_preflight.plan.settings import LlamaServerSettings, VllmSettings
 from gpu_preflight.plan.types import ModelChoice
-from gpu_preflight.plan.vllm import VllmSettings, vllm_argv
+from gpu_preflight.plan.vllm import vllm_argv
 
 GGUF = ModelChoice(
     id="qwen3-8b",

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from tests.plan.conftest import run_plan
 
 from gpu_preflight.cli.estimate_cmd import run_estimate
-from gpu_preflight.cli.probe_opts import flag
+from gpu_preflight.inputs.overrides import normalise_flag
+from gpu_preflight.inputs.probe_options import flag
 from gpu_preflight.memory.vllm import budget, default_batch_limits
-from gpu_preflight.plan.overrides import normalise_flag
 from gpu_preflight.plan.types import Plan
 
 GIB = 2**30

@@ -84,7 +84,7 @@ def test_every_degraded_miss_states_the_kv_type_it_tried():
 def test_a_tier_allowance_of_the_wrong_engines_type_is_refused_by_the_schema(tmp_path):
     import pytest
 
-    from gpu_preflight.plan.errors import TierTableError
+    from gpu_preflight.inputs.errors import TierTableError
     from gpu_preflight.plan.tiers import load_tiers
 
     doc = json.loads(builtin_tiers_text())

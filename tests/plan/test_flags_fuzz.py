@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpu_preflight.cli.main import main
-from gpu_preflight.plan.flags import FLAGS, FlagValueError
-from gpu_preflight.plan.overrides import parse_overrides
+from gpu_preflight.inputs.flags import FLAGS, FlagValueError
+from gpu_preflight.inputs.overrides import parse_overrides
 
 HOSTILE = st.one_of(
     st.text(max_size=40),

@@ -23,7 +23,7 @@ from tests.plan.conftest import run_plan
 
 from gpu_preflight.cli.estimate_cmd import run_estimate
 from gpu_preflight.errors import InvalidInput
-from gpu_preflight.plan.overrides import normalise_flag
+from gpu_preflight.inputs.overrides import normalise_flag
 from gpu_preflight.plan.types import Plan
 
 REPO = "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF"

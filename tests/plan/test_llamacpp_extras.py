@@ -13,8 +13,8 @@ import pytest
 from tests.plan.conftest import run_plan
 from tests.support.gguf_factory import write_gguf_kvs
 
+from gpu_preflight.inputs.flags import FlagValueError
 from gpu_preflight.models.gguf_file import mmproj_bytes, mmproj_compute_bytes
-from gpu_preflight.plan.flags import FlagValueError
 
 F16 = 1
 MIB = 2**20

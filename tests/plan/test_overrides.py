@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_preflight.plan.errors import OverrideError
-from gpu_preflight.plan.overrides import parse_overrides
+from gpu_preflight.inputs.errors import OverrideError
+from gpu_preflight.inputs.overrides import parse_overrides
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,10 @@ from tests.support.gguf_factory import write_gguf
 
 from gpu_preflight import pipeline
 from gpu_preflight.cli.main import main
+from gpu_preflight.inputs.errors import InvalidInput, OverrideError
+from gpu_preflight.inputs.flags import FLAGS, engine_flags, markdown_table, spelling_index
 from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp
-from gpu_preflight.plan.errors import InvalidInput, OverrideError
-from gpu_preflight.plan.flags import FLAGS, engine_flags, markdown_table, spelling_index
-from gpu_preflight.plan.llamacpp import LlamaServerSettings
+from gpu_preflight.plan.settings import LlamaServerSettings
 
 GIB = 2**30
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.plan.conftest import GIB, run_plan
 
-from gpu_preflight.plan.errors import OverrideError
+from gpu_preflight.inputs.errors import OverrideError
 
 # Zero-config: (hardware, tier, engine, model, quant). The context is the largest that fits.
 ZERO_CONFIG = [

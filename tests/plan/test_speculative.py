@@ -8,7 +8,7 @@ import json
 import pytest
 from tests.plan.conftest import CATALOG, run_plan
 
-from gpu_preflight.plan.errors import InvalidInput, OverrideError
+from gpu_preflight.inputs.errors import InvalidInput, OverrideError
 
 
 def _draft_flags(argv: tuple[str, ...]) -> dict[str, str]:

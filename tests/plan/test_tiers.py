@@ -7,9 +7,9 @@ import json
 import pytest
 from tests.plan.conftest import profile_for
 
+from gpu_preflight.inputs.errors import TierTableError
+from gpu_preflight.inputs.overrides import parse_overrides
 from gpu_preflight.models.catalog import load_catalog
-from gpu_preflight.plan.errors import TierTableError
-from gpu_preflight.plan.overrides import parse_overrides
 from gpu_preflight.plan.select import Catalogue, plan
 from gpu_preflight.plan.tiers import builtin_tiers_text, load_tiers
 

@@ -19,8 +19,8 @@ from gpu_preflight.probe.gpu import _fallback, probe_gpus
 from gpu_preflight.probe.nvml import LIBRARY_NOT_FOUND, NvmlFailure
 from gpu_preflight.probe.pcie import probe_pcie
 from gpu_preflight.probe.simulate import simulate
-from gpu_preflight.probe.types import GpuReport
 from gpu_preflight.profile import make_profile, profile_from_dict, profile_to_dict
+from gpu_preflight.profile_types import GpuReport
 
 LOST_UUID = "GPU-1111aaaa-2222-3333-4444-555566667773"  # one_gpu_lost's NVML GPU 3
 MIG_MIXED_L4 = "GPU-9a8b7c6d-5e4f-3a2b-1c0d-e9f8a7b6c5e1"

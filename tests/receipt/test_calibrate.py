@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gpu_preflight import pipeline
-from gpu_preflight.plan.calibrate import FLOOR_BYTES, SPREAD, calibrate, receipt_key, widening
 from gpu_preflight.plan.document import plan_from_dict, plan_to_dict
 from gpu_preflight.plan.types import Plan
+from gpu_preflight.receipt.calibrate import FLOOR_BYTES, SPREAD, calibrate, receipt_key, widening
 from gpu_preflight.receipt.document import receipt_from_dict, receipt_to_dict
 from gpu_preflight.receipt.types import (
     Decode,

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from gpu_preflight import pipeline
 from gpu_preflight.errors import InvalidInput
-from gpu_preflight.plan.overrides import Sourced
+from gpu_preflight.inputs.overrides import Sourced
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.probe.collect import simulated_hardware
 from gpu_preflight.probe.simulate import SimulateError

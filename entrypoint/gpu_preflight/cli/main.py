@@ -26,7 +26,7 @@ from gpu_preflight.cli.options import (
     profile_option,
     simulate_option,
 )
-from gpu_preflight.plan.errors import InvalidInput, PreflightError
+from gpu_preflight.inputs.errors import InvalidInput, PreflightError
 from gpu_preflight.serde import to_dict
 
 EXIT_OK, EXIT_INVALID, EXIT_REFUSE = 0, 2, 3
@@ -577,7 +577,7 @@ def _get_profile(
         except ValueError as exc:
             _die(f"--simulate {simulate!r}: {exc}")
         return make_profile(hw, simulated=simulate)
-    from gpu_preflight.cli.probe_opts import probe_options
+    from gpu_preflight.inputs.probe_options import probe_options
     from gpu_preflight.probe.collect import collect_hardware
 
     try:

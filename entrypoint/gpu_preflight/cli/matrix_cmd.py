@@ -10,8 +10,8 @@ from rich.table import Table
 
 from gpu_preflight import pipeline
 from gpu_preflight.gpu_catalog import load_gpu_catalog
-from gpu_preflight.plan.errors import InvalidInput
-from gpu_preflight.plan.request import ModelRequest
+from gpu_preflight.inputs.errors import InvalidInput
+from gpu_preflight.inputs.model_request import ModelRequest
 from gpu_preflight.probe.collect import simulated_hardware
 from gpu_preflight.profile import make_profile
 

@@ -13,8 +13,8 @@ from gpu_preflight.boundedio import read_json, read_text
 from gpu_preflight.errors import InvalidInput
 from gpu_preflight.plan.document import plan_from_dict
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.types import Profile
 from gpu_preflight.profile import profile_from_dict
+from gpu_preflight.profile_types import Profile
 from gpu_preflight.receipt.document import history_name, receipt_to_dict
 from gpu_preflight.receipt.render import summary_lines
 from gpu_preflight.receipt.take import Request, take

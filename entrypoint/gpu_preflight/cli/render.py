@@ -12,7 +12,7 @@ from rich.table import Table
 from gpu_preflight.memory.types import Estimate
 from gpu_preflight.plan.tiers import TierTable
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile_types import Profile
 
 GIB = 2**30
 

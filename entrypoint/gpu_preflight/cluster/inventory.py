@@ -25,8 +25,8 @@ from gpu_preflight.probe.collect import simulated_hardware
 from gpu_preflight.probe.fake_nvml import FakeNvml
 from gpu_preflight.probe.gpu import probe_gpus
 from gpu_preflight.probe.simulate import SIM_CUDA, SIM_DRIVER, Simulation
-from gpu_preflight.probe.types import Profile
 from gpu_preflight.profile import make_profile
+from gpu_preflight.profile_types import Profile
 
 GIB = 2**30
 MIB = 2**20

@@ -33,7 +33,7 @@ from gpu_preflight.cluster.inventory import (
 from gpu_preflight.cluster.names import check_pool_name
 from gpu_preflight.errors import InvalidInput
 from gpu_preflight.gpu_catalog import GpuCatalog, GpuSpec, load_gpu_catalog
-from gpu_preflight.plan.flags import env_setting
+from gpu_preflight.inputs.flags import env_setting
 
 GPU = "nvidia.com/gpu"
 PRODUCT, MEMORY, COUNT = "nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count"
@@ -216,7 +216,7 @@ def read_cluster(
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
 
-    # KUBECONFIG through its row of the flag table (plan/flags.py): one parser per variable.
+    # KUBECONFIG through its row of the flag table (inputs/flags.py): one parser per variable.
     path = str(kubeconfig) if kubeconfig else env_setting(env, "KUBECONFIG")
     shown = path or "~/.kube/config"
     try:

@@ -22,11 +22,11 @@ from gpu_preflight.cluster.lws import group_profile, make_pin
 from gpu_preflight.cluster.rules import broken_rules
 from gpu_preflight.compose import only
 from gpu_preflight.gpu_catalog import load_gpu_catalog
-from gpu_preflight.plan.flags import FLAGS
-from gpu_preflight.plan.overrides import is_secret
+from gpu_preflight.inputs.flags import FLAGS
+from gpu_preflight.inputs.overrides import is_secret
 from gpu_preflight.plan.request import artifacts
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile_types import Profile
 
 ENGINES = ("vllm", "llama.cpp")
 MAX_GROUP_TRY = 16  # nodes tried for one model across nodes (the plan's -pp is at most 64)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpu_preflight.errors import InvalidInput
-from gpu_preflight.plan.flags import FlagValueError, env_setting
+from gpu_preflight.inputs.flags import FlagValueError, env_setting
 from gpu_preflight.plan.types import Plan
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile_types import Profile
 
 PIN_VAR = "PREFLIGHT_K8S_PLAN"
 LEADER_VAR, SIZE_VAR, INDEX_VAR = "LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE", "LWS_WORKER_INDEX"
@@ -34,7 +34,7 @@ LEADER_VAR, SIZE_VAR, INDEX_VAR = "LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE", "LWS_W
 # for the other nodes (written explicitly so every rank's argv names it).
 MASTER_PORT = 29501
 # PREFLIGHT_K8S_PLAN's and the LWS_* variables' bounds and syntax are their rows in
-# plan/flags.py (the group: at most 64 nodes, as the plan's -pp is).
+# inputs/flags.py (the group: at most 64 nodes, as the plan's -pp is).
 _RANK_FLAGS = ("--nnodes", "--node-rank", "--master-addr", "--master-port", "--headless")
 _LEADER_ONLY = ("--host", "--port")  # a headless rank serves no API (serve.py run_headless)
 MIB = 2**20
@@ -55,7 +55,7 @@ class Rank:
 
 def rank_env(env: Mapping[str, str]) -> Rank:
     """LWS_* read and checked before anything is probed, each through its row of the flag table
-    (plan/flags.py env_setting: one parser per variable); no LWS_GROUP_SIZE: not in a group."""
+    (inputs/flags.py env_setting: one parser per variable); no LWS_GROUP_SIZE: not in a group."""
     size = env_setting(env, SIZE_VAR)
     index = env_setting(env, INDEX_VAR)
     leader = env_setting(env, LEADER_VAR)
@@ -152,13 +152,13 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
 
 def make_pin(pool: str, node: Profile, nodes: int, plan: Plan) -> str:
     """The value of PREFLIGHT_K8S_PLAN for a pool's pods: compact JSON, no secrets (the argv is
-    the plan's, which never carries one: plan/overrides.py is_secret)."""
+    the plan's, which never carries one: inputs/overrides.py is_secret)."""
     doc = {"pool": pool, "nodes": nodes, **node_facts(node), **plan_facts(plan)}
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
 def _read_pin(env: Mapping[str, str]) -> dict[str, Any] | None:
-    doc = env_setting(env, PIN_VAR)  # plan/flags.py's row: a JSON object of bounded size
+    doc = env_setting(env, PIN_VAR)  # inputs/flags.py's row: a JSON object of bounded size
     if doc is None:
         return None
     keys = ("pool", "nodes", "gpus", "gpu", "gpu_mib", "engine", "model", "context", "argv")

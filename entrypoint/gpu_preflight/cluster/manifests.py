@@ -20,7 +20,7 @@ from gpu_preflight.cluster.lws import MASTER_PORT
 GIB = 2**30
 MIB = 2**20
 DEFAULT_IMAGE = "gpu-preflight:both"
-PORT = 8080  # the plan's --port (plan/flags.py PREFLIGHT_PORT default), the image's EXPOSE
+PORT = 8080  # the plan's --port (inputs/flags.py PREFLIGHT_PORT default), the image's EXPOSE
 # /dev/shm for NCCL and vLLM's multiprocess workers: vLLM's own Kubernetes guide mounts a
 # memory emptyDir there (vLLM docs/deployment/k8s.md, "dshm", sizeLimit 2Gi) because the
 # container runtime's default /dev/shm is 64 MiB.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpu_preflight.plan.errors import InvalidInput
+from gpu_preflight.inputs.errors import InvalidInput
 
 
 class ModelError(InvalidInput):

@@ -11,20 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from gpu_preflight.inputs.model_request import Draft
 from gpu_preflight.memory.types import Estimate
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.forecast import DecodeForecast
 from gpu_preflight.plan.targets import GpuTarget
 
 if TYPE_CHECKING:
-    from gpu_preflight.plan.llamacpp import LlamaServerSettings
-    from gpu_preflight.plan.vllm import VllmSettings
+    from gpu_preflight.plan.settings import LlamaServerSettings, VllmSettings
 
 CONTEXT_STEP = 256
 GIB = 2**30
-# Tokens drafted per step: llama-server's default (--spec-draft-n-max 3), and the same for vLLM's
-# num_speculative_tokens so both engines verify the same amount of speculation per step.
-DRAFT_TOKENS = 3
 Mode = Literal["gpu", "offload", "cpu"]
 
 
@@ -94,16 +91,6 @@ class Wants:
         k = self.cache_type_k or "f16"
         v = self.cache_type_v or "f16"
         return k if k == v else f"{k}/{v}"
-
-
-@dataclass(frozen=True)
-class Draft:
-    """A speculative-decoding draft model served next to the target, in the same process."""
-
-    spec: ModelSpec
-    artifact: Artifact
-    tokens: int = DRAFT_TOKENS
-    user: str | None = None  # where the user named it; None: the catalog pairing
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gpu_preflight.plan.common import Draft, Fit, Wants
+from gpu_preflight.inputs.model_request import Draft
+from gpu_preflight.inputs.overrides import Overrides
+from gpu_preflight.plan.common import Fit, Wants
 from gpu_preflight.plan.llamacpp import fit_llamacpp
-from gpu_preflight.plan.overrides import Overrides
 from gpu_preflight.plan.request import Catalogue
+from gpu_preflight.plan.settings import VllmSettings
 from gpu_preflight.plan.targets import Targets
 from gpu_preflight.plan.tiers import Tier
-from gpu_preflight.plan.vllm import VllmSettings, fit_vllm
+from gpu_preflight.plan.vllm import fit_vllm
 
-# Knobs by which a user sets up speculative decoding themselves (plan/flags.py).
+# Knobs by which a user sets up speculative decoding themselves (inputs/flags.py).
 USER_SPECULATIVE = ("draft_model", "draft_hf", "spec_type", "speculative_config")
 
 
@@ -34,8 +36,8 @@ def with_draft(
         return fit, None
     user = next((o.get(k) for k in USER_SPECULATIVE if o.get(k) is not None), None)
     if user is not None:
-        # The user's own speculative settings are planned as given (pipeline.resolve_draft);
-        # the catalog's draft is not added next to them.
+        # The user's own speculative settings are planned as given (inputs/model_naming.py
+        # resolve_draft); the catalog's draft is not added next to them.
         return fit, None
     who = f"{fit.spec.id} {fit.artifact.quant}"
     if fit.spec.draft is None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from gpu_preflight.inputs.flags import canonical
+from gpu_preflight.inputs.model_request import Draft
+from gpu_preflight.inputs.overrides import Overrides, per_slot_context
 from gpu_preflight.memory.llamacpp import (
     NO_FLASH_ATTN,
     LlamaCppConfig,
@@ -23,7 +26,6 @@ from gpu_preflight.memory.llamacpp import (
 from gpu_preflight.memory.types import DeviceMemory, Estimate
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import (
-    Draft,
     Fit,
     FitResult,
     Miss,
@@ -35,9 +37,8 @@ from gpu_preflight.plan.common import (
     largest_context,
     moe_read_fraction,
 )
-from gpu_preflight.plan.flags import canonical
 from gpu_preflight.plan.forecast import forecast_decode
-from gpu_preflight.plan.overrides import Overrides, per_slot_context
+from gpu_preflight.plan.settings import LlamaServerSettings
 from gpu_preflight.plan.targets import GpuTarget, HostTarget
 from gpu_preflight.plan.types import ModelChoice
 
@@ -61,51 +62,7 @@ SERVER_AUTO_SLOTS = 4
 # -c handler): no reduction. Then, only where -ngl was not set, it moves layers/experts to host.
 FIT_MIN_CTX = 4096
 MIB = 2**20
-DEFAULT_HOST = "0.0.0.0"  # inside a container: reachable through the published port
-DEFAULT_PORT = 8080  # llama-server's default; vLLM's is 8000, we use one port for both images
 _UNQUANTIZED_V = ("f16", "f32", "bf16")
-
-
-@dataclass(frozen=True)
-class DraftSettings:
-    """A speculative-decoding draft model: where the engine loads it from and how much it drafts."""
-
-    repo: str  # HF repo (vLLM: the model; llama.cpp: the GGUF repo)
-    file: str | None  # GGUF file inside the repo (llama.cpp)
-    path: str | None  # local file or directory
-    tokens: int  # tokens drafted per step
-    tensor_parallel_size: int = 1  # vLLM: must equal the target's
-
-
-@dataclass(frozen=True)
-class LlamaServerSettings:
-    n_ctx_total: int  # llama-server -c: the whole KV, shared by the parallel slots
-    parallel: int
-    n_gpu_layers: int  # -1: all
-    n_cpu_moe: int
-    flash_attn: str  # on | off | auto
-    cache_type_k: str
-    cache_type_v: str
-    n_batch: int
-    n_ubatch: int
-    tensor_split: tuple[float, ...]  # empty: one GPU or none
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    draft: DraftSettings | None = None
-    split_mode: str | None = None  # only when the user set it
-    main_gpu: int | None = None
-    devices: str | None = None  # --device: the user's, or the planner's order; None: not written
-    kv_unified: bool | None = None
-    repack: bool | None = None
-    load_mode: str | None = None
-    fit: str = "off"  # llama-server's own --fit would re-size the plan; the plan is the fit
-    alias: str | None = None  # None: the model's id
-    no_mmproj: bool = False  # -hf downloads and loads a repo's projector unless told not to
-    spec_type: str | None = None  # the user's own --spec-type
-    extra: tuple[tuple[str, str], ...] = ()  # the user's modelled file flags (--mmproj F, --lora F)
-    cache_ram_mib: int = 0  # --cache-ram: the prompt cache's host RAM
-    ctx_checkpoints: int | None = None  # --ctx-checkpoints: written for sliding-window models
-    op_offload: bool | None = None  # only when the user set it
 
 
 def _cpu(e: Estimate) -> int:

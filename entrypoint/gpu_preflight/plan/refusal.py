@@ -6,20 +6,22 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from gpu_preflight.inputs.flags import Owner, canonical, rows_for
+from gpu_preflight.inputs.model_request import ModelRequest
+from gpu_preflight.inputs.overrides import Overrides, normalise_flag
 from gpu_preflight.memory.llamacpp import CACHE_TYPES
 from gpu_preflight.memory.vllm import default_batch_limits
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import CONTEXT_STEP, Fit, Miss, Wants, gib
-from gpu_preflight.plan.flags import Owner, canonical, rows_for
-from gpu_preflight.plan.llamacpp import LlamaServerSettings, fit_llamacpp, typed_defaults_llama
-from gpu_preflight.plan.overrides import Overrides, normalise_flag
-from gpu_preflight.plan.request import Catalogue, ModelRequest, artifacts, tier_candidates
+from gpu_preflight.plan.llamacpp import fit_llamacpp, typed_defaults_llama
+from gpu_preflight.plan.request import Catalogue, artifacts, tier_candidates
+from gpu_preflight.plan.settings import LlamaServerSettings
 from gpu_preflight.plan.ship import PLAN_SCHEMA_VERSION, model_choice
 from gpu_preflight.plan.targets import GpuTarget, Targets
 from gpu_preflight.plan.tiers import Tier, TierTable
 from gpu_preflight.plan.types import Alternative, Plan
 from gpu_preflight.plan.vllm import fit_vllm, tp_sizes, typed_defaults
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile_types import Profile
 
 MAX_ALTERNATIVES = 4
 MAX_REASONS = 8

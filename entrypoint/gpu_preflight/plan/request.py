@@ -5,30 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gpu_preflight.inputs.errors import TierTableError
+from gpu_preflight.inputs.model_request import ModelRequest
+from gpu_preflight.inputs.overrides import NGL_AUTO, Overrides, per_slot_context
 from gpu_preflight.models.types import Artifact, ModelSpec
-from gpu_preflight.plan.common import Draft, Wants
-from gpu_preflight.plan.errors import TierTableError
-from gpu_preflight.plan.overrides import NGL_AUTO, Overrides, per_slot_context
+from gpu_preflight.plan.common import Wants
 from gpu_preflight.plan.tiers import Tier
 
 DEFAULT_MIN_TOK_S = 1.0
 _AUTO_SLOTS = 4  # llama-server with -np -1 (auto): 4 slots and a unified KV (server.cpp main)
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """The user's model, resolved before planning (by the pipeline, which may read a file)."""
-
-    spec: ModelSpec
-    quant: str | None  # "id@Q8_0", a repo's :QUANT or VLLM_QUANTIZATION: that quant only
-    source: str  # env:PREFLIGHT_MODEL, arg:--model, ...
-    # The exact artifact the user named (a repo, a file, a path): it is served as named, never
-    # swapped for another artifact of the same model.
-    artifact: Artifact | None = None
-    draft: Draft | None = None  # the user's own draft model (-md, -hfd, --speculative-config)
-    extra_gpu_bytes: int = 0  # the user's --mmproj / --lora files
-    local_copy: str | None = None  # a sparse copy of the GGUF header, for llama.cpp's dry run
-    revision: str | None = None  # a Hub commit the model was named at (org/repo@rev)
 
 
 @dataclass(frozen=True)

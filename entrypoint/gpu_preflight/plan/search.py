@@ -17,17 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from gpu_preflight.inputs.errors import OverrideError
+from gpu_preflight.inputs.model_request import ModelRequest
+from gpu_preflight.inputs.overrides import Overrides
 from gpu_preflight.memory.llamacpp import CACHE_TYPES
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import Fit, FitResult, Miss, Wants, gib
 from gpu_preflight.plan.draft import with_draft
-from gpu_preflight.plan.errors import OverrideError
 from gpu_preflight.plan.llamacpp import fit_llamacpp
-from gpu_preflight.plan.overrides import Overrides
 from gpu_preflight.plan.refusal import Situation, refusal
 from gpu_preflight.plan.request import (
     Catalogue,
-    ModelRequest,
     artifacts,
     tier_candidates,
     wants_for,
@@ -37,7 +37,7 @@ from gpu_preflight.plan.targets import GpuTarget, Targets, build_targets
 from gpu_preflight.plan.tiers import Tier, TierTable
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.plan.vllm import fit_vllm
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile_types import Profile
 
 
 def planning_gpus(targets: Targets) -> tuple[GpuTarget, ...]:
@@ -232,7 +232,7 @@ def plan(
     on: frozenset[int] | None = None,
 ) -> Plan:
     """``all_devices``: plan on exactly the devices given (estimate), never one card of them.
-    ``widen``: (GPU, host) bytes kept free on top of the margins, from receipts (plan/calibrate.py).
+    ``widen``: (GPU, host) bytes kept free on top of the margins, from receipts (receipt/calibrate.py).
     ``on``: the NVML indices of the GPUs to plan on (None: all), the others still seen by this
     process (build_targets).
     """

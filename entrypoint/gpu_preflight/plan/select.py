@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from gpu_preflight.plan.request import Catalogue, ModelRequest
+from gpu_preflight.inputs.model_request import ModelRequest
+from gpu_preflight.plan.request import Catalogue
 from gpu_preflight.plan.search import plan
 
 __all__ = ["Catalogue", "ModelRequest", "plan"]

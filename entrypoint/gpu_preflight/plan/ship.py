@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gpu_preflight.inputs.model_request import ModelRequest
+from gpu_preflight.inputs.overrides import Overrides
 from gpu_preflight.memory.types import Estimate
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import Fit, gib
-from gpu_preflight.plan.llamacpp import (
+from gpu_preflight.plan.llamacpp import llama_server_argv
+from gpu_preflight.plan.request import DEFAULT_MIN_TOK_S
+from gpu_preflight.plan.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DraftSettings,
     LlamaServerSettings,
-    llama_server_argv,
+    VllmSettings,
 )
-from gpu_preflight.plan.overrides import Overrides
-from gpu_preflight.plan.request import DEFAULT_MIN_TOK_S, ModelRequest
 from gpu_preflight.plan.targets import GpuTarget, Targets
 from gpu_preflight.plan.tiers import Tier
 from gpu_preflight.plan.types import DraftChoice, ModelChoice, Plan, PlannedDevice, Prediction
-from gpu_preflight.plan.vllm import VllmSettings, vllm_argv, vllm_env
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.plan.vllm import vllm_argv, vllm_env
+from gpu_preflight.profile_types import Profile
 
 PLAN_SCHEMA_VERSION = 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpu_preflight.probe.types import GpuDevice, GpuError, Profile
+from gpu_preflight.profile_types import GpuDevice, GpuError, Profile
 
 MIB = 2**20
 GIB = 2**30
@@ -156,7 +156,7 @@ def build_targets(
     on: frozenset[int] | None = None,
 ) -> Targets:
     """``extra_*_margin``: kept free on top of the fixed margins because a receipt measured more
-    than its plan predicted (plan/calibrate.py ``widening``). ``on``: the NVML indices of the
+    than its plan predicted (receipt/calibrate.py ``widening``). ``on``: the NVML indices of the
     GPUs this plan may use (None: all); the others stay in the CUDA count, since this process
     still sees them (an engine not told which devices to use opens them too)."""
     hw = profile.hardware

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_preflight.boundedio import PATH_SHOWN, FileInputError, NumberRule, read_json, shorten
-from gpu_preflight.plan.errors import TierTableError
+from gpu_preflight.inputs.errors import TierTableError
 from gpu_preflight.schemas import SchemaError, validate
 from gpu_preflight.serde import DecodeError, from_dict
 

@@ -88,7 +88,7 @@ class Alternative:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What earlier receipts in the profile volume changed in this plan (plan/calibrate.py)."""
+    """What earlier receipts in the profile volume changed in this plan (receipt/calibrate.py)."""
 
     key_id: str
     memory_key_id: str

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
+from gpu_preflight.inputs.flags import canonical
+from gpu_preflight.inputs.model_request import Draft
+from gpu_preflight.inputs.overrides import Overrides
 from gpu_preflight.memory.types import Estimate
 from gpu_preflight.memory.vllm import (
     VllmConfig,
@@ -32,7 +33,6 @@ from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import (
     CONTEXT_STEP,
     GIB,
-    Draft,
     Fit,
     FitResult,
     Miss,
@@ -43,10 +43,8 @@ from gpu_preflight.plan.common import (
     moe_read_fraction,
     round_ctx,
 )
-from gpu_preflight.plan.flags import canonical
 from gpu_preflight.plan.forecast import DecodeForecast, forecast_decode
-from gpu_preflight.plan.llamacpp import DEFAULT_HOST, DEFAULT_PORT, DraftSettings
-from gpu_preflight.plan.overrides import Overrides
+from gpu_preflight.plan.settings import VllmSettings
 from gpu_preflight.plan.targets import MIN_COMPUTE_CAPABILITY_VLLM, GpuTarget
 from gpu_preflight.plan.types import ModelChoice
 
@@ -55,37 +53,6 @@ VLLM_CUDAGRAPH_IN_BUDGET = True
 # vLLM 0.32: vllm/config/cache.py CacheConfig.gpu_memory_utilization Field(default=0.92) (0.9 up to
 # 0.19: the llm-d gpt-oss-20b run without the flag logs "(0.9, ...)").
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
-
-
-@dataclass(frozen=True)
-class VllmSettings:
-    max_model_len: int
-    gpu_memory_utilization: float
-    tensor_parallel_size: int
-    max_num_seqs: int
-    kv_cache_dtype: str  # auto | fp8 ...
-    quantization: str | None  # only when the user asked for one; vLLM reads it from the config
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    enforce_eager: bool | None = None  # None: not set (vLLM's default, graphs on)
-    draft: DraftSettings | None = None
-    max_num_batched_tokens: int | None = None
-    block_size: int | None = None
-    dtype: str | None = None
-    cpu_offload_gb: float | None = None
-    kv_cache_memory_bytes: int | None = None
-    speculative_config: Mapping[str, Any] | None = None  # the user's own, as given
-    served_model_name: str | None = None  # None: the model's id
-    revision: str | None = None  # the Hub commit the plan read the model at
-    pipeline_parallel_size: int = 1
-    data_parallel_size: int = 1  # --data-parallel-size: ranks of tp x pp cards each
-    # Layers per pipeline stage, carried to vLLM as VLLM_PP_LAYER_PARTITION (vllm_env); empty
-    # with one stage.
-    pp_layer_partition: tuple[int, ...] = ()
-    # The cards vLLM must use when they are not CUDA0..n-1 of this process (one card of a mixed
-    # pair, an identical group that skips a card): vLLM has no device flag, it takes cuda:0..
-    # of what CUDA_VISIBLE_DEVICES shows it. UUIDs where known, else NVML indices.
-    visible_devices: tuple[str, ...] = ()
 
 
 def _settings_for(w: Wants, ctx: int, gmu: float, tp: int, kv_dtype: str) -> VllmSettings:

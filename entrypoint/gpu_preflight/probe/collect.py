@@ -18,7 +18,7 @@ from gpu_preflight.probe.pinned import probe_pinned
 from gpu_preflight.probe.platform import probe_platform
 from gpu_preflight.probe.simulate import Simulation, simulate
 from gpu_preflight.probe.storage import probe_storage
-from gpu_preflight.probe.types import (
+from gpu_preflight.profile_types import (
     GpuReport,
     Hardware,
     HostMemory,

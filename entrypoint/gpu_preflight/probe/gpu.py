@@ -24,7 +24,6 @@ from gpu_preflight.probe.nvml import (
     nvml_session,
 )
 from gpu_preflight.probe.smi import probe_with_smi
-from gpu_preflight.probe.types import GpuDevice, GpuError, GpuReport, MigDevice, Source
 from gpu_preflight.probe.visible import (
     DeviceKey,
     Numbered,
@@ -33,6 +32,7 @@ from gpu_preflight.probe.visible import (
     cuda_numbering,
     selections,
 )
+from gpu_preflight.profile_types import GpuDevice, GpuError, GpuReport, MigDevice, Source
 
 Runner = Callable[[list[str], float], CommandResult]
 _LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown", "NVMLError_Uninitialized")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from gpu_preflight.probe.types import HostMemory
+from gpu_preflight.profile_types import HostMemory
 
 _V1_UNLIMITED = 1 << 60  # cgroup v1 writes ~2^63 rounded to the page size for "no limit"
 BANDWIDTH_BUFFER = 32 * 2**20

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from functools import partial
 
 from gpu_preflight.probe.cuda import CudaDevice, open_cuda
-from gpu_preflight.probe.types import GpuDevice, PcieBandwidth, PcieReport
+from gpu_preflight.profile_types import GpuDevice, PcieBandwidth, PcieReport
 
 Opener = Callable[[int], AbstractContextManager[CudaDevice | str]]
 REPEATS = 3

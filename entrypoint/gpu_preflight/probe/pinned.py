@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from gpu_preflight.probe.cuda import CudaDevice, open_cuda
-from gpu_preflight.probe.types import PinnedMemory
+from gpu_preflight.profile_types import PinnedMemory
 
 Opener = Callable[[int], AbstractContextManager[CudaDevice | str]]
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from gpu_preflight.probe.types import PlatformInfo
+from gpu_preflight.profile_types import PlatformInfo
 
 
 def _read(path: Path, limit: int = 65536) -> str | None:

@@ -18,7 +18,7 @@ from gpu_preflight.errors import InvalidInput
 from gpu_preflight.gpu_catalog import GpuCatalog, GpuSpec, load_gpu_catalog
 from gpu_preflight.probe.fake_nvml import FakeNvml, ScenarioError, load_scenario
 from gpu_preflight.probe.gpu import probe_gpus
-from gpu_preflight.probe.types import GpuReport, HostMemory, PlatformInfo
+from gpu_preflight.profile_types import GpuReport, HostMemory, PlatformInfo
 from gpu_preflight.serde import DecodeError, from_dict
 
 _SPEC = re.compile(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from gpu_preflight.gpu_catalog import GpuCatalog
 from gpu_preflight.probe.command import CommandResult
-from gpu_preflight.probe.types import GpuDevice, GpuReport
+from gpu_preflight.profile_types import GpuDevice, GpuReport
 
 MIB = 2**20
 FIELDS = (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_preflight.probe.command import CommandResult, run_command, which
-from gpu_preflight.probe.types import StorageBench
+from gpu_preflight.profile_types import StorageBench
 
 Runner = Callable[[list[str], float], CommandResult]
 TEST_FILE = ".gpu-preflight-fio.tmp"

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from gpu_preflight.plan.calibrate import receipt_key
 from gpu_preflight.plan.types import Plan, PlannedDevice
 from gpu_preflight.probe import usage
-from gpu_preflight.probe.types import Profile
+from gpu_preflight.profile_types import Profile
 from gpu_preflight.receipt import engine_api, startup_log
+from gpu_preflight.receipt.calibrate import receipt_key
 from gpu_preflight.receipt.types import (
     Component,
     Decode,

@@ -1,6 +1,6 @@
 """Which probes run: --bench/--no-bench, PREFLIGHT_BENCH, PREFLIGHT_BENCH_DIR, PREFLIGHT_PINNED_CAP_GB.
 
-Each variable is parsed by its row of the flag table (plan/flags.py env_setting), the one parser
+Each variable is parsed by its row of the flag table (inputs/flags.py env_setting), the one parser
 of it, so what is accepted here is what docs/flags.md says.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from gpu_preflight.plan.errors import InvalidInput
-from gpu_preflight.plan.flags import env_setting
+from gpu_preflight.inputs.errors import InvalidInput
+from gpu_preflight.inputs.flags import env_setting
 from gpu_preflight.probe.collect import DEFAULT_PINNED_CAP, ProbeOptions
 from gpu_preflight.probe.storage import check_bench_dir
 

@@ -1,9 +1,9 @@
-"""The plan layer's exceptions (the hierarchy itself lives in gpu_preflight.errors)."""
+"""Typed errors of user inputs and planning (the hierarchy lives in gpu_preflight.errors)."""
 
 from __future__ import annotations
 
 from gpu_preflight.errors import InvalidInput, PreflightError, SetupError
-from gpu_preflight.plan.flags import FlagValueError
+from gpu_preflight.inputs.flags import FlagValueError
 
 __all__ = [
     "EngineMissing",

@@ -1,6 +1,6 @@
 """Read every user value (environment, engine arguments, CLI options) through the flag table.
 
-Nothing here knows a flag by name except through ``plan/flags.py``. Each value keeps where it came
+Nothing here knows a flag by name except through ``inputs/flags.py``. Each value keeps where it came
 from ("env:NAME", "arg:SPELLING", "option:--name"), so the plan can say so. Two places that set one
 knob must agree; if they do not, the error names both places and both values. The engine flags
 the planner reads are taken out of the user's arguments and written again by the planner, once,
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_preflight.plan.flags import (
+from gpu_preflight.inputs.flags import (
     FLAGS,
     LLAMACPP_CACHE_TYPES,
     MAX_CONTEXT,
@@ -70,7 +70,7 @@ class Sourced:
 
 @dataclass(frozen=True)
 class Overrides:
-    """Every value the user set, parsed, one per knob (see plan/flags.py for the knobs)."""
+    """Every value the user set, parsed, one per knob (see inputs/flags.py for the knobs)."""
 
     values: Mapping[str, Sourced] = field(default_factory=dict)
     # Every place that named a model (PREFLIGHT_MODEL, VLLM_MODEL, -m, -hf, `vllm serve X`...):

@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gpu_preflight.plan.flags import spelling_index
+from gpu_preflight.inputs.flags import spelling_index
 from gpu_preflight.plan.types import Calibration, Plan
 from gpu_preflight.receipt.types import Receipt, ReceiptKey
 
