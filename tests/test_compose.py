@@ -46,7 +46,10 @@ def test_the_compose_files_are_this_commands_output(path):
 
 
 def test_mixed_cards_get_one_server_each_and_mig_one_per_leaf():
-    mixed = build_stack(profile_for("rtx-4090,rtx-3060"), [], _planner())
+    # An H200 alone holds the largest tier model at a long context; pipeline parallel with an
+    # RTX 4090 beside it buys nothing, so each card gets its own server. (A 4090 beside a 3060 now
+    # gets one server over both: vLLM 0.32's cheaper sampler leaves room for a 32B model there.)
+    mixed = build_stack(profile_for("h200,rtx-4090"), [], _planner())
     assert mixed.layout == "per card" and [s.devices for s in mixed.servers] == [("0",), ("1",)]
     assert len({s.port for s in mixed.servers}) == 2
     mig = build_stack(profile_for("a100-80gb:3x2g.20gb"), [], _planner())
