@@ -229,3 +229,48 @@ def test_multimodal_checkpoints_are_planned_whole(tmp_path) -> None:
     llama4 = spec_from_hf_dir(tmp_path / "Llama4ForConditionalGeneration").arch
     # Llama-4: every fourth layer global (no_rope_layers 0), the rest chunked local attention.
     assert llama4.attention_chunk_size and len(llama4.chunked_layers) == llama4.n_layers * 3 // 4
+
+
+def _kimi_linear(**over: Any) -> dict[str, Any]:
+    # The shape of moonshotai's Kimi-Linear config.json (27 layers, KDA layers numbered from 1
+    # in linear_attn_config, MLA in the others), small where it does not matter.
+    c: dict[str, Any] = {
+        "architectures": ["KimiLinearForCausalLM"],
+        "model_type": "kimi_linear",
+        "hidden_size": 2304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "kv_lora_rank": 512,
+        "qk_rope_head_dim": 64,
+        "qk_nope_head_dim": 128,
+        "v_head_dim": 128,
+        "q_lora_rank": None,
+        "vocab_size": 163840,
+        "intermediate_size": 9216,
+        "linear_attn_config": {
+            "full_attn_layers": [4, 8, 12, 16, 20, 24, 27],
+            "kda_layers": [i for i in range(1, 28) if i not in (4, 8, 12, 16, 20, 24, 27)],
+            "num_heads": 32,
+            "head_dim": 128,
+            "short_conv_kernel_size": 4,
+        },
+    }
+    c.update(over)
+    return c
+
+
+def test_kimi_linear_kda_state_is_vllms_shape() -> None:
+    """KDA state per sequence and layer (vllm/models/kimi_k3/nvidia/model.py
+    get_mamba_state_shape_from_config, mamba_utils.py kda_state_shape / kda_state_dtype): a
+    bf16 conv state (4 - 1) x 3 x 32 x 128 and a float32 recurrent state 32 x 128 x 128; the
+    7 MLA layers cache 512 + 64 bf16 values a token."""
+    from gpu_preflight.models.errors import ModelFileError
+    from gpu_preflight.models.hf_config import arch_from_config
+
+    a = arch_from_config(_kimi_linear(), "config.json")
+    assert a.recurrent_layers == tuple(i - 1 for i in range(1, 28) if i % 4 and i != 27)
+    assert state_bytes(a, 1) == 3 * 3 * 32 * 128 * 2 + 32 * 128 * 128 * 4
+    assert state_bytes(a, 2) == state_bytes(a, 1) // 2
+    with pytest.raises(ModelFileError, match="linear_attn_config"):
+        arch_from_config(_kimi_linear(linear_attn_config=None), "config.json")

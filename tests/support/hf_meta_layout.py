@@ -61,9 +61,43 @@ EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_
 PATTERN_KEYS = ("hybrid_override_pattern", "layers_block_type", "block_types")
 
 
+# Keys the published checkpoints carry that transformers' default config lacks and vLLM's model
+# file reads. lfm2: LiquidAI's LFM2 config.json files (LFM2-350M/700M/1.2B) set conv_dim and
+# block_dim to hidden_size (vllm/model_executor/models/lfm2.py reads config.conv_dim and
+# config.block_dim; transformers' Lfm2Config drops them) and interleave short-conv and attention
+# layers (LFM2-1.2B: 16 layers, full_attn_idxs [2, 5, 8, 10, 12, 14]), where transformers'
+# default makes every layer attention.
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "lfm2": {"num_hidden_layers": 16, "full_attn_idxs": [2, 5, 8, 10, 12, 14]},
+}
+# The same, set from the config's own hidden_size.
+PUBLISHED_AS_HIDDEN: dict[str, tuple[str, ...]] = {"lfm2": ("conv_dim", "block_dim")}
+
+
+def _kimi_linear(cfg: Any) -> None:
+    """moonshotai's Kimi-Linear config.json describes the KDA layers in linear_attn_config
+    (kda_layers / full_attn_layers numbered from 1, num_heads, head_dim,
+    short_conv_kernel_size), which vLLM's own KimiLinearConfig (vllm/transformers_utils/configs/
+    kimi_linear.py is_kda_layer) and KimiLinearForCausalLM.get_mamba_state_shape_from_config
+    read; transformers' KimiLinearConfig spells the same as layer_types and linear_*."""
+    types = list(cfg.layer_types)
+    cfg.linear_attn_config = {
+        "kda_layers": [i + 1 for i, t in enumerate(types) if t == "linear_attention"],
+        "full_attn_layers": [i + 1 for i, t in enumerate(types) if t != "linear_attention"],
+        "num_heads": cfg.linear_num_heads,
+        "head_dim": cfg.linear_head_dim,
+        "short_conv_kernel_size": cfg.linear_conv_kernel_dim,
+    }
+
+
 def shrink(model_type: str) -> Any:
     from transformers import AutoConfig
 
+    if model_type in PUBLISHED:
+        cfg = AutoConfig.for_model(model_type, **PUBLISHED[model_type])
+        for k in PUBLISHED_AS_HIDDEN.get(model_type, ()):
+            setattr(cfg, k, cfg.hidden_size)
+        return cfg
     base = AutoConfig.for_model(model_type)
     kw: dict[str, Any] = {}
     text = getattr(base, "text_config", None)
@@ -122,6 +156,8 @@ def build(arch: str, model_type: str, d: Path) -> dict[str, Any]:
     import transformers
 
     cfg = shrink(model_type)
+    if model_type == "kimi_linear":
+        _kimi_linear(cfg)
     cls = getattr(transformers, arch, None)
     if cls is None:
         raise LookupError(f"transformers has no class {arch}")

@@ -65,17 +65,70 @@ def _as_on_a_gpu() -> None:
     registry._run_in_subprocess = lambda fn: fn()  # type: ignore[assignment]
 
 
+def _text_only_torchvision() -> None:
+    """Let a text model whose vLLM file imports its multimodal sibling be inspected without
+    torchvision. vllm/model_executor/models/qwen3_5.py imports qwen3_vl.py, which imports
+    transformers' Qwen2-VL image processor module, whose first line is ``from
+    torchvision.transforms.v2 import functional``; the vLLM venvs have no torchvision (.ci/vllm.sh
+    removes PyPI's: it does not load beside the CPU torch), so the registry's inspection of
+    Qwen3_5ForCausalLM / Qwen3_5MoeForCausalLM fails before any of vLLM's code runs. Empty
+    modules stand in for that one import only, after vLLM and transformers have recorded that
+    torchvision is absent (transformers' image utilities keep their non-torchvision paths); no
+    KV cache spec reads an image processor."""
+    import importlib
+    import importlib.machinery
+    import types
+
+    for done in (
+        "vllm.config",
+        "transformers.image_utils",
+        "transformers.image_processing_backends",
+    ):
+        importlib.import_module(done)
+
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.v2")
+    for name in (*names, "torchvision.transforms.v2.functional"):
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        m.__path__ = []
+        sys.modules[name] = m
+    for parent, child in zip(
+        names, (*names[1:], "torchvision.transforms.v2.functional"), strict=True
+    ):
+        setattr(sys.modules[parent], child.rsplit(".", 1)[1], sys.modules[child])
+
+
 def spec_of(d: Path) -> dict[str, Any]:
     from vllm.engine.arg_utils import EngineArgs
 
-    ea = EngineArgs(
-        model=str(d),
-        skip_tokenizer_init=True,
-        load_format="dummy",
-        enforce_eager=True,
-        dtype="bfloat16",
-    )
-    vc = ea.create_engine_config()
+    def config(**kw: Any) -> Any:
+        return EngineArgs(
+            model=str(d),
+            skip_tokenizer_init=True,
+            load_format="dummy",
+            enforce_eager=True,
+            dtype="bfloat16",
+            **kw,
+        ).create_engine_config()
+
+    try:
+        vc = config()
+    except ValueError as exc:
+        if "--mamba-block-size can only be set" not in str(exc):
+            raise
+        # An MLA hybrid (KimiLinear): models/config.py HybridAttentionMambaModelConfig aligns
+        # mamba_block_size to the block size for prefix caching, then vllm/platforms/cpu.py
+        # check_and_update_config turns prefix caching off for MLA on a non-GPU platform and
+        # VllmConfig.validate_mamba_block_size rejects the pair; on CUDA prefix caching stays
+        # on. Asked without prefix caching, the same layers give the same per-token attention
+        # pages and per-sequence state shapes (get_mamba_state_shape_from_config).
+        vc = config(enable_prefix_caching=False)
     try:
         return _from_layers(vc)
     except Exception as exc:
@@ -194,6 +247,7 @@ def _from_layers(vc: Any) -> dict[str, Any]:
 
 def main() -> None:
     _as_on_a_gpu()
+    _text_only_torchvision()
     for case in json.loads(Path(sys.argv[1]).read_text()):
         out: dict[str, Any] = {"architecture": case["architecture"], "ok": False, "error": ""}
         try:

@@ -506,6 +506,8 @@ def state_bytes(arch: ModelArch, tp: int) -> int:
     conv_dim = 2 x key heads x key head size + value heads x value head size, and a temporal
     state of value heads / tp x value head size x key head size; both in the model dtype
     (gated_delta_net_state_dtype with mamba_cache_dtype / mamba_ssm_cache_dtype "auto").
+    Kimi-Linear's KDA layers (kda_state_shape: the same shapes with equal key and value heads)
+    keep the temporal state in float32 under "auto" (kda_state_dtype): ssm_state_fp32.
     """
     if not arch.recurrent_layers:
         return 0
@@ -521,7 +523,7 @@ def state_bytes(arch: ModelArch, tp: int) -> int:
         )
     conv = ((arch.linear_conv_kernel or 1) - 1) * conv_dim // tp
     temporal = vh // tp * vdim * kdim
-    return (conv + temporal) * MODEL_DTYPE_BYTES
+    return conv * MODEL_DTYPE_BYTES + temporal * (4 if arch.ssm_state_fp32 else MODEL_DTYPE_BYTES)
 
 
 def _split(value: int, tp: int, what: str) -> int:

@@ -200,7 +200,12 @@ ROWS: dict[str, Row] = {
         refused="lightning (linear) attention state is not modelled",
     ),
     "kimi_linear": Row(
-        M + "kimi_linear.py", refused="Kimi delta attention (KDA) state is not modelled"
+        # registry.py maps KimiLinearForCausalLM to vllm/models/kimi_k3/nvidia/model.py: KDA
+        # layers (a gated-DeltaNet-like fixed state per sequence) where vLLM's KimiLinearConfig
+        # is_kda_layer says (linear_attn_config kda_layers, numbered from 1), MLA elsewhere.
+        "vllm/models/kimi_k3/nvidia/model.py KimiLinearForCausalLM",
+        "gdn",
+        "layer_types",
     ),
     "plamo2": Row(M + "plamo2.py", refused="PLaMo-2's Mamba layout is not modelled"),
 }
@@ -355,7 +360,20 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
             )
     layout = _layer_layout(c, r, row, n_layers)
     linear: dict[str, int | None] = {}
-    if row.kind == "gdn":
+    if model_type == "kimi_linear":
+        # kda_state_shape (mamba_utils.py) with num_k_heads = num_heads, head_k_dim = head_dim
+        # (get_mamba_state_shape_from_config passes neither): the gated DeltaNet shape with
+        # equal key and value heads.
+        lac = _kda(c, r)
+        heads, dim = lac["num_heads"], lac["head_dim"]
+        linear = {
+            "linear_conv_kernel": lac["short_conv_kernel_size"],
+            "linear_k_heads": heads,
+            "linear_v_heads": heads,
+            "linear_k_head_dim": dim,
+            "linear_v_head_dim": dim,
+        }
+    elif row.kind == "gdn":
         for field, key in (
             ("linear_conv_kernel", "linear_conv_kernel_dim"),
             ("linear_k_heads", "linear_num_key_heads"),
@@ -445,7 +463,9 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
         ssm_n_groups=ssm.get("groups"),
         ssm_n_heads=ssm.get("heads"),
         ssm_head_dim=ssm.get("head_dim"),
-        ssm_state_fp32=bool(ssm) and _ssm_fp32(c, model_type),
+        # kimi_linear: mamba_utils.py kda_state_dtype keeps the recurrent state in float32
+        # under mamba_ssm_cache_dtype "auto".
+        ssm_state_fp32=(bool(ssm) and _ssm_fp32(c, model_type)) or model_type == "kimi_linear",
         parallel_hybrid=row.layers in ("parallel", "zamba2"),
         layer_head_dims=_layer_head_dims(c, r, n_layers, head_dim),
         indexer_bytes_per_token=indexer,
@@ -590,6 +610,36 @@ def _kv_shared(c: dict[str, Any], r: _Reader, n_layers: int) -> _Layers:
     return _Layers(base.state, none, base.sliding, base.chunked)
 
 
+def _kda(c: dict[str, Any], r: _Reader) -> dict[str, Any]:
+    """Kimi-Linear's linear_attn_config, the dict vLLM reads (vllm/transformers_utils/configs/
+    kimi_linear.py KimiLinearConfig.is_kda_layer; KimiLinearForCausalLM.
+    get_mamba_state_shape_from_config): num_heads, head_dim, short_conv_kernel_size and the
+    1-based kda_layers."""
+    lac = c.get("linear_attn_config")
+    if not isinstance(lac, dict):
+        raise r.fail(
+            f"linear_attn_config: {shorten(lac)}. Accepted: an object with kda_layers, "
+            "num_heads, head_dim and short_conv_kernel_size (as moonshotai's config.json has)."
+        )
+    sub = _Reader(lac, f"{r.where}: linear_attn_config", r.model_type, Row(""))
+    out: dict[str, Any] = {
+        "num_heads": sub.need("linear_v_heads", "num_heads"),
+        "head_dim": sub.need("linear_v_head_dim", "head_dim"),
+        "short_conv_kernel_size": sub.need("linear_conv_kernel", "short_conv_kernel_size"),
+    }
+    n_layers = r.need("n_layers", *ALIASES["n_layers"])
+    kda = lac.get("kda_layers")
+    if not isinstance(kda, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= n_layers for i in kda
+    ):
+        raise r.fail(
+            f"linear_attn_config.kda_layers: {shorten(kda)}. Accepted: a list of layer "
+            f"numbers from 1 to num_hidden_layers ({n_layers})."
+        )
+    out["kda_layers"] = tuple(sorted(set(kda)))
+    return out
+
+
 def _ssm_fp32(c: dict[str, Any], model_type: str) -> bool:
     """The temporal state in float32: the config's mamba_ssm_cache_dtype, or NemotronH's
     default (vllm/model_executor/models/config.py NemotronHForCausalLMConfig
@@ -604,6 +654,8 @@ def _types_with_state(c: dict[str, Any], r: _Reader, n_layers: int) -> _Layers:
     """layer_types naming the recurrent layers: qwen3_next "linear_attention" (or every
     full_attention_interval-th layer full when absent, transformers Qwen3NextConfig),
     granitemoehybrid "mamba", lfm2 "conv"."""
+    if r.model_type == "kimi_linear":
+        return _Layers(state=tuple(i - 1 for i in _kda(c, r).get("kda_layers", ())))
     types = _layer_types(r, n_layers)
     if types is None:
         if r.model_type == "qwen3_next":
@@ -741,8 +793,12 @@ def _ssm_fields(c: dict[str, Any], r: _Reader, row: Row, hidden: int) -> dict[st
     MambaStateShapeCalculator.mamba1_state_shape / mamba2_state_shape / short_conv_state_shape,
     with the keys each model file passes it)."""
     if row.kind == "short_conv":
-        # lfm2.py Lfm2ShortConv: conv width hidden_size, kernel conv_L_cache.
-        return {"inner": hidden, "conv": r.need("ssm_conv_kernel", "conv_L_cache")}
+        # lfm2.py Lfm2ForCausalLM.get_mamba_state_shape_from_config: conv width conv_dim
+        # (Lfm2ShortConvDecoderLayer builds ShortConv with dim=config.conv_dim; LiquidAI's
+        # published configs set it to hidden_size), kernel conv_L_cache. lfm2_moe.py passes
+        # hidden_size (its configs have no conv_dim).
+        width = r.value("hidden_size", ("conv_dim",), hidden) if r.model_type == "lfm2" else hidden
+        return {"inner": width or hidden, "conv": r.need("ssm_conv_kernel", "conv_L_cache")}
     expand = c.get("mamba_expand", c.get("expand", 2))
     if not isinstance(expand, (int, float)) or isinstance(expand, bool) or not 0 < expand <= 64:
         raise r.fail(f"expand: {shorten(expand)}. Accepted: a number from 1 to 64.")
