@@ -16,13 +16,13 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpu_preflight.inputs.errors import EngineMissing
-from gpu_preflight.inputs.overrides import is_secret
+from gpu_preflight.inputs.secrets import mask, mask_doc, secret_values
 
 DEFAULT_PROFILE_DIR = "/var/lib/gpu-preflight"
 ENGINE_BINARIES = {"llama.cpp": "llama-server", "vllm": "vllm"}
@@ -134,12 +134,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_set(directory: Path, docs: Mapping[str, Any]) -> WriteResult:
+def write_set(
+    directory: Path, docs: Mapping[str, Any], secrets_: Sequence[str] = ()
+) -> WriteResult:
     """Write several files (``{"profile.json": doc, "plan.json": doc}``) as one set.
 
     Either every new file is in place, or every previous file is untouched; the returned
     ``WriteResult`` says which (it does not raise for an ``OSError``). A value is a JSON document,
-    or a ``str`` written as it is.
+    or a ``str`` written as it is. Every string in it has the run's secret values (``secrets_``,
+    inputs/secrets.py ``secret_values``) masked: a file is output too.
 
     How: the files stay plain files under their usual names, so readers need nothing new.
     1. Refuse up front when a target exists as something other than a regular file or a symlink
@@ -157,7 +160,11 @@ def write_set(directory: Path, docs: Mapping[str, Any]) -> WriteResult:
     names = tuple(docs)
     texts = {
         # allow_nan=False: a NaN in a plan is a bug to report, never a file that is not JSON.
-        n: (d if isinstance(d, str) else json.dumps(d, indent=2, allow_nan=False) + "\n")
+        n: (
+            mask(d, secrets_)
+            if isinstance(d, str)
+            else json.dumps(mask_doc(d, secrets_), indent=2, allow_nan=False) + "\n"
+        )
         for n, d in docs.items()
     }
     token = secrets.token_hex(4)
@@ -253,49 +260,10 @@ def engine_environment(env: Mapping[str, str], additions: Mapping[str, str]) -> 
     return out
 
 
-MASK = "***"
-MIN_SECRET = 4  # shorter values are too common to mask without mangling the text
-MIN_PREFIX = 8  # a cut-off secret ("hf_abcdefgh...") is masked from this many characters on
-
-
-def secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The values of every secret-named variable (``is_secret``), longest first."""
-    values = {v for n, v in env.items() if is_secret(n) and len(v.strip()) >= MIN_SECRET}
-    return tuple(sorted(values, key=len, reverse=True))
-
-
 def scrub(text: str, env: Mapping[str, str]) -> str:
-    """Mask every secret value in text meant for a user, a log or a file - wherever it appears.
-
-    A value equal to a secret's value is masked even when it came through a non-secret variable
-    (``PREFLIGHT_MODEL=<the HF_TOKEN value>``), and so is a secret's leading part where a message
-    cut the value short (``'hf_abcdefgh...'``) or repr() escaped it. Every command that prints an
-    error calls this (cli/main.py's ``_die``, run's summary).
-    """
-    for value in secret_values(env):
-        for form in {value, value.strip(), repr(value)[1:-1]}:
-            if len(form) >= MIN_SECRET:
-                text = text.replace(form, MASK)
-        text = _mask_prefixes(text, value)
-    return text
-
-
-def _mask_prefixes(text: str, value: str) -> str:
-    if len(value) <= MIN_PREFIX:
-        return text
-    head = value[:MIN_PREFIX]
-    out: list[str] = []
-    i = 0
-    while True:
-        j = text.find(head, i)
-        if j < 0:
-            out.append(text[i:])
-            return "".join(out)
-        k = j + MIN_PREFIX
-        while k < len(text) and k - j < len(value) and text[k] == value[k - j]:
-            k += 1
-        out.append(text[i:j] + MASK)
-        i = k
+    """Mask every secret value of ``env`` in text meant for a user, a log or a file - wherever it
+    appears (inputs/secrets.py ``mask``: also when pasted into another setting, or cut short)."""
+    return mask(text, secret_values(env))
 
 
 def exec_engine(
@@ -330,7 +298,9 @@ class ReceiptJob:
     max_tokens: int
 
 
-def write_receipt(directory: Path, doc: Mapping[str, Any], key_id: str, name: str) -> WriteResult:
+def write_receipt(
+    directory: Path, doc: Mapping[str, Any], key_id: str, name: str, secrets_: Sequence[str] = ()
+) -> WriteResult:
     """receipt.json beside the plan, and the same document in receipts/<key>/ for calibration.
 
     The history copy goes first: a receipt.json always has its history entry. Older history files
@@ -338,13 +308,13 @@ def write_receipt(directory: Path, doc: Mapping[str, Any], key_id: str, name: st
     """
     from gpu_preflight.receipt.document import HISTORY_DIR, RECEIPT_FILE, stale_files
 
-    hist = write_set(directory / HISTORY_DIR / key_id, {name: doc})
+    hist = write_set(directory / HISTORY_DIR / key_id, {name: doc}, secrets_)
     if not hist.committed:
         return hist
     for old in stale_files(directory, key_id):
         with contextlib.suppress(OSError):
             old.unlink()
-    return write_set(directory, {RECEIPT_FILE: doc})
+    return write_set(directory, {RECEIPT_FILE: doc}, secrets_)
 
 
 def _watch(job: ReceiptJob, engine_pid: int, env: Mapping[str, str], started_at: float) -> None:
@@ -375,12 +345,13 @@ def _watch(job: ReceiptJob, engine_pid: int, env: Mapping[str, str], started_at:
             receipt_to_dict(receipt),
             receipt.key.id,
             history_name(receipt),
+            secret_values(env),
         )
         for line in summary_lines(receipt):
             say(line)
         say(written.message if written.committed else f"warning: {written.message}")
     except Exception as exc:  # a failed receipt is a warning, never a crash of anything else
-        say(f"warning: the receipt failed ({type(exc).__name__}: {str(exc)[:200]})")
+        say(f"warning: the receipt failed ({type(exc).__name__}: {scrub(str(exc), env)[:200]})")
 
 
 def start_receipt_watcher(job: ReceiptJob, env: Mapping[str, str]) -> int | None:

@@ -241,10 +241,11 @@ def engine_env(env: Mapping[str, str], result: Plan) -> dict[str, str]:
     return launch.engine_environment(kept, result.env)
 
 
-def record(started: Started) -> launch.WriteResult:
-    """profile.json and plan.json, written as one set (or the previous set kept)."""
+def record(started: Started, secrets: Sequence[str] = ()) -> launch.WriteResult:
+    """profile.json and plan.json, written as one set (or the previous set kept); ``secrets``
+    masked in them (inputs/secrets.py): the files are output, the exec'd argv keeps the values."""
     docs = {
         "profile.json": profile_to_dict(started.profile),
         "plan.json": plan_to_dict(started.plan),
     }
-    return launch.write_set(started.profile_dir.path, docs)
+    return launch.write_set(started.profile_dir.path, docs, secrets)

@@ -174,7 +174,7 @@ def k8s(
     if out is None:
         click.echo(text, nl=False)
     else:
-        from gpu_preflight.launch import write_atomic
+        from gpu_preflight.launch import scrub, write_atomic
 
-        write_atomic(out, text)
+        write_atomic(out, scrub(text, os.environ))  # a written file is output: secrets masked
     sys.exit(EXIT_OK)

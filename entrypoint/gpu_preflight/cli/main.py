@@ -9,7 +9,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -72,16 +72,37 @@ class _Commands(click.Group):
     is a bug, said as one.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
-        from gpu_preflight.launch import scrub
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["gpu_preflight.argv"] = tuple(args)  # for the secrets typed on the command line
+        return super().parse_args(ctx, args)
 
-        env = dict(os.environ)
+    def invoke(self, ctx: click.Context) -> Any:
+        # Every line a command prints (click.echo, rich tables, --json, errors) passes through a
+        # stream that masks the run's secret values (inputs/secrets.py), wherever they were typed.
+        from gpu_preflight.inputs.secrets import MaskingStream, secret_values
+
+        secrets = secret_values(os.environ, ctx.meta.get("gpu_preflight.argv", ()))
+        if not secrets:
+            return self._invoke(ctx, secrets)
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = MaskingStream(out, secrets), MaskingStream(err, secrets)
+        try:
+            return self._invoke(ctx, secrets)
+        except click.ClickException as exc:  # a usage error is shown here, while still masked
+            exc.show()
+            raise click.exceptions.Exit(exc.exit_code) from None
+        finally:  # the wrapper keeps no buffer: entry()'s flush still reports a full stdout
+            sys.stdout, sys.stderr = out, err
+
+    def _invoke(self, ctx: click.Context, secrets: Sequence[str]) -> Any:
+        from gpu_preflight.inputs.secrets import mask
+
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except PreflightError as exc:
-            click.echo(f"gpu-preflight: error: {scrub(str(exc), env)}", err=True)
+            click.echo(f"gpu-preflight: error: {mask(str(exc), secrets)}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
             if exc.errno == errno.EPIPE:
@@ -96,7 +117,7 @@ class _Commands(click.Group):
                 raise
             click.echo(
                 f"gpu-preflight: internal error: {type(exc).__name__}: "
-                f"{scrub(str(exc), env)[:300]}. This is a bug in gpu-preflight; please report it "
+                f"{mask(str(exc), secrets)[:300]}. This is a bug in gpu-preflight; please report it "
                 "with the command you ran (PREFLIGHT_DEBUG=1 shows the traceback).",
                 err=True,
             )
@@ -478,9 +499,9 @@ def compose(
     if out is None:
         click.echo(text, nl=False)
     else:
-        from gpu_preflight.launch import write_atomic
+        from gpu_preflight.launch import scrub, write_atomic
 
-        write_atomic(out, text)
+        write_atomic(out, scrub(text, os.environ))  # a written file is output: secrets masked
 
 
 def _command_line(simulate: str | None, with_services: tuple[str, ...]) -> str:
@@ -538,10 +559,11 @@ def _inputs(
 
 
 def _write_out(path: Path, doc: Any) -> None:
+    from gpu_preflight.inputs.secrets import mask_doc, secret_values
     from gpu_preflight.launch import write_json_atomic
 
-    try:
-        write_json_atomic(path, doc)
+    try:  # a written file is output: secrets masked (inputs/secrets.py)
+        write_json_atomic(path, mask_doc(doc, secret_values(os.environ)))
     except OSError as exc:
         _die(f"--out {path}: cannot write it ({exc.strerror or exc})")
 

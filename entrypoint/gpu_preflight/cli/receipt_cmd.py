@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import click
@@ -11,6 +11,7 @@ import click
 from gpu_preflight import launch, pipeline
 from gpu_preflight.boundedio import read_json, read_text
 from gpu_preflight.errors import InvalidInput
+from gpu_preflight.inputs.secrets import mask, secret_values
 from gpu_preflight.plan.document import plan_from_dict
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.profile import profile_from_dict
@@ -44,9 +45,14 @@ def _load_profile(directory: Path) -> Profile | None:
         return None  # the GPU mapping falls back to the plan's own device labels
 
 
-def find_engine_pid(plan: Plan, proc: Path = PROC) -> int | None:
-    """The one process whose command line is the plan's argv (bounded scan of /proc)."""
+def find_engine_pid(plan: Plan, proc: Path = PROC, secrets: Sequence[str] = ()) -> int | None:
+    """The one process whose command line is the plan's argv (bounded scan of /proc).
+
+    plan.json has the run's secret values masked (inputs/secrets.py), so each command line is
+    compared masked the same way; the real one is longer by at most the masked values.
+    """
     want = "\0".join(plan.argv).encode()
+    extra = sum(len(s.encode()) for s in secrets) * max(1, len(plan.argv))
     found: list[int] = []
     try:
         entries = [p for p in proc.iterdir() if p.name.isdigit()][:65536]
@@ -55,9 +61,11 @@ def find_engine_pid(plan: Plan, proc: Path = PROC) -> int | None:
     for p in entries:
         try:
             with (p / "cmdline").open("rb") as f:
-                cmd = f.read(len(want) + 2).rstrip(b"\0")
+                cmd = f.read(len(want) + 2 + extra).rstrip(b"\0")
         except OSError:
             continue
+        if secrets:
+            cmd = mask(cmd.decode(errors="replace"), secrets).encode()
         if cmd == want:
             found.append(int(p.name))
     return found[0] if len(found) == 1 else None
@@ -96,7 +104,7 @@ def run_receipt(
             plan=plan,
             plan_file=str(pdir / "plan.json"),
             profile=profile,
-            pid=pid if pid is not None else find_engine_pid(plan),
+            pid=pid if pid is not None else find_engine_pid(plan, secrets=secret_values(env)),
             timeout_s=timeout_s,
             max_tokens=tokens,
             startup_log=startup if log is not None else None,
@@ -105,7 +113,9 @@ def run_receipt(
     doc = receipt_to_dict(receipt)
     message = None
     if write:
-        written = launch.write_receipt(pdir, doc, receipt.key.id, history_name(receipt))
+        written = launch.write_receipt(
+            pdir, doc, receipt.key.id, history_name(receipt), secret_values(env)
+        )
         message = written.message if written.committed else f"warning: {written.message}"
     if as_json:
         click.echo(json.dumps(doc, indent=2))

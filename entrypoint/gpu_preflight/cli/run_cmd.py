@@ -8,6 +8,7 @@ import click
 
 from gpu_preflight import launch, pipeline
 from gpu_preflight.errors import PreflightError
+from gpu_preflight.inputs.secrets import secret_values
 
 EXIT_OK, EXIT_INVALID, EXIT_REFUSE = 0, 2, 3
 
@@ -27,7 +28,7 @@ def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run:
                 soft_wrap=True,
                 markup=False,
             )
-        written = pipeline.record(started)
+        written = pipeline.record(started, secret_values(env, engine_argv))
     except PreflightError as exc:
         click.echo(f"gpu-preflight: error: {launch.scrub(str(exc), env)}", err=True)
         return exc.exit_code
@@ -45,7 +46,7 @@ def run_preflight(env: Mapping[str, str], engine_argv: tuple[str, ...], dry_run:
     try:
         launch.find_engine(result.engine, env)
     except PreflightError as exc:
-        click.echo(f"gpu-preflight: error: {exc}", err=True)
+        click.echo(f"gpu-preflight: error: {launch.scrub(str(exc), env)}", err=True)
         return exc.exit_code
     launch.exec_engine(
         result.argv, pipeline.engine_env(env, result), receipt=pipeline.receipt_job(started)
