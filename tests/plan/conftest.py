@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 
 import pytest
 from tests.conftest import NVML
 
 from gpu_preflight import pipeline
+from gpu_preflight.cli.estimate_cmd import run_estimate
+from gpu_preflight.inputs.overrides import normalise_flag
 from gpu_preflight.models.catalog import load_catalog
 from gpu_preflight.plan.document import plan_to_dict
 from gpu_preflight.plan.select import Catalogue
@@ -58,3 +61,24 @@ def run_plan(
 @pytest.fixture
 def plan_on():
     return run_plan
+
+
+def estimate(gpu: str, command: str, env: Mapping[str, str] | None = None) -> Plan:
+    """`gpu-preflight estimate --gpu GPU -- COMMAND`, as the CLI runs it."""
+    return run_estimate(dict(env or {}), {}, tuple(shlex.split(command)), gpu, False, None)
+
+
+def engine_flags(argv: tuple[str, ...]) -> dict[str, str | None]:
+    """{flag: value} of an engine argv, spelling-normalised and order-free: after `vllm serve
+    MODEL` or after `llama-server`."""
+    out: dict[str, str | None] = {}
+    args = list(argv[3:] if argv[:1] == ("vllm",) else argv[1:])
+    i = 0
+    while i < len(args):
+        name, inline = normalise_flag(args[i])
+        if inline is None and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            inline = args[i + 1]
+            i += 1
+        out[name] = inline
+        i += 1
+    return out

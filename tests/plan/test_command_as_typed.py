@@ -12,35 +12,13 @@ import shlex
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.plan.conftest import run_plan
+from tests.plan.conftest import engine_flags, estimate, run_plan
 
-from gpu_preflight.cli.estimate_cmd import run_estimate
-from gpu_preflight.inputs.overrides import normalise_flag
 from gpu_preflight.inputs.probe_options import flag
 from gpu_preflight.memory.vllm import budget, default_batch_limits
-from gpu_preflight.plan.types import Plan
 
 GIB = 2**30
 H100_CUDA_TOTAL_GIB = 79.19  # "total_memory=79.19GiB" in every llm-d H100 log
-
-
-def estimate(gpu: str, command: str, env: dict[str, str] | None = None) -> Plan:
-    return run_estimate(env or {}, {}, tuple(shlex.split(command)), gpu, False, None)
-
-
-def _flags(argv: tuple[str, ...]) -> dict[str, str | None]:
-    """{flag: value} of a `vllm serve MODEL ...` argv (spelling-normalised, order-free)."""
-    out: dict[str, str | None] = {}
-    args = list(argv[3:])
-    i = 0
-    while i < len(args):
-        name, inline = normalise_flag(args[i])
-        if inline is None and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            inline = args[i + 1]
-            i += 1
-        out[name] = inline
-        i += 1
-    return out
 
 
 # --- case 1: the command as typed ------------------------------------------------------------
@@ -58,10 +36,10 @@ def test_case_1_estimate_plans_the_typed_command_and_adds_no_flag():
     assert "short by" in joined and "CUDA0, CUDA1" in joined, joined
     # The nearest changes that make it fit, each the typed argv with one flag set.
     assert p.alternatives
-    typed = _flags(tuple(shlex.split(QWEN72)))
+    typed = engine_flags(tuple(shlex.split(QWEN72)))
     for a in p.alternatives:
         assert a.argv[:3] == ("vllm", "serve", "Qwen/Qwen2.5-72B-Instruct")
-        changed = {k for k, v in _flags(a.argv).items() if typed.get(k, "<unset>") != v}
+        changed = {k for k, v in engine_flags(a.argv).items() if typed.get(k, "<unset>") != v}
         assert len(changed) == 1, (a.argv, changed)
         # ... and that argv, estimated, fits, exactly as written.
         q = estimate("2xh100-sxm", shlex.join(a.argv))

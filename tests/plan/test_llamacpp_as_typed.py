@@ -19,11 +19,10 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from tests.plan.conftest import run_plan
+from tests.plan.conftest import engine_flags, estimate, run_plan
 
 from gpu_preflight.cli.estimate_cmd import run_estimate
 from gpu_preflight.errors import InvalidInput
-from gpu_preflight.inputs.overrides import normalise_flag
 from gpu_preflight.plan.types import Plan
 
 REPO = "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF"
@@ -31,25 +30,6 @@ Q4 = f"llama-server -hf {REPO}:Q4_K_M"
 Q8 = f"llama-server -hf {REPO}:Q8_0"
 TRAINED = 131072  # Llama 3.1's n_ctx_train
 MIB = 2**20
-
-
-def estimate(gpu: str, command: str) -> Plan:
-    return run_estimate({}, {}, tuple(shlex.split(command)), gpu, False, None)
-
-
-def _flags(argv: tuple[str, ...]) -> dict[str, str | None]:
-    """{flag: value} of a `llama-server ...` argv (spelling-normalised, order-free)."""
-    out: dict[str, str | None] = {}
-    args = list(argv[1:])
-    i = 0
-    while i < len(args):
-        name, inline = normalise_flag(args[i])
-        if inline is None and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            inline = args[i + 1]
-            i += 1
-        out[name] = inline
-        i += 1
-    return out
 
 
 def _note(p: Plan) -> str:
@@ -117,10 +97,10 @@ def test_a_command_that_does_not_fit_gets_the_shortfall_and_exact_argvs_that_fit
     joined = " ".join(p.reasons)
     assert "usable (short by" in joined and "RTX 4060" in joined, joined  # the shortfall per device
     assert p.alternatives
-    typed = _flags(tuple(shlex.split(cmd)))
+    typed = engine_flags(tuple(shlex.split(cmd)))
     for a in p.alternatives:
         assert a.argv[:3] == ("llama-server", "-hf", f"{REPO}:Q4_K_M")
-        changed = {k for k, v in _flags(a.argv).items() if typed.get(k, "<unset>") != v}
+        changed = {k for k, v in engine_flags(a.argv).items() if typed.get(k, "<unset>") != v}
         assert changed, a.argv
         assert changed <= {
             "--ctx-size",
@@ -150,7 +130,7 @@ def test_fit_off_with_too_big_a_model_offers_llama_servers_own_fit():
 def test_plan_and_run_keep_choosing_the_open_values():
     p = run_plan("h100-sxm", {}, tuple(shlex.split(Q4)))
     assert p.verdict == "ship", p.reasons
-    flags = _flags(p.argv)
+    flags = engine_flags(p.argv)
     # The planner writes what it chose, and turns llama-server's own re-fit off.
     assert flags["--fit"] == "off" and "--ctx-size" in flags and "--parallel" in flags
 
