@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "entrypoint"))
 sys.path.insert(0, str(ROOT))
 
-from bench.vllm_kv import read_validated  # noqa: E402
+from bench.vllm_kv import logged_config, read_validated  # noqa: E402
 from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp  # noqa: E402
 from gpu_preflight.memory.vllm import (  # noqa: E402
     CUDA_GRAPH_WEIGHT_FRACTION,
@@ -421,25 +421,11 @@ def vllm_predictable(entry: dict[str, Any]) -> str | None:
 
 
 def vllm_config(entry: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> VllmConfig:
-    s = entry["settings"]
     gpu_id = entry["gpus"][0].get("catalog_id")
     gpu = gpus.get(gpu_id) if gpu_id else None
     if gpu_id and gpu is None:
         raise EvidenceError(f"{entry['id']}: GPU {gpu_id!r} is not in gpus.json")
-    return VllmConfig(
-        max_model_len=s["max_model_len"],
-        # KV-arithmetic-only entries have no GPU: any total works, the pool is the logged one.
-        gpu_total_bytes=gpu["memory_total_mib"] * MIB if gpu else 80 * GIB,
-        gpu_memory_utilization=s.get("gpu_memory_utilization", 0.9),
-        tensor_parallel_size=s["tensor_parallel_size"],
-        max_num_seqs=s.get("max_num_seqs"),
-        max_num_batched_tokens=s.get("max_num_batched_tokens"),
-        kv_cache_dtype=s["kv_cache_dtype"],
-        enforce_eager=s.get("enforce_eager", False),
-        gpu_name=gpu["nvml_name"] if gpu else None,
-        chunked_prefill=s.get("chunked_prefill", True),
-        vllm_version=log_version(entry),
-    )
+    return logged_config(entry["settings"], gpu, log_version(entry))
 
 
 def log_version(entry: dict[str, Any]) -> tuple[int, int]:

@@ -97,10 +97,17 @@ def model_and_artifact(row: dict[str, Any]) -> tuple[ModelSpec, Artifact]:
 
 
 def config_for(row: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> VllmConfig:
-    s = row["settings"]
     gpu = gpus.get(row["gpu"]) if row["gpu"] else None
     if row["gpu"] and gpu is None:
         raise ReferenceError(f"row {row['id']}: GPU {row['gpu']!r} is not in gpus.json")
+    return logged_config(row["settings"], gpu, row_version(row))
+
+
+def logged_config(
+    s: dict[str, Any], gpu: dict[str, Any] | None, version: tuple[int, int]
+) -> VllmConfig:
+    """The settings a vLLM start-up log was printed under, as the memory model takes them
+    (this file's rows and bench/gpu_logs.py's entries share it)."""
     return VllmConfig(
         max_model_len=s["max_model_len"],
         # KV-only rows have no GPU: any total works, the arithmetic starts from logged memory.
@@ -113,7 +120,7 @@ def config_for(row: dict[str, Any], gpus: dict[str, dict[str, Any]]) -> VllmConf
         enforce_eager=s.get("enforce_eager", False),
         gpu_name=gpu["nvml_name"] if gpu else None,
         chunked_prefill=s.get("chunked_prefill", True),
-        vllm_version=row_version(row),
+        vllm_version=version,
     )
 
 
