@@ -232,7 +232,7 @@ def test_a_llama_cpp_plan_is_not_touched():
 def test_the_variable_is_one_row_of_the_flag_table():
     for raw, mode in (("on", "on"), ("1", "on"), ("off", "off"), ("auto", "auto")):
         o = pipeline.prepare({"PREFLIGHT_VLLM_DRY_RUN": raw}).overrides
-        assert o.value("vllm_dry_run") == mode
+        assert o.vllm_dry_run is not None and o.vllm_dry_run.value == mode
     with pytest.raises(InvalidInput, match=r"PREFLIGHT_VLLM_DRY_RUN='sometimes'.*auto, on, off"):
         pipeline.prepare({"PREFLIGHT_VLLM_DRY_RUN": "sometimes"})
 

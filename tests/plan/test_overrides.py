@@ -94,15 +94,15 @@ def test_engine_arg_and_env_for_one_value_must_agree():
         parse_overrides({"LLAMA_ARG_CTX_SIZE": "4096"}, ["--ctx-size", "16384"])
     assert "LLAMA_ARG_CTX_SIZE" in str(info.value) and "--ctx-size" in str(info.value)
     o = parse_overrides({"LLAMA_ARG_CTX_SIZE": "16384"}, ["--ctx-size", "16384"])
-    assert o.value("ctx_total") == 16384
+    assert o.ctx_total is not None and o.ctx_total.value == 16384
 
 
 def test_engine_args_equals_form_and_passthrough():
     o = parse_overrides({}, ["--max-model-len=8192", "--enable-prefix-caching"])
-    assert o.value("context") == 8192
+    assert o.context is not None and o.context.value == 8192
     assert o.passthrough == ("--enable-prefix-caching",)
     o = parse_overrides({}, ["-np", "3", "--jinja"])
-    assert o.value("parallel") == 3 and o.passthrough == ("--jinja",)
+    assert o.parallel is not None and o.parallel.value == 3 and o.passthrough == ("--jinja",)
 
 
 def test_engine_arg_missing_value_is_an_error():

@@ -361,7 +361,7 @@ def test_llama_argv_flags_are_in_the_table():
 def test_settings_record_is_the_argv():
     p = run_plan("rtx-4090", {"PREFLIGHT_MODEL": "qwen3-8b"})
     assert isinstance(p.argv, tuple) and LlamaServerSettings  # the record type exists
-    assert pipeline.prepare({}, p.argv).overrides.get("ctx_total").value == int(
+    assert pipeline.prepare({}, p.argv).overrides.ctx_total.value == int(
         _value(p.argv, "--ctx-size")
     )
 

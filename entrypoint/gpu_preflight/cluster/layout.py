@@ -22,8 +22,9 @@ from gpu_preflight.cluster.lws import group_profile, make_pin
 from gpu_preflight.cluster.rules import broken_rules
 from gpu_preflight.compose import only
 from gpu_preflight.gpu_catalog import load_gpu_catalog
-from gpu_preflight.inputs.flags import FLAGS
+from gpu_preflight.inputs.flags import FLAGS, env_setting
 from gpu_preflight.inputs.overrides import is_secret
+from gpu_preflight.inputs.settings import value_of
 from gpu_preflight.plan.request import artifacts
 from gpu_preflight.plan.types import Plan
 from gpu_preflight.profile_types import Profile
@@ -83,9 +84,14 @@ def _carried(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _model_ref(env: Mapping[str, str], options: Mapping[str, str | None], plan: Plan) -> str:
-    named = options.get("--model") or env.get("PREFLIGHT_MODEL") or env.get("VLLM_MODEL")
+    # Each variable through its row's parser (inputs/flags.py env_setting), as prepare reads it.
+    named = (
+        options.get("--model")
+        or env_setting(env, "PREFLIGHT_MODEL")
+        or env_setting(env, "VLLM_MODEL")
+    )
     if named:
-        return named
+        return str(named)
     assert plan.model is not None
     return f"{plan.model.id}@{plan.model.quant}"  # auto-selected: the catalog id and quant
 
@@ -214,7 +220,7 @@ def _across_nodes(planner: Planner, pool: Pool, node: Profile, one: Plan) -> Poo
         [next((r for r in one.reasons if "(vllm)" in r), one.reasons[0])] if one.reasons else []
     )
     request = planner.base.model
-    engine = planner.base.overrides.value("engine")
+    engine = value_of(planner.base.overrides.engine)
     if request is None:
         return _refuse(
             pool,
@@ -237,10 +243,10 @@ def _across_nodes(planner: Planner, pool: Pool, node: Profile, one: Plan) -> Poo
             ],
             "one node",
         )
-    user_tp = planner.base.overrides.value("tensor_parallel")
-    user_pp = planner.base.overrides.value("pipeline_parallel")
-    tp = int(user_tp) if user_tp is not None else g
-    stages = [int(user_pp)] if user_pp is not None else list(range(2, MAX_GROUP_TRY + 1))
+    user_tp = value_of(planner.base.overrides.tensor_parallel)
+    user_pp = value_of(planner.base.overrides.pipeline_parallel)
+    tp = user_tp if user_tp is not None else g
+    stages = [user_pp] if user_pp is not None else list(range(2, MAX_GROUP_TRY + 1))
     last = one
     # The weights alone bound the nodes from below (the smallest vLLM artifact of the model the
     # request can use, over all of a node's GPU memory): fewer nodes are not planned at all.

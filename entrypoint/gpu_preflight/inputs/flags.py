@@ -17,6 +17,11 @@ Roles:
 - ``removed``: a spelling this llama-server release no longer accepts; refused with the new one.
 - ``setting``: gpu-preflight's own setting (files, probes, dry run); not the engine's.
 
+Each knob also has one ``Knob`` row (``KNOBS``): its default per owner of its rows, the engine's
+own at the pinned version or gpu-preflight's, each cited. ``parse_overrides`` parses every value
+once, by its row's parser, into the typed record ``inputs/settings.py UserSettings`` (one attribute
+per knob, of the type its parser returns); the planner reads only that record.
+
 Sources of the llama-server rows: ``common/arg.cpp`` of the llama.cpp vendored in
 llama-cpp-python 0.3.36 (the image's version): spellings, ``set_env`` names and value parsers.
 vLLM rows: ``vllm/engine/arg_utils.py`` and ``vllm/config/*.py`` of vLLM 0.32.
@@ -61,6 +66,8 @@ class FlagValueError(InvalidInput):
 
 @dataclass(frozen=True)
 class Int:
+    """A whole number; the typed field it fills is an ``int``."""
+
     lo: int
     hi: int
     allow_k: bool = False  # "32k" = 32768 (our token counts)
@@ -73,6 +80,10 @@ class Int:
         k = ", e.g. 8192 or 32k" if self.allow_k else ""
         unit = f" {self.unit}" if self.unit else ""
         return f"a whole number{unit} from {self.lo} to {self.hi}{k}{words}"
+
+    @property
+    def out_type(self) -> type:
+        return int
 
     def parse(self, where: str, raw: str) -> int:
         text = raw.strip().lower().replace("_", "")
@@ -106,6 +117,10 @@ class Float:
         low = f"above {self.lo:g}" if self.lo_open else f"from {self.lo:g}"
         return f"a number{unit} {low} to {self.hi:g}"
 
+    @property
+    def out_type(self) -> type:
+        return float
+
     def parse(self, where: str, raw: str) -> float:
         text = raw.strip()
         if len(text) > 32 or not re.fullmatch(
@@ -126,7 +141,16 @@ class Choice:
 
     @property
     def accepted(self) -> str:
-        return ", ".join(self.choices)
+        # Every text the parser takes, its aliases included (docs/flags.md is this text).
+        by_target: dict[str, list[str]] = {}
+        for alias, target in self.aliases.items():
+            by_target.setdefault(target, []).append(alias)
+        also = "; ".join(f"{', '.join(a)} for {t}" for t, a in by_target.items())
+        return ", ".join(self.choices) + (f" (also {also})" if also else "")
+
+    @property
+    def out_type(self) -> type:
+        return str
 
     def parse(self, where: str, raw: str) -> str:
         text = raw.strip().lower()
@@ -147,6 +171,10 @@ class Text:
     def accepted(self) -> str:
         return f"{self.what}, at most {self.max_len} characters"
 
+    @property
+    def out_type(self) -> type:
+        return str
+
     def parse(self, where: str, raw: str) -> str:
         text = raw.strip()
         if len(text) > self.max_len:
@@ -165,6 +193,10 @@ class Switch:
         # llama.cpp's common/arg.cpp is_truthy / is_falsey take on/enabled/true/1 and
         # off/disabled/false/0 for its boolean LLAMA_ARG_* variables; yes/no are ours too.
         return "1/true/yes/on/enabled or 0/false/no/off/disabled"
+
+    @property
+    def out_type(self) -> type:
+        return bool
 
     def parse(self, where: str, raw: str) -> bool:
         text = raw.strip().lower()
@@ -188,6 +220,10 @@ class Split:
             "at least one above 0, e.g. 3,2"
         )
 
+    @property
+    def out_type(self) -> type:
+        return tuple
+
     def parse(self, where: str, raw: str) -> tuple[float, ...]:
         parts = [p.strip() for p in re.split(r"[,/]", raw.strip())]
         if not 1 <= len(parts) <= self.max_devices:
@@ -210,6 +246,10 @@ class JsonObject:
     def accepted(self) -> str:
         return self.what
 
+    @property
+    def out_type(self) -> type:
+        return dict
+
     def parse(self, where: str, raw: str) -> Mapping[str, Any]:
         if len(raw) > self.max_len:
             raise FlagValueError(where, raw, self.accepted, f"{len(raw)} characters long")
@@ -222,11 +262,59 @@ class JsonObject:
         return doc
 
 
+@dataclass(frozen=True)
+class IntChoice:
+    """One of a few whole numbers (vLLM ``--block-size``: argparse ``choices`` of ints)."""
+
+    choices: tuple[int, ...]
+
+    @property
+    def accepted(self) -> str:
+        return ", ".join(str(c) for c in self.choices)
+
+    @property
+    def out_type(self) -> type:
+        return int
+
+    def parse(self, where: str, raw: str) -> int:
+        text = raw.strip().lower()
+        if text not in {str(c) for c in self.choices}:
+            raise FlagValueError(where, raw, self.accepted)
+        return int(text)
+
+
+@dataclass(frozen=True)
+class EnvFlag:
+    """A boolean variable read the way its engine reads it: ``true`` are the engine's own true
+    words (vLLM 0.32 ``vllm/envs.py``: ``os.environ.get(NAME, "0").strip().lower() in ("1",
+    "true")``), ``false`` the words that say off. vLLM reads any other text as off; it is refused
+    here, so a ``yes`` never silently means no."""
+
+    true: tuple[str, ...] = ("1", "true")
+    false: tuple[str, ...] = ("0", "false")
+
+    @property
+    def accepted(self) -> str:
+        return ", ".join(self.false + self.true)
+
+    @property
+    def out_type(self) -> type:
+        return bool
+
+    def parse(self, where: str, raw: str) -> bool:
+        text = raw.strip().lower()
+        if text in self.true:
+            return True
+        if text in self.false:
+            return False
+        raise FlagValueError(where, raw, self.accepted)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-Parser = Int | Float | Choice | Text | Switch | Split | JsonObject
+Parser = Int | Float | Choice | Text | Switch | Split | JsonObject | IntChoice | EnvFlag
 
 # Accepted texts shared by several rows.
 LLAMACPP_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
@@ -458,7 +546,7 @@ FLAGS: tuple[Flag, ...] = (
         "PREFLIGHT_RECEIPT_TIMEOUT",
         Float(1.0, 86400.0, "of seconds"),
         "setting",
-        "how long the receipt waits for the engine to become healthy (default 1800)",
+        "how long the receipt waits for the engine to become healthy",
     ),
     Flag(
         "receipt_tokens",
@@ -467,7 +555,7 @@ FLAGS: tuple[Flag, ...] = (
         "PREFLIGHT_RECEIPT_TOKENS",
         Int(8, 4096, unit="of tokens"),
         "setting",
-        "tokens each stream of the receipt's decode workload asks for (default 128)",
+        "tokens each stream of the receipt's decode workload asks for",
     ),
     Flag(
         "bench",
@@ -1029,7 +1117,7 @@ FLAGS: tuple[Flag, ...] = (
         (),
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN",
         # vllm/envs.py reads it as "1"/"true" (anything else is off).
-        Choice(("0", "1", "true", "false")),
+        EnvFlag(),
         "modelled",
         "vLLM's own: --max-model-len above the model's max_position_embeddings is allowed "
         "(vllm/config/model.py _get_and_verify_max_len); refused without it",
@@ -1123,7 +1211,7 @@ FLAGS: tuple[Flag, ...] = (
         V,
         ("--block-size",),
         None,
-        Choice(("1", "8", "16", "32", "64", "128")),
+        IntChoice((1, 8, 16, 32, 64, 128)),
         "modelled",
         "KV page size in tokens",
     ),
@@ -1158,6 +1246,288 @@ FLAGS: tuple[Flag, ...] = (
         replacement="VLLM_API_KEY",
     ),
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Each knob's default: its value when nobody sets it, and where that value comes from. One
+# ``Knob`` per knob, with one ``Default`` per owner of its rows (gpu-preflight's own, llama-server's,
+# vLLM's; a test holds the owners equal to the rows'). ``value=None`` is an explicit "no fixed
+# value": the model, the hardware or the planner decides, and ``cited`` says which.
+# llama-server: llama.cpp of llama-cpp-python 0.3.36, ``common/common.h`` ``common_params``
+# (server-only changes in ``common/arg.cpp``). vLLM 0.32: ``vllm/engine/arg_utils.py``
+# ``EngineArgs`` and the ``vllm/config/*.py`` fields it takes its defaults from.
+
+LLAMA_DEFAULT = "llama-server 0.3.36 default"
+VLLM_DEFAULT = "vLLM 0.32 default"
+OWN_DEFAULT = "gpu-preflight"
+
+
+@dataclass(frozen=True)
+class Default:
+    """A knob's value when it is not set, and its source (cited: file and function)."""
+
+    value: Any  # None: no fixed value (who decides is in `cited`)
+    cited: str
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    defaults: Mapping[Owner, Default]  # one per owner of the knob's rows
+
+    def default(self, owner: str | None = None) -> Default:
+        """The default of `owner` (an engine), or gpu-preflight's (or the only one) without one."""
+        if owner in self.defaults:
+            return self.defaults[owner]  # type: ignore[index]
+        if "preflight" in self.defaults:
+            return self.defaults["preflight"]
+        return next(iter(self.defaults.values()))
+
+
+def _l(value: Any, shown: str, where: str) -> dict[Owner, Default]:
+    return {"llama.cpp": Default(value, f"{LLAMA_DEFAULT} ({shown}): {where}")}
+
+
+def _v(value: Any, shown: str, where: str) -> dict[Owner, Default]:
+    return {"vllm": Default(value, f"{VLLM_DEFAULT} ({shown}): {where}")}
+
+
+def _p(value: Any, shown: str, why: str) -> dict[Owner, Default]:
+    return {"preflight": Default(value, f"{OWN_DEFAULT} ({shown}): {why}")}
+
+
+_CH = "common/common.h common_params"
+
+KNOBS: tuple[Knob, ...] = (
+    Knob(
+        "model",
+        _p(None, "none", "the tier's catalog models when unset (plan/search.py)")
+        | _l(None, "none", f"{_CH}.model: llama-server needs -m or -hf")
+        | _v(None, "none", "vllm/config/model.py ModelConfig.model: `vllm serve` needs one"),
+    ),
+    Knob("engine", _p(None, "auto", "the tier's engines, in the tier table's order")),
+    Knob(
+        "context",
+        _p(None, "planner", "the largest context that fits, up to the tier's target")
+        | _v(
+            None,
+            "the model's max_position_embeddings",
+            "vllm/config/model.py ModelConfig.max_model_len (None: get_and_verify_max_len)",
+        ),
+    ),
+    Knob(
+        "parallel",
+        _p(None, "planner", "the tier's parallel")
+        | _l(
+            -1,
+            "-np auto = 4 slots, unified KV",
+            "common/arg.cpp sets n_parallel = -1 for the server; "
+            "tools/server/server.cpp main turns it into 4 slots and kv_unified",
+        )
+        | _v(
+            None,
+            "by device, 1024 on >= 70 GiB cards other than A100, else 256",
+            "vllm/engine/"
+            "arg_utils.py EngineArgs.get_batch_defaults (OPENAI_API_SERVER max_num_seqs)",
+        ),
+    ),
+    Knob(
+        "quantization",
+        _p(None, "the checkpoint's", "the artifact the model names, or the tier's")
+        | _v(
+            None,
+            "the checkpoint's",
+            "vllm/config/model.py ModelConfig.quantization (None: "
+            "from the checkpoint's quantization_config)",
+        ),
+    ),
+    Knob(
+        "kv_cache_type",
+        _p(None, "the engine's", "each engine's own: llama-server f16, vLLM auto")
+        | _v("auto", "auto", "vllm/config/cache.py CacheConfig.cache_dtype"),
+    ),
+    Knob("tier", _p(None, "by GPU memory", "the tier table's tier for the largest card")),
+    Knob("reserve_gib", _p(0.0, "0", "nothing is kept free for another service unless asked")),
+    Knob("min_tok_s", _p(1.0, "1", "a plan slower than 1 token/s is not useful to serve")),
+    Knob("speculative", _p(None, "the tier's", "the tier table's speculative setting")),
+    Knob(
+        "host",
+        _p("0.0.0.0", "0.0.0.0", "inside a container: reachable through the published port")
+        | _l("127.0.0.1", "127.0.0.1", f"{_CH}.hostname")
+        | _v(None, "all interfaces", "vllm/entrypoints/launchers/cli_args.py FrontendArgs.host"),
+    ),
+    Knob(
+        "port",
+        _p(8080, "8080", "one port for both images: llama-server's own")
+        | _l(8080, "8080", f"{_CH}.port")
+        | _v(8000, "8000", "vllm/entrypoints/launchers/cli_args.py FrontendArgs.port"),
+    ),
+    Knob("dry_run", _p(False, "off", "`run` starts the engine")),
+    Knob("engine_check", _p("auto", "auto", "llama.cpp's dry run where llama-fit-params is")),
+    Knob("vllm_dry_run", _p("auto", "auto", "vLLM's dry run on GPUs before a big download")),
+    Knob("receipt", _p("on", "on", "measure the running engine against its plan")),
+    Knob(
+        "receipt_timeout",
+        _p(1800.0, "1800 s", "receipt/take.py DEFAULT_TIMEOUT_S: a slow first load"),
+    ),
+    Knob("receipt_tokens", _p(128, "128", "receipt/take.py DEFAULT_TOKENS: enough steps to time")),
+    Knob("bench", _p("auto", "auto", "fio only where /bench exists")),
+    Knob("bench_dir", _p("/bench", "/bench", "inputs/probe_options.py DEFAULT_BENCH_DIR")),
+    Knob("pinned_cap_gib", _p(16.0, "16 GiB", "probe/collect.py DEFAULT_PINNED_CAP")),
+    Knob(
+        "profile_dir", _p("/var/lib/gpu-preflight", "the volume", "launch.py DEFAULT_PROFILE_DIR")
+    ),
+    Knob("models_file", _p(None, "the built-in catalog", "gpu_preflight/data/models.json")),
+    Knob("tiers_file", _p(None, "the built-in tiers", "gpu_preflight/data/tiers.json")),
+    Knob("k8s_plan", _p(None, "none", "not in a pod written by `gpu-preflight k8s`")),
+    Knob("lws_group_size", _p(None, "none", "not in a LeaderWorkerSet group")),
+    Knob("lws_worker_index", _p(None, "none", "not in a LeaderWorkerSet group")),
+    Knob("lws_leader_address", _p(None, "none", "not in a LeaderWorkerSet group")),
+    Knob("kubeconfig", _p(None, "~/.kube/config", "the kubernetes client's own default")),
+    Knob("hf_repo", _l(None, "none", f"{_CH}.model.hf_repo")),
+    Knob("hf_file", _l(None, "by quant", f"{_CH}.model.hf_file (from the repo's :QUANT tag)")),
+    Knob("ctx_total", _l(0, "0 = the model's trained length", f"{_CH}.n_ctx")),
+    Knob("batch", _l(2048, "2048", f"{_CH}.n_batch")),
+    Knob("ubatch", _l(512, "512", f"{_CH}.n_ubatch")),
+    # llama.cpp's -1 is auto; the row parses it to -2 (inputs/overrides.py NGL_AUTO), the value
+    # the record holds for auto (-1 there is "all").
+    Knob("n_gpu_layers", _l(-2, "auto", f"{_CH}.n_gpu_layers = -1, auto, fitted")),
+    Knob("n_cpu_moe", _l(0, "0", "common/arg.cpp --n-cpu-moe (no expert override)")),
+    Knob("cpu_moe", _l(False, "off", "common/arg.cpp --cpu-moe (no expert override)")),
+    Knob("tensor_split", _l(None, "by free memory", f"{_CH}.tensor_split (all 0)")),
+    Knob("split_mode", _l("layer", "layer", f"{_CH}.split_mode")),
+    Knob("main_gpu", _l(0, "0", f"{_CH}.main_gpu")),
+    Knob("device", _l(None, "every GPU", f"{_CH}.devices (empty: all)")),
+    Knob("flash_attn", _l("auto", "auto", f"{_CH}.flash_attn_type")),
+    Knob("cache_type_k", _l("f16", "f16", f"{_CH}.cache_type_k")),
+    Knob("cache_type_v", _l("f16", "f16", f"{_CH}.cache_type_v")),
+    Knob("kv_unified", _l(False, "off; on with -np auto", f"{_CH}.kv_unified")),
+    Knob("fit", _l("on", "on", f"{_CH}.fit_params")),
+    Knob("fit_target", _l(None, "1024 MiB per device", f"{_CH}.fit_params_target")),
+    Knob("fit_ctx", _l(4096, "4096", f"{_CH}.fit_params_min_ctx")),
+    Knob("repack", _l(True, "on", f"{_CH}.no_extra_bufts = false")),
+    Knob("load_mode", _l("auto", "auto", f"{_CH}.load_mode")),
+    Knob("op_offload", _l(True, "on", f"{_CH}.no_op_offload = false")),
+    Knob("ctx_checkpoints", _l(32, "32", f"{_CH}.n_ctx_checkpoints")),
+    Knob("cache_ram", _l(8192, "8192 MiB", f"{_CH}.cache_ram_mib")),
+    Knob("mlock", _l(None, "removed", "common/arg.cpp: --load-mode mlock")),
+    Knob("no_mmap", _l(None, "removed", "common/arg.cpp: --load-mode none")),
+    Knob("draft_model", _l(None, "none", "common_params_speculative_draft.mparams")),
+    Knob("draft_hf", _l(None, "none", "common_params_speculative_draft.mparams.hf_repo")),
+    Knob("spec_type", _l(None, "none", "common_params_speculative.types (NONE)")),
+    Knob(
+        "draft_ngl",
+        _l(
+            None,
+            "the planner, all where the target is on the GPU, else 0",
+            "common_params_speculative_draft.n_gpu_layers, -1 = llama-server's own",
+        ),
+    ),
+    Knob(
+        "draft_type_k",
+        _l(None, "the target's (the planner)", "common_params_speculative_draft.cache_type_k f16"),
+    ),
+    Knob(
+        "draft_type_v",
+        _l(None, "the target's (the planner)", "common_params_speculative_draft.cache_type_v f16"),
+    ),
+    Knob("draft_n_max", _l(3, "3", "common_params_speculative_draft.n_max")),
+    Knob("mmproj", _l(None, "none", f"{_CH}.mmproj")),
+    Knob("mmproj_url", _l(None, "none", f"{_CH}.mmproj.url")),
+    Knob("mmproj_auto", _l(None, "on with -hf", f"{_CH}.no_mmproj = false")),
+    Knob("lora", _l(None, "none", f"{_CH}.lora_adapters")),
+    Knob("lora_scaled", _l(None, "none", f"{_CH}.lora_adapters")),
+    Knob("override_tensor", _l(None, "none", f"{_CH}.tensor_buft_overrides")),
+    Knob(
+        "alias",
+        _l(None, "the model's name", f"{_CH}.model_alias")
+        | _v(None, "the model's name", "vllm/config/model.py ModelConfig.served_model_name"),
+    ),
+    Knob(
+        "api_key",
+        _l(None, "none", f"{_CH}.api_keys")
+        | _v(None, "none", "vllm/entrypoints/launchers/cli_args.py FrontendArgs.api_key"),
+    ),
+    Knob("hf_token", _l(None, "none: HF_TOKEN", f"{_CH}.hf_token")),
+    Knob(
+        "gpu_memory_utilization",
+        _v(0.92, "0.92", "vllm/config/cache.py CacheConfig.gpu_memory_utilization"),
+    ),
+    Knob(
+        "tensor_parallel", _v(1, "1", "vllm/config/parallel.py ParallelConfig.tensor_parallel_size")
+    ),
+    Knob("data_parallel", _v(1, "1", "vllm/config/parallel.py ParallelConfig.data_parallel_size")),
+    Knob(
+        "pipeline_parallel",
+        _v(1, "1", "vllm/config/parallel.py ParallelConfig.pipeline_parallel_size"),
+    ),
+    Knob(
+        "allow_long_context",
+        {
+            "preflight": Default(
+                False,
+                f"{VLLM_DEFAULT} (off): vllm/envs.py "
+                'VLLM_ALLOW_LONG_MAX_MODEL_LEN, unset reads as "0"',
+            )
+        },
+    ),
+    Knob(
+        "pp_layer_partition",
+        {
+            "preflight": Default(
+                None,
+                f"{VLLM_DEFAULT} (even split): vllm/distributed/utils.py "
+                "get_pp_indices, VLLM_PP_LAYER_PARTITION unset",
+            )
+        },
+    ),
+    Knob(
+        "max_num_batched_tokens",
+        _v(
+            None,
+            "by device, 8192 on >= 70 GiB cards other than A100, else 2048",
+            "vllm/engine/arg_utils.py EngineArgs.get_batch_defaults (OPENAI_API_SERVER)",
+        ),
+    ),
+    Knob("dtype", _v("auto", "auto", "vllm/config/model.py ModelConfig.dtype")),
+    Knob("enforce_eager", _v(False, "off", "vllm/config/model.py ModelConfig.enforce_eager")),
+    Knob("cpu_offload_gb", _v(0.0, "0", "vllm/config/offload.py UVAOffloadConfig.cpu_offload_gb")),
+    Knob(
+        "kv_cache_memory_bytes",
+        _v(None, "the budget's rest", "vllm/config/cache.py CacheConfig.kv_cache_memory_bytes"),
+    ),
+    Knob(
+        "speculative_config",
+        _v(None, "none", "vllm/engine/arg_utils.py EngineArgs.speculative_config"),
+    ),
+    Knob(
+        "block_size",
+        _v(
+            None,
+            "16 on CUDA, or the attention backend's",
+            "vllm/config/cache.py "
+            "CacheConfig.block_size (None: set by the platform's check_and_update_config)",
+        ),
+    ),
+    Knob("revision", _v(None, "the default branch", "vllm/config/model.py ModelConfig.revision")),
+)
+
+
+def knob(name: str) -> Knob:
+    """The knob of that name; KeyError naming it when the table has no such knob."""
+    for k in KNOBS:
+        if k.name == name:
+            return k
+    raise KeyError(f"{name!r} is not a knob of the flag table (inputs/flags.py KNOBS)")
+
+
+def knob_names() -> tuple[str, ...]:
+    return tuple(k.name for k in KNOBS)
+
+
+def knob_type(name: str) -> type:
+    """The Python type every row of the knob parses to (a test holds the rows equal)."""
+    return next(f.parser.out_type for f in FLAGS if f.knob == name)
 
 
 def spelling_index() -> dict[str, list[Flag]]:
@@ -1205,21 +1575,23 @@ def engine_flags(owner: Owner) -> frozenset[str]:
 def markdown_table() -> str:
     """The docs table (docs/flags.md is this text; a test keeps them equal)."""
     lines = [
-        "| knob | engine | spellings | environment | accepted | role |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| knob | engine | spellings | environment | accepted | role | default (when unset) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for f in FLAGS:
-        spell = ", ".join(f"`{s}`" for s in f.spellings + f.negations) or "-"
+        spell = ", ".join(f"`{s}`" for s in f.spellings + f.negations)
         if f.option:
-            spell += (
-                f" (gpu-preflight `{f.option}`)" if f.spellings else f"gpu-preflight `{f.option}`"
-            )
+            spell += f" (gpu-preflight `{f.option}`)" if spell else f"gpu-preflight `{f.option}`"
+        spell = spell or "-"
         env = f"`{f.env}`" if f.env else "-"
         role = f.role if f.role != "removed" else f"removed: use `{f.replacement}`"
         if f.role == "secret":
             role = f"secret: use `{f.replacement}`"
         accepted = f.parser.accepted.replace("|", "\\|")
-        lines.append(f"| {f.knob} | {f.owner} | {spell} | {env} | {accepted} | {role} |")
+        default = knob(f.knob).default(f.owner).cited.replace("|", "\\|")
+        lines.append(
+            f"| {f.knob} | {f.owner} | {spell} | {env} | {accepted} | {role} | {default} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from gpu_preflight import launch
-from gpu_preflight.inputs.flags import FlagValueError
+from gpu_preflight.inputs.flags import FlagValueError, env_setting
 from gpu_preflight.inputs.model_request import DRAFT_TOKENS, Draft, ModelRequest
-from gpu_preflight.inputs.overrides import Overrides, Sourced
+from gpu_preflight.inputs.overrides import Overrides
+from gpu_preflight.inputs.settings import Sourced, value_of
 from gpu_preflight.models.catalog import Catalog
 from gpu_preflight.models.errors import ModelError, ModelFileError
 from gpu_preflight.models.gguf_file import mmproj_bytes, mmproj_compute_bytes
@@ -35,7 +36,7 @@ class _Named:
     spec: ModelSpec
     artifact: Artifact | None  # the exact artifact named; None: the model, any artifact
     quant: str | None
-    source: Sourced
+    source: Sourced[str]
     local_copy: str | None = None  # the Hub header's sparse copy (for llama.cpp's dry run)
     revision: str | None = None  # the commit the facts were read at (a model named on the Hub)
 
@@ -59,7 +60,7 @@ def _by_repo(catalog: Catalog, repo: str) -> list[tuple[ModelSpec, Artifact]]:
 
 
 def _name_one(
-    knob: str, s: Sourced, catalog: Catalog, hf_file: str | None, ctx: _HubContext
+    knob: str, s: Sourced[str], catalog: Catalog, hf_file: str | None, ctx: _HubContext
 ) -> _Named:
     text = str(s.value).strip()
     where = s.where
@@ -148,7 +149,8 @@ def _exists(text: str) -> bool:
 
 def hub_cache_dir(env: Mapping[str, str]) -> Path | None:
     """Header copies live in the profile volume, so a restart does not ask the Hub again."""
-    pdir = Path(env.get("PREFLIGHT_PROFILE_DIR", "").strip() or launch.DEFAULT_PROFILE_DIR)
+    # The variable through its row's parser (inputs/flags.py env_setting: one parser per variable).
+    pdir = Path(env_setting(env, "PREFLIGHT_PROFILE_DIR") or launch.DEFAULT_PROFILE_DIR)
     try:
         if pdir.is_dir() and os.access(pdir, os.W_OK):
             return pdir / "hub-headers"
@@ -174,8 +176,7 @@ def resolve_request(
 ) -> ModelRequest | None:
     """Every place that named a model must name the same one; the most exact name wins."""
     if not o.model_refs:
-        for knob in ("draft_model", "draft_hf", "speculative_config"):
-            d = o.get(knob)
+        for d in (o.draft_model, o.draft_hf, o.speculative_config):
             if d is not None:
                 raise FlagValueError(
                     d.where,
@@ -186,8 +187,7 @@ def resolve_request(
                 )
         # A projector or adapter belongs to one model: with the model left to auto-selection
         # its bytes would be planned against whichever model is chosen, so it is refused.
-        for knob in ("mmproj", "lora", "lora_scaled"):
-            d = o.get(knob)
+        for d in (o.mmproj, o.lora, o.lora_scaled):
             if d is not None:
                 raise FlagValueError(
                     d.where,
@@ -197,13 +197,10 @@ def resolve_request(
                     "no model is named",
                 )
         return None
-    hf_file = o.value("hf_file")
+    hf_file = value_of(o.hf_file)
     env = env or {}
-    engine = o.engine.value if o.engine is not None else None
-    rev = o.get("revision")
-    ctx = _HubContext(
-        env, hub_cache_dir(env), str(engine) if engine else None, rev.value if rev else None
-    )
+    engine = value_of(o.engine)
+    ctx = _HubContext(env, hub_cache_dir(env), engine, value_of(o.revision))
     named = [_name_one(knob, s, catalog, hf_file, ctx) for knob, s in o.model_refs]
     first = named[0]
     for other in named[1:]:
@@ -217,7 +214,7 @@ def resolve_request(
             )
     best = next((n for n in named if n.artifact is not None), first)
     quant = best.quant
-    q = o.get("quantization")
+    q = o.quantization
     if q is not None:
         # A vLLM checkpoint named with a --quantization it does not carry is vLLM's to refuse:
         # the plan refuses it naming vLLM's rule (plan/vllm.py quantization_rule), exit 3.
@@ -234,7 +231,7 @@ def resolve_request(
                 f"({best.source.where}), or leave it unset",
                 "it disagrees with the model named",
             )
-        quant = quant or str(q.value)
+        quant = quant or q.value
     extra = _extra_files(o)
     return ModelRequest(
         spec=best.spec,
@@ -254,7 +251,7 @@ def _quant_name(q: Any) -> str:
 
 def resolve_draft(o: Overrides, catalog: Catalog) -> Draft | None:
     """The user's own draft model, resolved like the target, or None (none, or costs nothing)."""
-    cfg = o.get("speculative_config")
+    cfg = o.speculative_config
     if cfg is not None:
         doc = cfg.value
         method = str(doc.get("method", "draft_model" if "model" in doc else ""))
@@ -272,26 +269,27 @@ def resolve_draft(o: Overrides, catalog: Catalog) -> Draft | None:
         return _draft_from_repo(
             model, "vllm", catalog, cfg, int(tokens) if isinstance(tokens, int) else DRAFT_TOKENS
         )
-    hf, md = o.get("draft_hf"), o.get("draft_model")
-    n_max = o.value("draft_n_max", DRAFT_TOKENS)
+    hf, md = o.draft_hf, o.draft_model
+    # llama-server's own --spec-draft-n-max default (the table: common_params_speculative_draft)
+    n_max: int = o.resolved("draft_n_max", "llama.cpp").value
     if hf is not None:
-        d = _draft_from_repo(str(hf.value), "llama.cpp", catalog, hf, int(n_max))
-        if md is not None and d.artifact.file != Path(str(md.value)).name:
+        d = _draft_from_repo(hf.value, "llama.cpp", catalog, hf, n_max)
+        if md is not None and d.artifact.file != Path(md.value).name:
             raise FlagValueError(
                 md.where, str(md.value), f"{d.artifact.file}, the file of {hf.value}"
             )
         return d
     if md is not None:
-        spec = resolve_model(str(md.value), catalog, md.where)
-        return Draft(spec, spec.artifacts[0], tokens=int(n_max), user=md.source)
-    st = o.get("spec_type")
-    if st is not None and all(t in _NO_MEMORY_SPEC_TYPES for t in str(st.value).split(",")):
+        spec = resolve_model(md.value, catalog, md.where)
+        return Draft(spec, spec.artifacts[0], tokens=n_max, user=md.source)
+    st = o.spec_type
+    if st is not None and all(t in _NO_MEMORY_SPEC_TYPES for t in st.value.split(",")):
         return None
     return None
 
 
 def _draft_from_repo(
-    repo: str, engine: str, catalog: Catalog, s: Sourced, tokens: int = DRAFT_TOKENS
+    repo: str, engine: str, catalog: Catalog, s: Sourced[Any], tokens: int = DRAFT_TOKENS
 ) -> Draft:
     base, quant = _split_quant(repo)
     hits = [(m, a) for m, a in _by_repo(catalog, base) if a.engine == engine]
@@ -308,7 +306,7 @@ def _draft_from_repo(
     return Draft(m, a, tokens=tokens, user=s.source)
 
 
-def _file_bytes(s: Sourced, text: str) -> int:
+def _file_bytes(s: Sourced[str], text: str) -> int:
     path = Path(text).expanduser()
     try:
         st = os.stat(path)
@@ -322,7 +320,7 @@ def _file_bytes(s: Sourced, text: str) -> int:
 def _extra_files(o: Overrides) -> int:
     """Bytes of the user's --mmproj / --lora files: weights the engine loads besides the model."""
     total = 0
-    mm = o.get("mmproj")
+    mm = o.mmproj
     if mm is not None:
         # The projector's own tensors (a clip GGUF, refused otherwise) and the compute buffer
         # clip.cpp reserves for its warmup image, both on the projector's device.
@@ -332,40 +330,39 @@ def _extra_files(o: Overrides) -> int:
             total += mmproj_bytes(path) + mmproj_compute_bytes(path)
         except ModelFileError as exc:
             raise FlagValueError(mm.where, str(mm.value), "a projector GGUF", str(exc)) from None
-    lora = o.get("lora")
+    lora = o.lora
     if lora is not None:
-        for part in str(lora.value).split(","):
+        for part in lora.value.split(","):
             total += _file_bytes(lora, part.strip())
-    scaled = o.get("lora_scaled")
+    scaled = o.lora_scaled
     if scaled is not None:
-        for part in str(scaled.value).split(","):
+        for part in scaled.value.split(","):
             total += _file_bytes(scaled, part.rsplit(":", 1)[0].strip())
     return total
 
 
 def refuse_unmodelled(o: Overrides) -> None:
     """Values whose memory the planner cannot predict: refused now, before any probe."""
-    for knob, accepted in (
-        ("mmproj_url", "a local file in --mmproj instead (the projector's size must be known)"),
-        ("override_tensor", "--n-cpu-moe or --n-gpu-layers (tensor overrides are not modelled)"),
+    for s, accepted in (
+        (o.mmproj_url, "a local file in --mmproj instead (the projector's size must be known)"),
+        (o.override_tensor, "--n-cpu-moe or --n-gpu-layers (tensor overrides are not modelled)"),
     ):
-        s = o.get(knob)
         if s is not None:
-            raise FlagValueError(s.where, str(s.value), accepted, "its memory cannot be planned")
-    s = o.get("mmproj_auto")
-    if s is not None and s.value is True:
+            raise FlagValueError(s.where, s.value, accepted, "its memory cannot be planned")
+    auto = o.mmproj_auto
+    if auto is not None and auto.value is True:
         raise FlagValueError(
-            s.where,
+            auto.where,
             "on",
             "--no-mmproj, or a local --mmproj FILE (the repo's projector size is not known)",
             "its memory cannot be planned",
         )
-    if o.get("draft_model") is None and o.get("draft_hf") is None:
-        st = o.get("spec_type")
-        if st is not None and not all(t in _NO_MEMORY_SPEC_TYPES for t in str(st.value).split(",")):
+    if o.draft_model is None and o.draft_hf is None:
+        st = o.spec_type
+        if st is not None and not all(t in _NO_MEMORY_SPEC_TYPES for t in st.value.split(",")):
             raise FlagValueError(
                 st.where,
-                str(st.value),
+                st.value,
                 "an ngram type (" + ", ".join(_NO_MEMORY_SPEC_TYPES) + "), or a draft model with "
                 "--spec-draft-hf / --spec-draft-model",
                 "a draft type without a draft model",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gpu_preflight.inputs.flags import (
@@ -26,6 +26,7 @@ from gpu_preflight.inputs.flags import (
     Switch,
     spelling_index,
 )
+from gpu_preflight.inputs.settings import Sourced, UserSettings
 
 __all__ = [
     "LLAMACPP_CACHE_TYPES",
@@ -36,6 +37,7 @@ __all__ = [
     "VLLM_QUANTIZATIONS",
     "Overrides",
     "Sourced",
+    "UserSettings",
     "is_secret",
     "parse_overrides",
     "per_slot_context",
@@ -54,57 +56,8 @@ def is_secret(name: str) -> bool:
     return bool(SECRET_PATTERN.search(name))
 
 
-@dataclass(frozen=True)
-class Sourced:
-    """A value and where it came from: "env:NAME", "arg:--flag", "option:--name", "fit", ..."""
-
-    value: Any
-    source: str
-
-    @property
-    def where(self) -> str:
-        """The place in the user's words: the variable, the engine argument or the option."""
-        kind, _, name = self.source.partition(":")
-        return {"arg": f"engine argument {name}", "option": name}.get(kind, name)
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Every value the user set, parsed, one per knob (see inputs/flags.py for the knobs)."""
-
-    values: Mapping[str, Sourced] = field(default_factory=dict)
-    # Every place that named a model (PREFLIGHT_MODEL, VLLM_MODEL, -m, -hf, `vllm serve X`...):
-    # the pipeline resolves them all and they must name one model.
-    model_refs: tuple[tuple[str, Sourced], ...] = ()  # (knob, value) with knob model|hf_repo
-    engine_implied: Sourced | None = None  # an engine's own flags or variables ask for it
-    passthrough: tuple[str, ...] = ()  # the user's engine arguments the planner does not read
-    consumed_env: tuple[str, ...] = ()  # LLAMA_ARG_* now carried on argv: unset for the engine
-    user_args: tuple[str, ...] = ()  # the engine arguments as the user gave them
-    # `estimate`: the command exactly as typed. Every value the user left open takes the engine's
-    # own default at the pinned version (nothing is chosen for it), and the argv is the typed one.
-    as_typed: bool = False
-
-    def get(self, knob: str) -> Sourced | None:
-        return self.values.get(knob)
-
-    def value(self, knob: str, default: Any = None) -> Any:
-        s = self.values.get(knob)
-        return default if s is None else s.value
-
-    def __getattr__(self, knob: str) -> Sourced | None:
-        # o.context, o.parallel ...: the knob's Sourced value or None (attributes are knobs).
-        if knob.startswith("__"):
-            raise AttributeError(knob)
-        return self.values.get(knob)
-
-    @property
-    def engine(self) -> Sourced | None:
-        e = self.values.get("engine")
-        return e if e is not None else self.engine_implied
-
-    @property
-    def model(self) -> Sourced | None:
-        return self.model_refs[0][1] if self.model_refs else None
+# The record parse_overrides fills (inputs/settings.py); the old name, kept for its callers.
+Overrides = UserSettings
 
 
 @dataclass(frozen=True)
@@ -236,7 +189,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _conflict(knob: str, a: Sourced, b: Sourced, hint: str = "") -> FlagValueError:
+def _conflict(knob: str, a: Sourced[Any], b: Sourced[Any], hint: str = "") -> FlagValueError:
     return FlagValueError(
         b.where,
         str(b.value),
@@ -264,9 +217,9 @@ def parse_overrides(
     command, arg_hits, rest = _scan_args(engine_argv)
     hits = _option_hits(options or {}) + arg_hits + _env_hits(env)
     # Engine flags that exist for both engines (--host, --port, --model) count once per source.
-    values: dict[str, Sourced] = {}
-    refs: list[tuple[str, Sourced]] = []
-    owners: dict[str, Sourced] = {}
+    values: dict[str, Sourced[Any]] = {}
+    refs: list[tuple[str, Sourced[str]]] = []
+    owners: dict[str, Sourced[Any]] = {}
     consumed: list[str] = []
     seen_sources: set[tuple[str, str]] = set()
     for h in hits:
@@ -274,7 +227,7 @@ def parse_overrides(
             continue  # the same spelling matched a row of each engine
         seen_sources.add((h.flag.knob, h.source))
         value = _parse(h)
-        s = Sourced(value, h.source)
+        s: Sourced[Any] = Sourced(value, h.source)
         if h.flag.owner != "preflight" and not (h.source.startswith("arg:") and _shared(h.flag)):
             owners.setdefault(h.flag.owner, s)
         if h.flag.env and h.source == f"env:{h.flag.env}" and h.flag.env.startswith("LLAMA_ARG_"):
@@ -290,7 +243,7 @@ def parse_overrides(
     if command is not None:
         owners.setdefault(command, Sourced(command, f"arg:{' '.join(_command_of(command))}"))
 
-    implied: Sourced | None = None
+    implied: Sourced[str] | None = None
     if "vllm" in owners and "llama.cpp" in owners:
         a, b = owners["llama.cpp"], owners["vllm"]
         raise FlagValueError(
@@ -320,10 +273,16 @@ def parse_overrides(
             "it disagrees with the engine's own settings",
         )
 
+    if engine is None and implied is not None:
+        values["engine"] = implied  # the record's engine: the one asked for, by name or by settings
     _check_contexts(values)
     _check_cache_types(values)
-    o = Overrides(
-        values=values,
+    for knob_name, ref in refs:
+        values.setdefault(knob_name, ref)  # the record's model / hf_repo: the first of each
+    # Each value is its row's parser's type (a test holds every parser's type to its attribute's).
+    typed: dict[str, Any] = dict(values)
+    o = UserSettings(
+        **typed,
         model_refs=tuple(refs),
         engine_implied=implied,
         passthrough=tuple(rest),
@@ -344,7 +303,7 @@ def _shared(flag: Flag) -> bool:
     )
 
 
-def _check_cache_types(values: dict[str, Sourced]) -> None:
+def _check_cache_types(values: dict[str, Sourced[Any]]) -> None:
     """PREFLIGHT_KV_CACHE_TYPE sets K and V: a K or V type given elsewhere must be the same."""
     both = values.get("kv_cache_type")
     if both is None:
@@ -355,7 +314,7 @@ def _check_cache_types(values: dict[str, Sourced]) -> None:
             raise _conflict(knob, both, one)
 
 
-def _check_contexts(values: dict[str, Sourced]) -> None:
+def _check_contexts(values: dict[str, Sourced[Any]]) -> None:
     """Per-sequence context and llama-server's total (-c) must mean the same context."""
     ctx, total, par = values.get("context"), values.get("ctx_total"), values.get("parallel")
     if ctx is None or total is None or total.value == 0:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from gpu_preflight.inputs.flags import knob
 from gpu_preflight.inputs.model_request import Draft
 from gpu_preflight.memory.types import Estimate
 from gpu_preflight.models.types import Artifact, ModelSpec
@@ -51,8 +52,9 @@ class Wants:
     pipeline_parallel: int | None = None  # user pin (vLLM -pp); None: the planner's
     pp_layer_partition: str | None = None  # user pin (VLLM_PP_LAYER_PARTITION)
     reserve_bytes: int = 0
-    n_batch: int = 2048  # llama.cpp common.h defaults
-    n_ubatch: int = 512
+    # llama-server's own -b / -ub defaults (the flag table's, cited: common.h common_params)
+    n_batch: int = knob("batch").default("llama.cpp").value
+    n_ubatch: int = knob("ubatch").default("llama.cpp").value
     # llama.cpp, as the user gave them:
     ctx_total: int | None = None  # -c exactly as given (the argv carries it unchanged)
     tensor_split: tuple[float, ...] | None = None

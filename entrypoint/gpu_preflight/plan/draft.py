@@ -34,8 +34,7 @@ def with_draft(
     asked = o.speculative.value if o.speculative else ("on" if tier.speculative else "off")
     if asked == "off":
         return fit, None
-    user = next((o.get(k) for k in USER_SPECULATIVE if o.get(k) is not None), None)
-    if user is not None:
+    if any(o.is_set(k) for k in USER_SPECULATIVE):
         # The user's own speculative settings are planned as given (inputs/model_naming.py
         # resolve_draft); the catalog's draft is not added next to them.
         return fit, None

@@ -1000,10 +1000,12 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
             if d.file:
                 # With --spec-draft-hf, --spec-draft-model names the file inside the repo.
                 argv += [_flag("draft_model"), d.file]
-        ngl = o.value("draft_ngl", -1 if s.n_gpu_layers != 0 else 0)
+        # The planner's choice where unset: all draft layers with the target on the GPU, and
+        # the target's KV types.
+        ngl = o.draft_ngl.value if o.draft_ngl else (-1 if s.n_gpu_layers != 0 else 0)
         argv += [_flag("draft_ngl"), "all" if ngl < 0 else str(ngl)]
-        argv += [_flag("draft_type_k"), str(o.value("draft_type_k", s.cache_type_k))]
-        argv += [_flag("draft_type_v"), str(o.value("draft_type_v", s.cache_type_v))]
+        argv += [_flag("draft_type_k"), o.draft_type_k.value if o.draft_type_k else s.cache_type_k]
+        argv += [_flag("draft_type_v"), o.draft_type_v.value if o.draft_type_v else s.cache_type_v]
         argv += [_flag("draft_n_max"), str(d.tokens)]
     argv += [_flag("host"), s.host, _flag("port"), str(s.port)]
     argv += [_flag("alias"), s.alias or model.id]

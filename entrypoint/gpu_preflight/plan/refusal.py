@@ -378,7 +378,7 @@ def typed_alternatives(sit: Situation) -> list[Alternative]:
         seqs //= 2
     # An fp8 KV cache, where the cards take it and the user did not set a KV dtype.
     ccs = [g.compute_capability for g in gpus]
-    if o.get("kv_cache_type") is None and all(c is not None and c >= FP8_KV_MIN_CC for c in ccs):
+    if o.kv_cache_type is None and all(c is not None and c >= FP8_KV_MIN_CC for c in ccs):
         f = fit(replace(base, cache_type_k="fp8", cache_type_v="fp8"))
         if f is not None:
             add("other-setting", "kv_cache_type", "fp8", f, "--kv-cache-dtype fp8")
@@ -441,13 +441,13 @@ def _llama_typed_alternatives(sit: Situation, art: Artifact) -> list[Alternative
         if len(out) > before:
             break
     # --fit on, where the command turned llama-server's own fit off (it lowers -c, then offloads).
-    if base.fit == "off" and o.get("ctx_total") is None and o.get("n_gpu_layers") is None:
+    if base.fit == "off" and o.ctx_total is None and o.n_gpu_layers is None:
         add("--fit on", [("fit", "on")], replace(sit.wants, fit="on"))
     # A quantized KV cache (q8_0), where the user set none and flash attention is not off.
     block = CACHE_TYPES.get("q8_0", (1, 0))[0]
     kv_pins = ("cache_type_k", "cache_type_v", "kv_cache_type")
     if (
-        all(o.get(k) is None for k in kv_pins)
+        not any(o.is_set(k) for k in kv_pins)
         and base.flash_attn != "off"
         and not spec.arch.head_dim % block
         and not spec.arch.v_head_dim % block
@@ -474,7 +474,7 @@ def _llama_typed_alternatives(sit: Situation, art: Artifact) -> list[Alternative
             break
     # Fewer layers on the GPUs (-ngl), where llama-server's own fit does not choose them (--fit
     # off, or -ngl typed).
-    if (base.fit == "off" or o.get("n_gpu_layers") is not None) and sit.gpus:
+    if (base.fit == "off" or o.n_gpu_layers is not None) and sit.gpus:
         probe = replace(base, as_typed=False, n_gpu_layers=None)
         r = fit_llamacpp(spec, art, sit.gpus, sit.targets.host, probe, True, draft=model.draft)
         if isinstance(r, Fit) and isinstance(r.settings, LlamaServerSettings):

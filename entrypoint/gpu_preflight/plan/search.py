@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from gpu_preflight.inputs.errors import OverrideError
+from gpu_preflight.inputs.flags import knob
 from gpu_preflight.inputs.model_request import ModelRequest
 from gpu_preflight.inputs.overrides import Overrides
 from gpu_preflight.memory.llamacpp import CACHE_TYPES
@@ -103,7 +104,7 @@ def _engines(
     tier: Tier, o: Overrides, has_gpu: bool, available: frozenset[str], request: ModelRequest | None
 ) -> list[str]:
     if o.engine:
-        return [str(o.engine.value)]
+        return [o.engine.value]
     if request is not None and request.artifact is not None:
         return [request.artifact.engine]  # a named repo or file has one engine
     order = [e for e in tier.engines if has_gpu or e == "llama.cpp"]
@@ -115,7 +116,7 @@ def _engines(
 
 def _fewer_slots(w: Wants, o: Overrides, tier: Tier) -> list[Wants]:
     """The request, then the same with the tier's slots halved down to 1 (unless pinned)."""
-    if o.get("parallel") is not None or w.ctx_total is not None:
+    if o.parallel is not None or w.ctx_total is not None:
         return [w]
     out = [w]
     p = w.parallel
@@ -131,7 +132,11 @@ def _fewer_slots(w: Wants, o: Overrides, tier: Tier) -> list[Wants]:
 # and 10.0 only (fa_utils.py flash_attn_supports_kv_cache_dtype), and the fallback must never
 # turn a plan into one that does not start.
 FP8_KV_MIN_CC = (8, 9)
-ENGINE_DEFAULT_KV = {"llama.cpp": "f16", "vllm": "auto"}
+# Each engine's own KV type when unset: the flag table's defaults (inputs/flags.py KNOBS, cited).
+ENGINE_DEFAULT_KV = {
+    "llama.cpp": knob("cache_type_k").default("llama.cpp").value,
+    "vllm": knob("kv_cache_type").default("vllm").value,
+}
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ def _kv_fallbacks(
     w: Wants,
 ) -> list[tuple[str, str]]:
     """(engine, KV type) the tier lets a named model fall back to, in order; none when pinned."""
-    if any(o.get(k) is not None for k in ("kv_cache_type", "cache_type_k", "cache_type_v")):
+    if any(o.is_set(k) for k in ("kv_cache_type", "cache_type_k", "cache_type_v")):
         return []
     out = []
     for engine in engines:
@@ -237,18 +242,18 @@ def plan(
     process (build_targets).
     """
     available = frozenset(engines_available)
-    reserve_gib = overrides.value("reserve_gib")
-    reserve = int(float(reserve_gib) * 2**30) if reserve_gib is not None else 0
+    reserve_gib: float = overrides.resolved("reserve_gib").value
+    reserve = int(reserve_gib * 2**30)
     targets = build_targets(profile, reserve, *widen, on=on)
     gpus = planning_gpus(targets)
     has_gpu = bool(gpus)
     usable = sum(g.usable_bytes for g in gpus)
 
     if overrides.tier:
-        tier = tiers.get(str(overrides.tier.value).lower())
+        tier = tiers.get(overrides.tier.value)  # the row's parser lower-cases it
         if tier is None:
             raise OverrideError(
-                "PREFLIGHT_TIER", str(overrides.tier.value), ", ".join(t.id for t in tiers.tiers)
+                "PREFLIGHT_TIER", overrides.tier.value, ", ".join(t.id for t in tiers.tiers)
             )
         tier_src = overrides.tier.source
     else:
@@ -342,7 +347,7 @@ def plan(
             sources = {**result.sources, "kv_cache_type": f"tier:{tier.id} (kv_cache_degrade)"}
             result = replace(result, sources=sources)
     if all_devices or any(
-        overrides.get(k) is not None
+        overrides.is_set(k)
         for k in (
             "tensor_split",
             "split_mode",

@@ -6,18 +6,12 @@ from dataclasses import replace
 
 from gpu_preflight.inputs.model_request import ModelRequest
 from gpu_preflight.inputs.overrides import Overrides
+from gpu_preflight.inputs.settings import value_of
 from gpu_preflight.memory.types import Estimate
 from gpu_preflight.models.types import Artifact, ModelSpec
 from gpu_preflight.plan.common import Fit, gib
 from gpu_preflight.plan.llamacpp import llama_server_argv
-from gpu_preflight.plan.request import DEFAULT_MIN_TOK_S
-from gpu_preflight.plan.settings import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    DraftSettings,
-    LlamaServerSettings,
-    VllmSettings,
-)
+from gpu_preflight.plan.settings import DraftSettings, LlamaServerSettings, VllmSettings
 from gpu_preflight.plan.targets import GpuTarget, Targets
 from gpu_preflight.plan.tiers import Tier
 from gpu_preflight.plan.types import DraftChoice, ModelChoice, Plan, PlannedDevice, Prediction
@@ -57,7 +51,7 @@ def _draft_choice(fit: Fit) -> DraftChoice | None:
 
 
 def _floor(o: Overrides) -> float | None:
-    floor = float(o.value("min_tok_s", DEFAULT_MIN_TOK_S))
+    floor: float = o.resolved("min_tok_s").value
     return floor if floor > 0 else None
 
 
@@ -110,7 +104,7 @@ def _sources(
     tier: Tier, tier_src: str, o: Overrides, fit: Fit, model: ModelRequest | None
 ) -> dict[str, str]:
     def src(knob: str, default: str) -> str:
-        s = o.get(knob)
+        s = o.sourced(knob)
         return s.source if s is not None else default
 
     out = {
@@ -121,10 +115,10 @@ def _sources(
         "parallel": src("parallel", f"tier:{tier.id}"),
         "tier": tier_src if not o.tier else o.tier.source,
         "kv_cache_type": src("cache_type_k", src("kv_cache_type", "default")),
-        "reserve": src("reserve_gib", "default (0)"),
-        "min_tok_s": src("min_tok_s", f"default ({DEFAULT_MIN_TOK_S:g})"),
-        "host": src("host", "default"),
-        "port": src("port", "default"),
+        "reserve": o.source_of("reserve_gib"),
+        "min_tok_s": o.source_of("min_tok_s"),
+        "host": o.source_of("host"),
+        "port": o.source_of("port"),
     }
     if fit.draft is not None:
         out["draft"] = fit.draft.user or (
@@ -138,34 +132,35 @@ def _sources(
         if s.n_cpu_moe:
             out["n_cpu_moe"] = src("n_cpu_moe", src("cpu_moe", "fit (offload)"))
         for knob in ("batch", "ubatch", "tensor_split", "ctx_total"):
-            if o.get(knob) is not None:
+            if o.is_set(knob):
                 out[knob] = src(knob, "")
         if o.as_typed:
-            # estimate: what the command left open is llama-server 0.3.36's own default, or
-            # what its own --fit resolves (plan/llamacpp.py typed_defaults_llama).
+            # estimate: what the command left open is llama-server 0.3.36's own default (the
+            # table's, cited), or what its own --fit resolves (plan/llamacpp.py
+            # typed_defaults_llama).
             own = "llama-server 0.3.36 default"
             fitted = f"llama-server 0.3.36 --fit {s.fit}" if s.fit == "on" else own
             out["context"] = src("ctx_total", src("context", f"{fitted} (from the model)"))
-            out["parallel"] = src("parallel", f"{own} (-np auto: 4, unified KV)")
             out["n_gpu_layers"] = src("n_gpu_layers", fitted)
-            out["flash_attn"] = src("flash_attn", f"{own} (auto)")
-            out["kv_cache_type"] = src("cache_type_k", src("kv_cache_type", f"{own} (f16)"))
-            for knob in ("batch", "ubatch", "cache_ram", "fit"):
-                out[knob] = src(knob, own)
+            for knob in ("parallel", "flash_attn", "batch", "ubatch", "cache_ram", "fit"):
+                out[knob] = o.source_of(knob, "llama.cpp")
+            own_kv = o.source_of("cache_type_k", "llama.cpp")
+            out["kv_cache_type"] = src("cache_type_k", src("kv_cache_type", own_kv))
     else:
         # Which values the user set and which were chosen: by the planner (plan, run), or left
-        # to vLLM 0.32's own default (estimate, the command as typed).
-        chosen = "vLLM 0.32 default" if o.as_typed else "planner (fit)"
-        if o.as_typed:
-            out["context"] = src("context", "vLLM 0.32 default (the model's max_model_len)")
-        out["parallel"] = src("parallel", "vLLM 0.32 default" if o.as_typed else f"tier:{tier.id}")
-        out["gpu_memory_utilization"] = src(
-            "gpu_memory_utilization",
-            "vLLM 0.32 default (0.92)" if o.as_typed else "fit (free memory)",
-        )
+        # to vLLM 0.32's own default (estimate, the command as typed: the table's, cited).
+        typed = o.as_typed
+
+        def vllm(knob: str, chosen: str) -> str:
+            return o.source_of(knob, "vllm") if typed else src(knob, chosen)
+
+        if typed:
+            out["context"] = o.source_of("context", "vllm")
+        out["parallel"] = vllm("parallel", f"tier:{tier.id}")
+        out["gpu_memory_utilization"] = vllm("gpu_memory_utilization", "fit (free memory)")
         for knob in ("tensor_parallel", "pipeline_parallel", "data_parallel", "kv_cache_type"):
-            out[knob] = src(knob, chosen)
-        out["max_num_batched_tokens"] = src("max_num_batched_tokens", "vLLM 0.32 default")
+            out[knob] = vllm(knob, "planner (fit)")
+        out["max_num_batched_tokens"] = o.source_of("max_num_batched_tokens", "vllm")
     return out
 
 
@@ -179,9 +174,10 @@ def ship(
     model: ModelRequest | None,
 ) -> Plan:
     choice = model_choice(fit.spec, fit.artifact)
-    host = str(o.value("host", DEFAULT_HOST))
-    port = int(o.value("port", DEFAULT_PORT))
-    alias = o.value("alias")
+    # gpu-preflight's own host and port (the table's, cited) unless the user set them.
+    host: str = o.resolved("host").value
+    port: int = o.resolved("port").value
+    alias = value_of(o.alias)
     draft = (
         DraftSettings(
             repo=fit.draft.artifact.repo,
@@ -197,17 +193,18 @@ def ship(
     )
     s = fit.settings
     if isinstance(s, LlamaServerSettings):
-        user_mm = o.get("mmproj") is not None or o.value("mmproj_auto") is True
+        auto_mm = value_of(o.mmproj_auto)
+        user_mm = o.mmproj is not None or auto_mm is True
         # -hf loads the repo's projector by default (--mmproj-auto): not planned unless asked.
-        no_mmproj = o.value("mmproj_auto") is False or (choice.path is None and not user_mm)
+        no_mmproj = auto_mm is False or (choice.path is None and not user_mm)
         extra = tuple(
-            (flag, str(o.value(knob)))
-            for knob, flag in (
-                ("mmproj", "--mmproj"),
-                ("lora", "--lora"),
-                ("lora_scaled", "--lora-scaled"),
+            (flag, v.value)
+            for v, flag in (
+                (o.mmproj, "--mmproj"),
+                (o.lora, "--lora"),
+                (o.lora_scaled, "--lora-scaled"),
             )
-            if o.get(knob) is not None
+            if v is not None
         )
         s = replace(
             s,
@@ -216,7 +213,7 @@ def ship(
             alias=alias,
             draft=draft,
             no_mmproj=no_mmproj,
-            spec_type=o.value("spec_type"),
+            spec_type=value_of(o.spec_type),
             extra=extra,
         )
         argv = llama_server_argv(choice, s, o)
@@ -226,8 +223,8 @@ def ship(
             host=host,
             port=port,
             served_model_name=alias,
-            draft=draft if o.get("speculative_config") is None else None,
-            speculative_config=o.value("speculative_config"),
+            draft=draft if o.speculative_config is None else None,
+            speculative_config=value_of(o.speculative_config),
             revision=model.revision if model is not None else None,
         )
         argv = vllm_argv(choice, s, o)

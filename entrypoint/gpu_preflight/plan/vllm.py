@@ -885,14 +885,14 @@ def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, .
         argv += [_flag("revision"), s.revision]
     argv += [_flag("context"), str(s.max_model_len)]
     argv += [_flag("gpu_memory_utilization"), f"{s.gpu_memory_utilization:g}"]
-    if s.tensor_parallel_size > 1 or o.get("tensor_parallel") is not None:
+    if s.tensor_parallel_size > 1 or o.tensor_parallel is not None:
         argv += [_flag("tensor_parallel"), str(s.tensor_parallel_size)]
-    if s.pipeline_parallel_size > 1 or o.get("pipeline_parallel") is not None:
+    if s.pipeline_parallel_size > 1 or o.pipeline_parallel is not None:
         argv += [_flag("pipeline_parallel"), str(s.pipeline_parallel_size)]
-    if s.data_parallel_size > 1 or o.get("data_parallel") is not None:
+    if s.data_parallel_size > 1 or o.data_parallel is not None:
         argv += [_flag("data_parallel"), str(s.data_parallel_size)]
     argv += [_flag("parallel"), str(s.max_num_seqs)]
-    if s.kv_cache_dtype != "auto" or o.get("kv_cache_type") is not None:
+    if s.kv_cache_dtype != "auto" or o.kv_cache_type is not None:
         argv += [_flag("kv_cache_type"), s.kv_cache_dtype]
     if s.quantization:
         argv += [_flag("quantization"), s.quantization]
