@@ -15,13 +15,13 @@ from pathlib import Path
 
 from gpu_preflight import engine_check, launch, vllm_check
 from gpu_preflight.errors import SetupError
-from gpu_preflight.inputs.flags import FlagValueError
+from gpu_preflight.inputs.flags import FlagValueError, env_setting
 from gpu_preflight.inputs.model_naming import refuse_unmodelled, resolve_request
 from gpu_preflight.inputs.model_request import ModelRequest
 from gpu_preflight.inputs.overrides import Overrides, parse_overrides
 from gpu_preflight.models.catalog import Catalog, load_catalog
 from gpu_preflight.plan.document import plan_to_dict
-from gpu_preflight.plan.reconcile import reconcile
+from gpu_preflight.plan.reconcile import reconcile, reconcile_totals
 from gpu_preflight.plan.request import Catalogue
 from gpu_preflight.plan.search import plan
 from gpu_preflight.plan.tiers import TierTable, load_tiers
@@ -63,7 +63,7 @@ def prepare(
     overrides = parse_overrides(env, engine_argv, options)
     catalog = load_user_catalog(env)
     tiers = load_tiers(env)
-    if overrides.tier is not None and tiers.get(str(overrides.tier.value).lower()) is None:
+    if overrides.tier is not None and tiers.get(overrides.tier.value) is None:
         raise FlagValueError(
             overrides.tier.where,
             str(overrides.tier.value),
@@ -158,8 +158,8 @@ def receipt_job(started: Started) -> launch.ReceiptJob | None:
         plan=started.plan,
         profile=started.profile,
         profile_dir=started.profile_dir.path,
-        timeout_s=float(o.value("receipt_timeout", 1800.0)),
-        max_tokens=int(o.value("receipt_tokens", 128)),
+        timeout_s=o.resolved("receipt_timeout").value,
+        max_tokens=o.resolved("receipt_tokens").value,
     )
 
 
@@ -194,14 +194,14 @@ def start(env: Mapping[str, str], engine_argv: Sequence[str], dry_run: bool) -> 
     result = lws.pinned_rank(env, rank, profile, result)  # the pool's pin; this rank's argv
     # vLLM's own dummy-weight start before the download (vllm_check.py); one node's GPUs only
     here = profile.simulated is None and bool(profile.hardware.gpus.devices) and rank.size <= 1
-    mode = str(inputs.overrides.value("vllm_dry_run", "auto"))
+    mode: str = inputs.overrides.resolved("vllm_dry_run").value
     result = vllm_check.check_vllm(result, engine_env(env, result), mode, here, dry)
     return Started(profile, result, pdir, dry, inputs.overrides)
 
 
 def receipts_on(o: Overrides) -> bool:
     """PREFLIGHT_RECEIPT: on by default; off stops both the receipt and calibration from them."""
-    return str(o.value("receipt", "on")) != "off"
+    return bool(o.resolved("receipt").value != "off")
 
 
 def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> Plan:
@@ -210,7 +210,7 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
     It needs the model's file on local disk (a path, or the header's sparse copy): with -hf and
     no local file the closed form stands, and the plan says why.
     """
-    mode = str(inputs.overrides.value("engine_check", "auto"))
+    mode: str = inputs.overrides.resolved("engine_check").value
     if mode == "off" or result.verdict != "ship" or result.engine != "llama.cpp":
         return result
     binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
@@ -233,6 +233,67 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
         result.argv, engine_env(env, result), model_path=None if result.model.path else copy
     )
     return reconcile(result, check)
+
+
+# A CPU dry run's answer per (model file, llama-fit-params arguments): `matrix` plans one file
+# for many devices, and where the arguments come out the same the run is not repeated.
+DryRuns = dict[tuple[str, ...], engine_check.EngineBreakdown | str]
+_CHECK_VAR = "PREFLIGHT_ENGINE_CHECK"
+
+
+def check_on_cpu(
+    inputs: Inputs, result: Plan, env: Mapping[str, str], cache: DryRuns | None = None
+) -> Plan:
+    """llama.cpp's own dry run of the plan's argv on this machine's CPU, folded into the plan's
+    weight and KV totals (plan/reconcile.py reconcile_totals): ``plan``, ``estimate`` and
+    ``matrix``, whose devices are often simulated. ``plan_on`` stays pure; ``run`` keeps its
+    check on the real devices (check_with_engine).
+
+    PREFLIGHT_ENGINE_CHECK governs it as for ``run``. ``estimate`` and ``matrix`` plan without
+    the shell's PREFLIGHT_* (they are not part of the command), but this one says how the answer
+    is checked, so it is read from ``env`` where the inputs do not carry it.
+    """
+    setting = inputs.overrides.engine_check
+    mode = str(setting.value if setting is not None else env_setting(env, _CHECK_VAR) or "auto")
+    if mode == "off" or result.verdict != "ship" or result.engine != "llama.cpp":
+        return result
+    binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
+    if binary is None:
+        if mode == "on":
+            raise SetupError(
+                f"{_CHECK_VAR}=on, but {engine_check.FIT_PARAMS} is not on PATH. Accepted: auto "
+                "or off, or a PATH that has it (the image, `make llama-cpp`)."
+            )
+        return reconcile_totals(result, f"{engine_check.FIT_PARAMS} is not on PATH")
+    assert result.model is not None
+    copy = inputs.model.local_copy if inputs.model is not None else None
+    if result.model.path is None and copy is None:
+        copy = engine_check.cached_gguf(result.model.repo, result.model.file, env)
+    if result.model.path is None and copy is None:
+        return reconcile_totals(
+            result,
+            f"no GGUF header of {result.model.repo} is on local disk (not a local path, not in "
+            "the Hugging Face cache, not read from the Hub here)",
+        )
+    local = None if result.model.path else copy
+    # The engine's environment as `run` would give it (llama-fit-params reads LLAMA_ARG_* as
+    # llama-server does), less the shell's LLAMA_ARG_* that were not the planner's input:
+    # `estimate` and `matrix` plan without them (not part of the command).
+    run_env = {
+        k: v
+        for k, v in engine_env(env, result).items()
+        if not k.startswith("LLAMA_ARG_") or k in result.env or k in inputs.env
+    }
+    key = (
+        result.model.path or str(copy),
+        *engine_check.cpu_fit_params_args(result.argv, local)[0],
+    )
+    check = cache.get(key) if cache is not None else None
+    if check is None:
+        check = engine_check.llama_cpu_dry_run(result.argv, run_env, local, binary)
+        if cache is not None:
+            cache[key] = check
+    return reconcile_totals(result, check)
 
 
 def engine_env(env: Mapping[str, str], result: Plan) -> dict[str, str]:

@@ -70,7 +70,7 @@ def _engine_of(inputs: pipeline.Inputs) -> str | None:
     """The engine the command (or --engine, or the named artifact) is for; None: open."""
     e = inputs.overrides.engine
     if e is not None:
-        return str(e.value)
+        return e.value
     art = inputs.model.artifact if inputs.model is not None else None
     return art.engine if art is not None else None
 
@@ -117,16 +117,16 @@ def run_estimate(
     # (--model/--engine options only), llama.cpp's estimate is the planner's own configuration.
     engine = _engine_of(inputs)
     as_typed = engine == "vllm" or (engine == "llama.cpp" and bool(inputs.overrides.user_args))
-    if not as_typed and inputs.overrides.get("parallel") is None:
+    if not as_typed and inputs.overrides.parallel is None:
         # llama.cpp's estimate is one configuration: one sequence unless the command says more.
         inputs = pipeline.prepare(files, engine_argv, {**options, "--parallel": "1"})
     # An estimate answers memory: the decode-speed floor is run's policy, not a memory limit.
-    values = {**inputs.overrides.values, "min_tok_s": Sourced(0.0, "estimate (no speed floor)")}
+    no_floor = Sourced(0.0, "estimate (no speed floor)")
     # The command as typed (issue 20): every value the user left open is the engine's own
     # default, nothing is chosen for it, and the plan's argv is the typed command.
     inputs = dataclasses.replace(
         inputs,
-        overrides=dataclasses.replace(inputs.overrides, values=values, as_typed=as_typed),
+        overrides=dataclasses.replace(inputs.overrides, min_tok_s=no_floor, as_typed=as_typed),
     )
     if inputs.model is None:
         raise InvalidInput(
@@ -134,4 +134,5 @@ def run_estimate(
             "(llama-server -m FILE / -hf REPO, vllm serve REPO)"
         )
     profile = device_profile(gpu, cpu, host_ram_gib)
-    return pipeline.plan_on(inputs, profile, ("vllm", "llama.cpp"), all_devices=True)  # type: ignore[arg-type]
+    result = pipeline.plan_on(inputs, profile, ("vllm", "llama.cpp"), all_devices=True)  # type: ignore[arg-type]
+    return pipeline.check_on_cpu(inputs, result, env)  # llama.cpp's own dry run on the CPU

@@ -248,7 +248,10 @@ def plan_cmd(
     env = dict(os.environ)
     inputs = _inputs(env, (), {"--model": model, "--engine": engine, "--context": context})
     profile = _get_profile(env, simulate, host_ram, profile_path, False, None, None, host_bandwidth)
-    result = _plan(inputs, profile)
+    from gpu_preflight import pipeline
+
+    # llama.cpp's own dry run of the planned command on this machine's CPU (weights and KV)
+    result = pipeline.check_on_cpu(inputs, _plan(inputs, profile), env)
     if as_json:
         _emit_json(to_dict(result))
     else:

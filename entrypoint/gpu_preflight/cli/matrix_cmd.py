@@ -1,4 +1,8 @@
-"""`gpu-preflight matrix`: plan every model on every GPU (simulated) and tabulate the verdicts."""
+"""`gpu-preflight matrix`: plan every model on every GPU (simulated) and tabulate the verdicts.
+
+Each llama.cpp cell is checked by llama.cpp's own dry run of its argv on this machine's CPU
+(pipeline.check_on_cpu) where the model's GGUF header is on local disk, each distinct run once.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ class MatrixCell:
     quant: str | None
     context: int | None
     reason: str | None
+    # llama.cpp's own dry run on the CPU: its summary note, or why there was none (None where
+    # none was asked: a vLLM cell, or one the closed form already refused)
+    engine_check: str | None = None
+
+
+_CHECK_NOTE = "llama.cpp's own dry run"
+
+
+def _check_note(notes: tuple[str, ...]) -> str | None:
+    return next((n for n in reversed(notes) if n.startswith(_CHECK_NOTE)), None)
 
 
 def run_matrix(
@@ -63,11 +77,13 @@ def run_matrix(
                 seen.setdefault(entry.partition("@")[0], None)
         models = [m for m in (catalog.get(i) for i in seen) if m is not None]
     cells = []
+    runs: pipeline.DryRuns = {}  # one dry run per (model file, llama-fit-params arguments)
     for g in gpus:
         profile = make_profile(simulated_hardware(g, int((host_ram or 64) * GIB)), simulated=g)
         for m in models:
             one = replace(inputs, model=ModelRequest(m, None, "matrix"))
             p = pipeline.plan_on(one, profile, ("vllm", "llama.cpp"))
+            p = pipeline.check_on_cpu(one, p, env, runs)
             cells.append(
                 MatrixCell(
                     g,
@@ -77,6 +93,7 @@ def run_matrix(
                     p.model.quant if p.model and p.verdict == "ship" else None,
                     p.context,
                     p.reasons[0] if p.reasons else None,
+                    _check_note(p.predicted.notes) if p.predicted is not None else None,
                 )
             )
     return cells
@@ -101,3 +118,13 @@ def render_matrix(console: Console, cells: list[MatrixCell]) -> None:
             )
         t.add_row(*row)
     console.print(t)
+    checks = [c.engine_check for c in cells if c.engine_check]
+    if checks:
+        unchecked = [n for n in checks if " was not used: " in n]
+        line = (
+            f"llama.cpp's own dry run on this CPU: {len(checks) - len(unchecked)} of "
+            f"{len(checks)} llama.cpp cells checked (weights and KV)"
+        )
+        if unchecked:
+            line += f"; not for {len(unchecked)}: {unchecked[0].split(' was not used: ', 1)[1]}"
+        console.print(line, soft_wrap=True, markup=False)

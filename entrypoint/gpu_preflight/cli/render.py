@@ -105,6 +105,11 @@ def render_profile(console: Console, profile: Profile) -> None:
         console.print(f"[dim]note:[/dim] {escape(n)}", soft_wrap=True)
 
 
+# The notes that say whether an engine's own dry run checked a plan's figures (plan/reconcile.py,
+# plan/reconcile_vllm.py): printed with the plan, not only in its JSON.
+_ENGINE_CHECK_NOTES = ("llama.cpp's own dry run", "vLLM's own dry run", "vLLM's own KV pool")
+
+
 def render_plan(
     console: Console, plan: Plan, argv: Sequence[str] | None = None, estimate: bool = False
 ) -> None:
@@ -176,6 +181,11 @@ def render_plan(
             for n in p.notes:
                 if n.startswith(("llama-server 0.3.36 resolves", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")):
                     console.print(escape(f"  {n}"), soft_wrap=True)
+        # Whether the engine's own dry run checked these figures (plan/reconcile.py), and
+        # where it raised one: the user sees what the numbers rest on.
+        for n in p.notes:
+            if n.startswith(_ENGINE_CHECK_NOTES):
+                console.print(escape(f"  {n}"), soft_wrap=True)
         if plan.env:  # what the plan adds to the engine's environment (VLLM_PP_LAYER_PARTITION)
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items())
             console.print(escape(f"  env: {env}"), soft_wrap=True)
