@@ -281,11 +281,10 @@ def test_estimate_carries_the_note_and_on_without_the_binary_is_exit_2(tmp_path:
 
 
 @pytest.mark.llamacpp
-def test_swa_full_which_the_closed_form_leaves_out_is_raised_to_llama_cpps_kv(
-    tmp_path: Path,
-) -> None:
-    # --swa-full has no row in the flag table (passed through, not modelled); the dry run takes
-    # it (engine_check.UNTABLED_MEMORY_SWITCHES) and the fold raises the KV to llama.cpp's
+def test_swa_full_is_modelled_and_equals_llama_cpps_kv(tmp_path: Path) -> None:
+    # --swa-full sizes every sliding-window layer's cache to the whole context
+    # (src/llama-kv-cache-iswa.cpp); the closed form models it, and llama.cpp's own CPU dry run
+    # of the same argv (which carries it) agrees to the MiB: nothing is raised.
     case = CASES["gpt-oss"]
     path = write_case(tmp_path / "o.gguf", "gpt-oss", case.keys, case.tensors)
     argv = ("llama-server", "-m", str(path), "-c", "32768", "-np", "1")
@@ -297,10 +296,11 @@ def test_swa_full_which_the_closed_form_leaves_out_is_raised_to_llama_cpps_kv(
     def context_mib(p: Plan) -> int:
         return int(_note(p, SUMMARY).split("context ", 1)[1].split(" MiB", 1)[0])
 
-    # without it: the closed form's KV (f16, the command's) is llama.cpp's, nothing raised
-    assert _sums(plain)[1] // MIB == context_mib(plain) and plain.context == 32768
-    assert _sums(full)[1] == context_mib(full) * MIB > 1.5 * _sums(plain)[1]
-    assert any(n.startswith("KV raised to llama.cpp's") for n in _notes(full))
+    assert "--swa-full" in full.argv and "--swa-full" not in plain.argv
+    for p in (plain, full):
+        assert _sums(p)[1] // MIB == context_mib(p) and p.context == 32768
+        assert not any(n.startswith("KV raised to llama.cpp's") for n in _notes(p))
+    assert _sums(full)[1] > 1.5 * _sums(plain)[1]
 
 
 @pytest.mark.llamacpp

@@ -67,15 +67,6 @@ def _memory(row: Flag) -> bool:
     return row.role == "modelled" or row.knob.startswith("draft_")
 
 
-# Switches the flag table has no row for (so the planner passes them through as if they left memory
-# alone) although they change it, and which llama-fit-params takes: the dry run gets them, so
-# llama.cpp's figure, and through the fold the plan, include their memory. ``--swa-full``
-# (common/arg.cpp, LLAMA_ARG_SWA_FULL) sizes every sliding-window layer's cache to the full
-# context (src/llama-kv-cache-iswa.cpp: size_swa = size_base when swa_full): measured on the
-# generated gpt-oss file at -c 32768, 49 MiB of KV without it, 96 MiB with it.
-UNTABLED_MEMORY_SWITCHES = frozenset({"--swa-full"})
-
-
 def fit_params_args(
     argv: Sequence[str], model_path: str | None = None
 ) -> tuple[list[str], list[str]]:
@@ -84,8 +75,7 @@ def fit_params_args(
     The flag table says which rows the tool takes (``fit_params``): the server-only ones are left
     out, and those that change memory (a unified KV, the prompt cache, checkpoints, a draft) are
     listed, since the dry run cannot measure them. The user's pass-through arguments are left out
-    too: by the table's definition they do not change memory (but for UNTABLED_MEMORY_SWITCHES,
-    which are kept). ``model_path`` replaces a
+    too: by the table's definition they do not change memory. ``model_path`` replaces a
     ``--hf-repo``/``--hf-file`` source with a local (sparse) copy of the same file.
     """
     index = spelling_index()
@@ -98,8 +88,6 @@ def fit_params_args(
         name, inline = normalise_flag(args[i])
         rows = [f for f in index.get(name, []) if f.owner == "llama.cpp"]
         if not rows:
-            if name in UNTABLED_MEMORY_SWITCHES:
-                out.append(name)
             i += 1  # a pass-through argument (or its value)
             continue
         row = rows[0]

@@ -192,6 +192,9 @@ def test_each_parser_fills_its_attribute_with_the_attributes_type(row, raw):
     except FlagValueError:
         return  # a cross-check of the row against another (e.g. -c against the slots)
     got = o.sourced(row.knob) if row.knob not in ("model", "hf_repo") else o.model_refs[0][1]
+    if row.knob == "engine" and value == "auto":
+        assert got is None  # "auto" is the engine left open (inputs/overrides.py)
+        return
     assert got is not None and isinstance(got.value, row.parser.out_type)
     assert got.value == value
     hint = _knob_fields()[row.knob]

@@ -346,9 +346,24 @@ def refuse_unmodelled(o: Overrides) -> None:
     for s, accepted in (
         (o.mmproj_url, "a local file in --mmproj instead (the projector's size must be known)"),
         (o.override_tensor, "--n-cpu-moe or --n-gpu-layers (tensor overrides are not modelled)"),
+        (o.n_cpu_ffn, "--n-gpu-layers (FFN overrides are not modelled)"),
+        (o.rpc, "local devices only (RPC devices are not probed)"),
+        (o.override_kv, "the model's own metadata (overrides can change any size)"),
+        (o.draft_override_tensor, "--spec-draft-ngl (draft overrides are not modelled)"),
+        (o.draft_n_cpu_moe, "--spec-draft-ngl (draft overrides are not modelled)"),
+        (o.draft_device, "the target's devices (the draft follows them in the plan)"),
     ):
         if s is not None:
-            raise FlagValueError(s.where, s.value, accepted, "its memory cannot be planned")
+            raise FlagValueError(s.where, str(s.value), accepted, "its memory cannot be planned")
+    for sw, accepted in (
+        (
+            o.no_kv_offload,
+            "the KV cache offloaded (llama.cpp's default; the plan puts it on the GPUs)",
+        ),
+        (o.draft_cpu_moe, "--spec-draft-ngl (draft overrides are not modelled)"),
+    ):
+        if sw is not None and sw.value is True:
+            raise FlagValueError(sw.where, "on", accepted, "its memory cannot be planned")
     auto = o.mmproj_auto
     if auto is not None and auto.value is True:
         raise FlagValueError(

@@ -100,6 +100,15 @@ class UserSettings:
     repack: Sourced[bool] | None = None
     load_mode: Sourced[str] | None = None
     op_offload: Sourced[bool] | None = None
+    swa_full: Sourced[bool] | None = None
+    no_kv_offload: Sourced[bool] | None = None
+    n_cpu_ffn: Sourced[int] | None = None
+    rpc: Sourced[str] | None = None
+    override_kv: Sourced[str] | None = None
+    draft_override_tensor: Sourced[str] | None = None
+    draft_cpu_moe: Sourced[bool] | None = None
+    draft_n_cpu_moe: Sourced[int] | None = None
+    draft_device: Sourced[str] | None = None
     ctx_checkpoints: Sourced[int] | None = None
     cache_ram: Sourced[int] | None = None
     mlock: Sourced[bool] | None = None

@@ -82,6 +82,11 @@ class LlamaCppConfig:
     host_isa: str = "x86_64"  # the CPU the llama.cpp build targets: "x86_64" or "aarch64"
     op_offload: bool = True  # --op-offload (llama.cpp's default) / --no-op-offload
     amx: bool = False  # the host CPU has AMX-INT8 (cpuinfo flag amx_int8) and llama.cpp uses it
+    # --swa-full: the sliding-window layers get the whole context's cells, as the other layers
+    # (src/llama-kv-cache-iswa.cpp: size_swa = size_base when swa_full), and llama-server then
+    # treats the model as a non-SWA one, so it makes no SWA checkpoints (tools/server/
+    # server-context.cpp: n_swa = 0 when swa_full)
+    swa_full: bool = False
 
 
 # (block, bytes per block) of GGUF weight types, from ggml's type traits (ggml/src/ggml.c
@@ -252,7 +257,7 @@ def effective_ubatch(cfg: LlamaCppConfig) -> int:
 def kv_layer_cells(arch: ModelArch, cfg: LlamaCppConfig) -> list[int]:
     """KV cells each layer allocates (all streams together)."""
     _, per, streams = context_cells(cfg)
-    swa = set(arch.sliding_window_layers) if arch.sliding_window else set()
+    swa = set(arch.sliding_window_layers) if arch.sliding_window and not cfg.swa_full else set()
     out = []
     for il in range(arch.n_layers):
         if il in swa:
@@ -431,7 +436,8 @@ def compute_bytes(arch: ModelArch, cfg: LlamaCppConfig, n_kv: int, with_output: 
     # window's cells for models with sliding-window layers (llama-graph.cpp build_attn_inp_kv_iswa)
     n_kv_swa = 0
     if arch.sliding_window and arch.sliding_window_layers:
-        n_kv_swa = min(n_kv, pad(arch.sliding_window + ub))
+        # --swa-full: the SWA cache is the whole context, and so is its mask
+        n_kv_swa = n_kv if cfg.swa_full else min(n_kv, pad(arch.sliding_window + ub))
         if set(range(arch.n_layers)) <= set(arch.sliding_window_layers):
             n_kv, n_kv_swa = n_kv_swa, 0  # no full-attention layer: every KQ is the window's
     if cfg.flash_attn:
@@ -709,7 +715,7 @@ def checkpoint_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> int:
     state of the sequence, the attention KV left out). 0 for a model with neither.
     """
     total = recurrent_state_bytes(arch) * len(arch.recurrent_layers)
-    if not arch.sliding_window or not arch.sliding_window_layers:
+    if not arch.sliding_window or not arch.sliding_window_layers or cfg.swa_full:
         return total
     # One sequence's SWA cells: the window plus one ubatch (llama-kv-cache.cpp prunes a
     # sequence's cells below pos - n_swa), whether the cache is split into streams or unified. A
@@ -723,5 +729,7 @@ def checkpoint_bytes(arch: ModelArch, cfg: LlamaCppConfig) -> int:
     for il in set(arch.sliding_window_layers):
         if il < len(cells) and cells[il] > 0:
             stream_cells = cells[il] // max(1, streams)
-            swa_bytes += per_layer[il] // max(1, streams) * min(seq_cells, stream_cells) // stream_cells
+            swa_bytes += (
+                per_layer[il] // max(1, streams) * min(seq_cells, stream_cells) // stream_cells
+            )
     return total + swa_bytes

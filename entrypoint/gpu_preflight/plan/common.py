@@ -68,6 +68,7 @@ class Wants:
     extra_gpu_bytes: int = 0  # --mmproj / --lora files, loaded on the main GPU
     cache_ram_mib: int | None = None  # llama-server's prompt cache in host RAM (--cache-ram)
     op_offload: bool | None = None  # --op-offload / --no-op-offload
+    swa_full: bool = False  # --swa-full
     ctx_checkpoints: int | None = None  # --ctx-checkpoints (sliding-window models)
     # vLLM, as the user gave them:
     max_num_batched_tokens: int | None = None

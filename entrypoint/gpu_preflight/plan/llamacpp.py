@@ -232,6 +232,7 @@ class LlamaFit:
             repack=self.w.repack if self.w.repack is not None else True,
             mmap=self.w.load_mode not in ("none", "mlock", "dio"),
             op_offload=self.w.op_offload is not False,
+            swa_full=self.w.swa_full,
         )
 
     def estimate(self, ctx: int, ngl: int, ncmoe: int, flash: bool) -> Estimate:
@@ -308,6 +309,7 @@ class LlamaFit:
             load_mode=w.load_mode,
             fit=w.fit or "off",
             op_offload=w.op_offload,
+            swa_full=w.swa_full,
         )
 
     def device_flag(self) -> str | None:
@@ -979,6 +981,8 @@ def llama_server_argv(model: ModelChoice, s: LlamaServerSettings, o: Overrides) 
         argv += [_flag("load_mode"), s.load_mode]
     if s.op_offload is not None:
         argv.append(_flag("op_offload") if s.op_offload else "--no-op-offload")
+    if s.swa_full:
+        argv.append(_flag("swa_full"))
     for flag, value in s.extra:
         argv += [flag, value]
     argv += [_flag("cache_ram"), str(s.cache_ram_mib)]

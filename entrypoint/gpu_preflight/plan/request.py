@@ -91,6 +91,7 @@ def wants_for(tier: Tier, o: Overrides, gpus: bool, request: ModelRequest | None
         extra_gpu_bytes=request.extra_gpu_bytes if request else 0,
         cache_ram_mib=value_of(o.cache_ram),
         op_offload=value_of(o.op_offload),
+        swa_full=value_of(o.swa_full) is True,
         ctx_checkpoints=value_of(o.ctx_checkpoints),
         max_num_batched_tokens=value_of(o.max_num_batched_tokens),
         enforce_eager=value_of(o.enforce_eager),

@@ -55,6 +55,7 @@ class LlamaServerSettings:
     cache_ram_mib: int = 0  # --cache-ram: the prompt cache's host RAM
     ctx_checkpoints: int | None = None  # --ctx-checkpoints: written for sliding-window models
     op_offload: bool | None = None  # only when the user set it
+    swa_full: bool = False  # --swa-full: only when the user set it
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,8 @@ def _cuda_devices(devices: Sequence[GpuDevice], errors: Sequence[GpuError]) -> i
     """How many devices this process's CUDA numbers: one past the highest ordinal (a MIG device
     is the only one when visible, probe/visible.py)."""
     ordinals = [d.cuda_ordinal for d in devices if d.cuda_ordinal is not None]
-    ordinals += [m.cuda_ordinal for d in devices for m in d.mig_devices if m.cuda_ordinal is not None]
+    ordinals += [
+        m.cuda_ordinal for d in devices for m in d.mig_devices if m.cuda_ordinal is not None
+    ]
     ordinals += [e.cuda_ordinal for e in errors if e.cuda_ordinal is not None]
     return max(ordinals) + 1 if ordinals else 0
