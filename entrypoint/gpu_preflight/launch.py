@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_preflight.inputs.errors import EngineMissing
+from gpu_preflight.inputs.flags import env_setting
 from gpu_preflight.inputs.secrets import mask, mask_doc, secret_values
 
 DEFAULT_PROFILE_DIR = "/var/lib/gpu-preflight"
@@ -54,7 +55,8 @@ def choose_profile_dir(env: Mapping[str, str]) -> ProfileDir:
     A read-only volume must not stop the server from starting: the profile is a record, not a
     prerequisite, so the fallback is a warning.
     """
-    wanted = Path(env.get("PREFLIGHT_PROFILE_DIR", "").strip() or DEFAULT_PROFILE_DIR)
+    # its row's parser (inputs/flags.py), the only reader of the variable
+    wanted = Path(env_setting(env, "PREFLIGHT_PROFILE_DIR") or DEFAULT_PROFILE_DIR)
     problem = _writable(wanted)
     if problem is None:
         return ProfileDir(wanted, None)

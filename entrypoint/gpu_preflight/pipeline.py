@@ -50,7 +50,7 @@ class Inputs:
 
 
 def load_user_catalog(env: Mapping[str, str]) -> Catalog:
-    path = env.get("PREFLIGHT_MODELS_FILE", "").strip() or None
+    path = env_setting(env, "PREFLIGHT_MODELS_FILE")  # its row's parser, the only one
     return load_catalog(Path(path) if path else None)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from gpu_preflight.boundedio import PATH_SHOWN, FileInputError, NumberRule, read_json, shorten
 from gpu_preflight.inputs.errors import TierTableError
+from gpu_preflight.inputs.flags import env_setting
 from gpu_preflight.schemas import SchemaError, validate
 from gpu_preflight.serde import DecodeError, from_dict
 
@@ -120,7 +121,7 @@ def load_tiers(env: Mapping[str, str]) -> TierTable:
     The file is read with bounds (``boundedio``): a FIFO, a device or a directory is refused before
     it is opened, and it may be at most ``LIMITS["tiers"]`` bytes.
     """
-    path = env.get("PREFLIGHT_TIERS_FILE", "").strip()
+    path = env_setting(env, "PREFLIGHT_TIERS_FILE") or ""  # its row's parser, the only one
     if not path:
         return parse_tiers(json.loads(builtin_tiers_text()), "built-in tier table", trusted=True)
     origin = f"PREFLIGHT_TIERS_FILE={shorten(path, PATH_SHOWN)}"
