@@ -66,6 +66,10 @@ def user_env(gguf: Path, ctx: int, fa: str, cache: str) -> dict[str, str]:
             "LLAMA_ARG_FLASH_ATTN": fa,
         }
     )
+    # The closed form is what is measured: `plan` would otherwise fold this same dry run into
+    # its figures (pipeline.check_on_cpu) and compare llama.cpp with itself. llama-fit-params
+    # below reads no PREFLIGHT_* variable.
+    env["PREFLIGHT_ENGINE_CHECK"] = "off"
     return env
 
 
@@ -116,7 +120,7 @@ def measure(gguf: Path, ctx: int, fa: str, cache: str, binary: Path) -> dict[str
             "kv": h.context_mib,
             "compute": h.compute_mib,
             "total": h.total_mib,
-            "cpu_repack_model": h.model_mib - ref.device("Host").model_mib,  # type: ignore[union-attr]
+            "cpu_repack_model": h.extra_model_mib,
         },
         "ours_mib": ours,
         "total_error_pct": round(100 * (ours["total"] - h.total_mib) / h.total_mib, 3),

@@ -44,6 +44,8 @@ class EngineDevice:
     model_bytes: int
     context_bytes: int
     compute_bytes: int
+    # Host only: of model_bytes, the CPU extra buffer types' (CPU_REPACK, AMX) folded in below
+    extra_model_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ def _rows(stdout: str) -> list[EngineDevice] | None:
                     d.model_bytes + extra[0],
                     d.context_bytes + extra[1],
                     d.compute_bytes + extra[2],
+                    extra[0],
                 )
             out.append(d)
         return out

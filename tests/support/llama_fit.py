@@ -44,6 +44,7 @@ class FitDevice:
     model_mib: int
     context_mib: int
     compute_mib: int
+    extra_model_mib: int = 0  # Host: the CPU extra buffer types' (CPU_REPACK) part of model_mib
 
     @property
     def total_mib(self) -> int:
@@ -87,7 +88,13 @@ def fit_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _mib(b: EngineBreakdown) -> tuple[FitDevice, ...]:
     return tuple(
-        FitDevice(d.name, d.model_bytes // MIB, d.context_bytes // MIB, d.compute_bytes // MIB)
+        FitDevice(
+            d.name,
+            d.model_bytes // MIB,
+            d.context_bytes // MIB,
+            d.compute_bytes // MIB,
+            d.extra_model_bytes // MIB,
+        )
         for d in b.devices
     )
 
