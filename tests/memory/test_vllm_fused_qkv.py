@@ -53,17 +53,21 @@ def santacoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _vllm_rule(d: Path, tp: int) -> float:
-    """Bytes one rank holds by vLLM's layers (gpt_bigcode.py): c_attn a QKVParallelLinear (16/tp
-    query heads, the one K/V head on every rank), wpe a plain nn.Embedding (whole), the rest
-    column/row/vocab parallel (1/tp). 1-D tensors (norms, biases) counted whole, as the planner
-    does (the safe side)."""
+    """Bytes one rank holds by vLLM's layers. vLLM 0.32 serves GPT-BigCode through its
+    Transformers backend (registry.py "GPTBigCodeForCausalLM": ("transformers", ...)), and
+    transformers' GPTBigCodeConfig has no base_model_tp_plan, so
+    (transformers/base.py recursive_replace): c_attn a QKVParallelLinear (16/tp query heads,
+    the one K/V head on every rank), the attention's c_proj row parallel and the vocabulary
+    embedding vocab parallel (1/tp); wpe and the MLP (c_fc, c_proj) whole on every rank
+    (measured on vLLM's own ranks: tests/models/test_vllm_tp.py). 1-D tensors (norms, biases)
+    counted whole, as the planner does (the safe side)."""
     heads, kv, hd = 16, 1, 128
     total = 0.0
     with safe_open(str(d / "model.safetensors"), framework="numpy") as st:
         for name in st.keys():  # noqa: SIM118
             sl = st.get_slice(name)
             nb = math.prod(sl.get_shape()) * DTYPE_BYTES[sl.get_dtype()]
-            if len(sl.get_shape()) <= 1 or name.endswith("wpe.weight"):
+            if len(sl.get_shape()) <= 1 or name.endswith("wpe.weight") or ".mlp." in name:
                 total += nb
             elif name.endswith("c_attn.weight"):
                 assert sl.get_shape()[0] == (heads + 2 * kv) * hd

@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from gpu_preflight.memory.types import DeviceMemory, Estimate
+from gpu_preflight.models.layout import derive_layout, scale_layout
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec
 
 GIB = 2**30
@@ -756,23 +757,46 @@ def max_concurrency(layout: KvLayout, num_blocks: int, max_model_len: int, mnbt:
     return num_blocks / request_blocks(layout, max_model_len, mnbt)
 
 
+def buffer_allowance(arch: ModelArch) -> int:
+    """Bytes a rank holds beside the weights: WEIGHT_EXTRA_BYTES, or vLLM's rotary cos/sin caches
+    where they are larger (Gemma 3: two caches of 131072 x 256 positions x dims, 128 MiB).
+
+    vllm/model_executor/layers/rotary_embedding/base.py RotaryEmbeddingBase.__init__: a
+    cos_sin_cache buffer of max_position_embeddings x rotary_dim in the model dtype on every
+    rank, one per distinct rope (get_rope caches them); counted twice for a model with
+    sliding-window layers (Gemma 2/3's local rope_local_base_freq), at the full head size (the
+    rotary dimension is at most that), plus 1 MiB for the other buffers (Gemma's embedding
+    normalizer, under 1 KiB measured). Scaled ropes whose cache is longer than
+    max_position_embeddings are not modelled here.
+    """
+    dim = (arch.qk_rope_head_dim or 0) if arch.is_mla else arch.head_dim
+    ropes = 2 if arch.sliding_window_layers else 1
+    rope = ropes * arch.max_position_embeddings * dim * MODEL_DTYPE_BYTES
+    return max(WEIGHT_EXTRA_BYTES, rope + MIB)
+
+
 def weights_per_rank(spec: ModelSpec, art: Artifact, tp: int) -> int:
-    """Weight bytes vLLM holds on one rank: the checkpoint split tp ways, K/V heads replicated."""
+    """Weight bytes vLLM holds on one rank: the checkpoint split tp ways, K/V heads replicated,
+    plus what vLLM adds on loading (padded vocabulary, float32 Mamba A; models/hf_dir.py) and
+    its buffers (buffer_allowance)."""
     total = art.weight_bytes * LOAD_FACTOR.get(art.quant.lower(), 1.0)
-    per_rank = total / tp + WEIGHT_EXTRA_BYTES
     a = spec.arch
+    allowance = buffer_allowance(a)
     layout = art.layout
+    extra = layout.load_extra_bytes if layout is not None else 0
+    extra_whole = layout.load_replicated_bytes if layout is not None else 0
+    per_rank = (total + extra - extra_whole) / tp + extra_whole + allowance
     if tp > 1 and layout is not None and layout.replicated_bytes is not None:
         # The sharding each tensor's name and shape gave (models/hf_dir.py): replicated tensors
         # whole on every rank; K/V projections split over at most n_kv_heads ranks
         # (QKVParallelLinear: num_kv_head_replicas = tp / total_num_kv_heads past that); the
         # rest (column, row, vocab and expert parallel) split tp ways.
         factor = total / art.weight_bytes if art.weight_bytes else 1.0
-        whole = layout.replicated_bytes * factor
+        whole = layout.replicated_bytes * factor + extra_whole
         kv = layout.kv_proj_bytes * factor
-        split = max(0.0, total - whole - kv)
+        split = max(0.0, total - layout.replicated_bytes * factor - kv) + extra - extra_whole
         per_kv = kv / min(tp, max(1, a.n_kv_heads)) if not a.is_mla else kv / tp
-        return math.ceil(split / tp + whole + per_kv + WEIGHT_EXTRA_BYTES)
+        return math.ceil(split / tp + whole + per_kv + allowance)
     if tp > a.n_kv_heads and spec.params_b > 0:
         bytes_per_param = total / (spec.params_b * 1e9)
         kv_proj = a.n_layers * a.hidden_size * a.n_kv_heads * (a.head_dim + a.v_head_dim)
@@ -794,6 +818,40 @@ def weights_per_rank(spec: ModelSpec, art: Artifact, tp: int) -> int:
         replicated = lowrank * bytes_per_param + routers * MODEL_DTYPE_BYTES
         per_rank += replicated * (1 - 1 / tp)
     return math.ceil(per_rank)
+
+
+# vllm/model_executor/layers/fused_moe/oracle/unquantized.py: on CUDA an unquantized MoE tries
+# FlashInfer's TRT-LLM bf16 kernel first (_get_priority_backends; moved back on Hopper, SM90, and
+# for gpt-oss's SWIGLUOAI activation), which runs on SM100-family GPUs only (experts/
+# trtllm_bf16_moe.py _supports_current_device) and rounds each rank's expert intermediate size
+# up to a multiple of 128 before allocating w13 / w2
+# (unquantized_round_up_hidden_size_and_intermediate_size). The CPU build the TP reference is
+# measured with (tests/models/test_vllm_tp.py) never pads.
+TRTLLM_MOE_ALIGN = 128
+_UNQUANTIZED = frozenset({"bf16", "fp16", "f16", "f32", "float32", "bfloat16", "float16", "auto"})
+
+
+def moe_padding_bytes(spec: ModelSpec, art: Artifact, tp: int, gpu_name: str | None) -> int:
+    """Expert bytes one rank holds beyond its 1/tp share where vLLM pads the experts' per-rank
+    intermediate size (TRTLLM_MOE_ALIGN): unquantized MoE on a Blackwell datacenter GPU, the
+    safe side where vLLM would pick another kernel."""
+    a = spec.arch
+    inter = a.expert_intermediate_size
+    if (
+        not a.is_moe
+        or not inter
+        or not is_blackwell_datacenter(gpu_name)
+        or art.quant.lower() not in _UNQUANTIZED
+        or a.architecture == "gpt-oss"
+    ):
+        return 0
+    per = inter / max(1, tp)
+    padded = math.ceil(per / TRTLLM_MOE_ALIGN) * TRTLLM_MOE_ALIGN
+    if padded <= per:
+        return 0
+    layout = art.layout or scale_layout(derive_layout(a, art.quant, "vllm"), art.weight_bytes)
+    experts = sum(layout.per_layer_expert_bytes)
+    return math.ceil(experts / max(1, tp) * (padded - per) / per)
 
 
 def forward_bytes(arch: ModelArch, tokens: int, tp: int) -> int:
@@ -963,7 +1021,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     tp = cfg.tensor_parallel_size
     total = cuda_total_bytes(cfg)
     requested = int(cfg.gpu_memory_utilization * total)
-    weights = weights_per_rank(spec, art, tp)
+    weights = weights_per_rank(spec, art, tp) + moe_padding_bytes(spec, art, tp, cfg.gpu_name)
     if cfg.draft is not None:
         weights += weights_per_rank(cfg.draft.spec, cfg.draft.artifact, tp)
     weights = max(0, weights - cfg.cpu_offload_bytes)

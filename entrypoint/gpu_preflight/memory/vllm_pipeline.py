@@ -62,19 +62,20 @@ from gpu_preflight.memory.vllm import (
     LOAD_FACTOR,
     MIB,
     NON_TORCH_BYTES,
-    WEIGHT_EXTRA_BYTES,
     KvLayout,
     VllmConfig,
     VllmConfigError,
     _check_draft,
     _page_bytes,
     batch_limits,
+    buffer_allowance,
     cuda_total_bytes,
     encoder_profile,
     forward_bytes,
     kv_bytes_per_token,
     kv_capacity_tokens,
     kv_layout,
+    moe_padding_bytes,
     non_torch_tp_bytes,
     profile_split,
     request_blocks,
@@ -190,11 +191,13 @@ def stage_weights(spec: ModelSpec, art: Artifact, tp: int, stages: Sequence[Stag
     if last:
         raw += lay.output_bytes + lay.other_bytes
     factor = LOAD_FACTOR.get(art.quant.lower(), 1.0)
-    whole = weights_per_rank(spec, art, tp) - WEIGHT_EXTRA_BYTES
+    allowance = buffer_allowance(spec.arch)
+    whole = weights_per_rank(spec, art, tp) - allowance
     split = art.weight_bytes * factor / tp
-    # K/V heads replicated past tp > n_kv_heads: the same per-layer excess on each layer
+    # K/V heads replicated past tp > n_kv_heads (and what vLLM adds on loading): the same
+    # per-layer excess on each layer
     replicated = max(0.0, whole - split) * n / spec.arch.n_layers
-    return math.ceil(raw * factor / tp + replicated) + WEIGHT_EXTRA_BYTES
+    return math.ceil(raw * factor / tp + replicated) + allowance
 
 
 def stage_budget(
@@ -211,6 +214,10 @@ def stage_budget(
     requested = int(cfg.gpu_memory_utilization * total)
     # --cpu-offload-gb: each rank's own budget, taken from its own stage's weights.
     weights = stage_weights(spec, art, tp, stages, i)
+    # the expert padding of a Blackwell MoE (moe_padding_bytes), this stage's layer share; the
+    # stages carry no card name, so the first card's (cfg.gpu_name) decides
+    pad = moe_padding_bytes(spec, art, tp, cfg.gpu_name)
+    weights += math.ceil(pad * s.layers / max(1, spec.arch.n_layers))
     last = i == len(stages) - 1
     if cfg.draft is not None and last:
         # vLLM 0.32 builds the drafter on the last pipeline rank only (v1/worker/

@@ -77,6 +77,37 @@ _QKV_FUSED = re.compile(r"\.(c_attn|query_key_value|Wqkv|qkv_proj)\.weight$")
 # Learned absolute position embeddings: a plain nn.Embedding in vLLM, whole on every rank
 # (gpt2.py GPT2Model.__init__ and gpt_bigcode.py GPTBigCodeModel.__init__: self.wpe).
 _POSITION = re.compile(r"(^|\.)(wpe|embed_positions)\.weight$")
+# More tensors vLLM holds whole on every rank, whatever their shape:
+# - a shared expert's one-row gate (qwen2_moe.py / qwen3_next.py: shared_expert_gate is a
+#   ReplicatedLinear);
+# - the experts' down-projection bias of a fused-experts checkpoint (gpt-oss
+#   mlp.experts.down_proj_bias, experts x hidden): fused_moe/unquantized_fused_moe_method.py
+#   create_weights makes w2_bias (num_experts, hidden_size), not split.
+_REPLICATED_NAMES = re.compile(r"(\.shared_expert_gate\.weight|\.experts\.down_proj_bias)$")
+# Mamba's A (checkpoint A_log): vLLM keeps it in float32 whatever the checkpoint's dtype
+# (mamba/mamba_mixer.py MambaMixer: A (intermediate / tp, d_state); mamba_mixer2.py MambaMixer2:
+# A (heads / tp); gdn/qwen_gdn_linear_attn.py: A_log (value heads / tp)).
+_A_LOG = re.compile(r"\.A_log$")
+# A Mamba-2 mixer's input projection and conv1d with one group: vLLM gives every rank the
+# group's B and C rows whole (mamba/mamba_mixer2.py MambaMixer2.__init__: n_groups raised to tp
+# by extra_groups_for_head_shards, in_proj / conv1d a ColumnParallelLinear of intermediate +
+# 2 x n_groups x d_state (+ heads) rows split tp ways).
+_MAMBA2_MIXED = re.compile(r"\.(mixer|mamba)\.(in_proj|conv1d)\.weight$")
+# vLLM pads the vocabulary of its embedding and LM head to a multiple of 64 rows before
+# splitting it (layers/vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE, pad_vocab_size).
+VOCAB_PADDING = 64
+# Architectures vLLM serves through its Transformers backend whose transformers config has no
+# base_model_tp_plan (transformers 5.19, the pinned vLLM's): vllm/model_executor/models/
+# transformers/base.py recursive_replace makes every nn.Linear the plan does not name a
+# ReplicatedLinear ("replicate"); only the vocabulary embedding (VocabParallelEmbedding) and the
+# attention projections its AttentionFuser fuses (QKVParallelLinear in, row-parallel out) are
+# split. tests/models/test_vllm_tp.py checks this set against transformers and the GPT-BigCode
+# rule against vLLM's own ranks.
+NO_TP_PLAN = frozenset({"gpt_bigcode", "hunyuan_v1_dense", "hunyuan_v1_moe"})
+_FUSED_ATTENTION = re.compile(
+    r"\.(attn|self_attn|attention)\.(c_attn|c_proj|q_proj|k_proj|v_proj|o_proj|qkv_proj|"
+    r"query_key_value|dense)\."
+)
 # Models whose checkpoints carry MTP blocks vLLM does not load: DeepSeek-V3 and GLM-4.5 store
 # them as layers num_hidden_layers.. (vllm/model_executor/models/utils.py
 # get_spec_layer_idx_from_weight_name / skip_spec_layers), Qwen3-Next under mtp.
@@ -192,7 +223,10 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
     per_layer = [0] * arch.n_layers
     per_expert = [0] * arch.n_layers
     tok = out = other = vision = skipped = replicated = kv_proj = elements = 0
+    load_extra = load_whole = 0
     model_type = str(cfg.get("model_type", ""))
+    no_plan = model_type in NO_TP_PLAN
+    one_group = arch.state_kind == "mamba2" and (arch.ssm_n_groups or 1) == 1
     mtp_prefix = _MTP_PREFIX.get(model_type)
     mtp_layers = isinstance(cfg.get("num_nextn_predict_layers"), int) and bool(
         cfg.get("num_nextn_predict_layers")
@@ -229,17 +263,29 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
                         other += nb
                         replicated += nb
                         continue
+                    vocab = bool(_EMBED.search(name) or _OUTPUT.search(name))
                     if (
                         len(shape) <= 1
                         or _LOWRANK.search(name)
                         or _POSITION.search(name)
+                        or _REPLICATED_NAMES.search(name)
                         or (_ROUTER.search(name) and shape[0] == (arch.n_experts or -1))
+                        or (no_plan and not vocab and not _FUSED_ATTENTION.search(name))
                     ):
                         replicated += nb
                     elif _KV_PROJ.search(name):
                         kv_proj += nb
                     elif _QKV_FUSED.search(name) and not arch.is_mla:
                         kv_proj += _fused_kv_bytes(arch, nb)
+                    elif one_group and _MAMBA2_MIXED.search(name) and shape[0] > 0:
+                        replicated += nb * 2 * (arch.ssm_state_size or 0) // shape[0]
+                    if _A_LOG.search(name) and DTYPE_BYTES.get(dtype, 4) < 4:
+                        up = n * (4 - DTYPE_BYTES.get(dtype, 4))
+                        load_extra += up
+                        load_whole += up if len(shape) <= 1 else 0
+                    if vocab and len(shape) == 2:
+                        rows = -shape[0] % VOCAB_PADDING
+                        load_extra += rows * shape[1] * DTYPE_BYTES.get(dtype, 1)
                     if m and len(m.group(1)) < 10 and int(m.group(1)) < arch.n_layers:
                         per_layer[int(m.group(1))] += nb
                         if _EXPERT.search(name):
@@ -275,6 +321,8 @@ def read_hf_dir(path: Path) -> tuple[ModelArch, Artifact]:
         skipped_bytes=skipped,
         replicated_bytes=replicated,
         kv_proj_bytes=kv_proj,
+        load_extra_bytes=load_extra,
+        load_replicated_bytes=load_whole,
         parameters=elements,
     )
     art = Artifact(

@@ -187,6 +187,11 @@ class WeightLayout:
     # the K/V projections, which are replicated once tensor parallel exceeds the KV heads.
     replicated_bytes: int | None = None
     kv_proj_bytes: int = 0
+    # Bytes vLLM holds beyond the checkpoint's (hf_dir.py, each citing vLLM's source): the
+    # vocabulary padded to a multiple of 64 (split tp ways) and Mamba's A kept in float32 (split
+    # when the checkpoint's A_log is 2-D, whole on every rank when 1-D: load_replicated_bytes).
+    load_extra_bytes: int = 0
+    load_replicated_bytes: int = 0
     # Elements in the headers (packed quantized tensors count their packed elements); 0 unknown.
     parameters: int = 0
 
