@@ -128,9 +128,8 @@ CASES: tuple[TpCase, ...] = (
     TpCase(
         "MambaForCausalLM",
         "mamba",
-        "Mamba-1, float32 A, vocab 50280 (padded to 50304); attention-free, which plan/vllm.py "
-        "tp_sizes reads as one head and so refuses past TP 1 although vLLM builds it",
-        plan_refuses=(2, 4),
+        "Mamba-1, float32 A, vocab 50280 (padded to 50304); attention-free: no heads for "
+        "vLLM's TP check to divide (plan/vllm.py attention_heads)",
     ),
     TpCase(
         "Qwen3NextForCausalLM",

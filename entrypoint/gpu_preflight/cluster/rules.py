@@ -18,6 +18,7 @@ Each rule is the engine's (vLLM 0.32.0):
 from __future__ import annotations
 
 from gpu_preflight.models.types import ModelSpec
+from gpu_preflight.plan.vllm import attention_heads
 
 VOCAB_PADDING = 64  # vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
 # Our architecture names (GGUF general.architecture) -> the vLLM class the checkpoint names, and
@@ -47,12 +48,13 @@ def broken_rules(spec: ModelSpec, tp: int, pp: int, nnodes: int, gpus_per_node: 
     """Each vLLM rule this layout breaks, with its numbers; [] when vLLM accepts it."""
     a = spec.arch
     out: list[str] = []
-    if a.n_heads % tp:
+    heads = attention_heads(a)  # 0 for an attention-free model: nothing to divide
+    if heads % tp:
         out.append(
             f"{spec.id} has {a.n_heads} attention heads, not divisible by tensor parallel {tp} "
             "(vLLM ModelConfig.verify_with_parallel_config)"
         )
-    if not (a.n_kv_heads % tp == 0 or tp % a.n_kv_heads == 0):
+    if heads and not (a.n_kv_heads % tp == 0 or tp % a.n_kv_heads == 0):
         out.append(
             f"{spec.id} has {a.n_kv_heads} KV heads: tensor parallel {tp} neither divides them "
             "nor is a multiple of them (vLLM QKVParallelLinear)"

@@ -29,7 +29,7 @@ from gpu_preflight.memory.vllm_pipeline import (
     partition_layers,
     pipeline_refusal,
 )
-from gpu_preflight.models.types import Artifact, ModelSpec
+from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec
 from gpu_preflight.plan.common import (
     CONTEXT_STEP,
     GIB,
@@ -109,13 +109,22 @@ def by_ordinal(e: Estimate, used: tuple[GpuTarget, ...]) -> Estimate:
     return replace(e, devices=devices)
 
 
+def attention_heads(a: ModelArch) -> int:
+    """The attention heads vLLM's TP check divides (ModelConfig.verify_with_parallel_config reads
+    model_arch_config.total_num_attention_heads): 0 for an attention-free model (Mamba-1/2 have
+    no num_attention_heads; the reader's stand-in of 1 head is not vLLM's), which any TP divides."""
+    if set(range(a.n_layers)) <= set(a.recurrent_layers) and not a.parallel_hybrid:
+        return 0
+    return a.n_heads
+
+
 def tp_sizes(spec: ModelSpec, n: int) -> list[int]:
     """Tensor-parallel sizes vLLM accepts for this model on n identical GPUs, largest first."""
-    heads, kv = spec.arch.n_heads, spec.arch.n_kv_heads
+    heads, kv = attention_heads(spec.arch), spec.arch.n_kv_heads
     out = []
     tp = 1
     while tp <= n:
-        if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
+        if heads == 0 or (heads % tp == 0 and (kv % tp == 0 or tp % kv == 0)):
             out.append(tp)
         tp *= 2
     return sorted(out, reverse=True)
@@ -202,7 +211,7 @@ def vllm_rules(spec: ModelSpec, w: Wants, n_gpus: int) -> str | None:
             f"{model_max} or less, or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 in its environment"
         )
     tp, pp, dp = w.tensor_parallel or 1, w.pipeline_parallel or 1, w.data_parallel or 1
-    if a.n_heads % tp:
+    if attention_heads(a) % tp:
         return (
             f"--tensor-parallel-size {tp}: the total number of attention heads ({a.n_heads}) "
             "must be divisible by the tensor parallel size (vllm/config/model.py "
