@@ -9,7 +9,7 @@ anything is probed, so a typo costs nothing. ``plan_on`` is the one planning pat
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,8 +20,14 @@ from gpu_preflight.inputs.model_naming import refuse_unmodelled, resolve_request
 from gpu_preflight.inputs.model_request import ModelRequest
 from gpu_preflight.inputs.overrides import Overrides, parse_overrides
 from gpu_preflight.models.catalog import Catalog, load_catalog
+from gpu_preflight.models.layout import unlisted_gguf_architecture
 from gpu_preflight.plan.document import plan_to_dict
-from gpu_preflight.plan.reconcile import reconcile, reconcile_totals
+from gpu_preflight.plan.reconcile import (
+    fold_unlisted,
+    reconcile,
+    reconcile_totals,
+    refuse_without_dry_run,
+)
 from gpu_preflight.plan.request import Catalogue
 from gpu_preflight.plan.search import plan
 from gpu_preflight.plan.tiers import TierTable, load_tiers
@@ -208,11 +214,17 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
     """llama.cpp's own dry run of the exact argv on this machine's devices, folded into the plan.
 
     It needs the model's file on local disk (a path, or the header's sparse copy): with -hf and
-    no local file the closed form stands, and the plan says why.
+    no local file the closed form stands, and the plan says why. For an architecture gguf does
+    not list (models/layout.py unlisted_gguf_architecture) the closed form alone never stands:
+    without the dry run the plan is a refusal that says why.
     """
     mode: str = inputs.overrides.resolved("engine_check").value
-    if mode == "off" or result.verdict != "ship" or result.engine != "llama.cpp":
+    if result.verdict != "ship" or result.engine != "llama.cpp":
         return result
+    unlisted = _unlisted(inputs)
+    if mode == "off":
+        # switched off: the closed form stands, without a note (as before)
+        return _no_dry_run(result, unlisted, f"{_CHECK_VAR}=off", lambda p, _: p)
     binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
     if binary is None:
         if mode == "on":
@@ -220,19 +232,41 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
                 f"PREFLIGHT_ENGINE_CHECK=on, but {engine_check.FIT_PARAMS} is not on PATH in "
                 "this image. Accepted: auto or off, or an image that ships it."
             )
-        return reconcile(result, f"{engine_check.FIT_PARAMS} is not on PATH in this image")
+        why = f"{engine_check.FIT_PARAMS} is not on PATH in this image"
+        return _no_dry_run(result, unlisted, why, reconcile)
     assert result.model is not None
     copy = inputs.model.local_copy if inputs.model is not None else None
     if result.model.path is None and copy is None:
-        return reconcile(
-            result,
+        why = (
             "the model is not on local disk before llama-server downloads it (-hf), and no "
-            "header copy was read",
+            "header copy was read"
         )
+        return _no_dry_run(result, unlisted, why, reconcile)
     check = engine_check.llama_dry_run(
         result.argv, engine_env(env, result), model_path=None if result.model.path else copy
     )
-    return reconcile(result, check)
+    if isinstance(check, str):
+        return _no_dry_run(result, unlisted, check, reconcile)
+    folded = reconcile(result, check)
+    return fold_unlisted(folded, unlisted) if unlisted else folded
+
+
+def _unlisted(inputs: Inputs) -> str | None:
+    """Why the user's GGUF is planned only with llama.cpp's dry run (an architecture gguf does
+    not list), or None. The catalog's models are all of listed architectures."""
+    if inputs.model is None:
+        return None
+    return unlisted_gguf_architecture(inputs.model.spec.arch.architecture)
+
+
+def _no_dry_run(
+    result: Plan, unlisted: str | None, why: str, fold: Callable[[Plan, str], Plan]
+) -> Plan:
+    """No dry run of llama.cpp here: the closed form stands with a note (``fold``), or, for an
+    architecture gguf does not list, the plan is a refusal saying why."""
+    if unlisted is not None:
+        return refuse_without_dry_run(result, unlisted, why)
+    return fold(result, why)
 
 
 # A CPU dry run's answer per (model file, llama-fit-params arguments): `matrix` plans one file
@@ -255,8 +289,12 @@ def check_on_cpu(
     """
     setting = inputs.overrides.engine_check
     mode = str(setting.value if setting is not None else env_setting(env, _CHECK_VAR) or "auto")
-    if mode == "off" or result.verdict != "ship" or result.engine != "llama.cpp":
+    if result.verdict != "ship" or result.engine != "llama.cpp":
         return result
+    unlisted = _unlisted(inputs)
+    if mode == "off":
+        # switched off: the closed form stands, without a note (as before)
+        return _no_dry_run(result, unlisted, f"{_CHECK_VAR}=off", lambda p, _: p)
     binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
     if binary is None:
         if mode == "on":
@@ -264,17 +302,18 @@ def check_on_cpu(
                 f"{_CHECK_VAR}=on, but {engine_check.FIT_PARAMS} is not on PATH. Accepted: auto "
                 "or off, or a PATH that has it (the image, `make llama-cpp`)."
             )
-        return reconcile_totals(result, f"{engine_check.FIT_PARAMS} is not on PATH")
+        why = f"{engine_check.FIT_PARAMS} is not on PATH"
+        return _no_dry_run(result, unlisted, why, reconcile_totals)
     assert result.model is not None
     copy = inputs.model.local_copy if inputs.model is not None else None
     if result.model.path is None and copy is None:
         copy = engine_check.cached_gguf(result.model.repo, result.model.file, env)
     if result.model.path is None and copy is None:
-        return reconcile_totals(
-            result,
+        why = (
             f"no GGUF header of {result.model.repo} is on local disk (not a local path, not in "
-            "the Hugging Face cache, not read from the Hub here)",
+            "the Hugging Face cache, not read from the Hub here)"
         )
+        return _no_dry_run(result, unlisted, why, reconcile_totals)
     local = None if result.model.path else copy
     # The engine's environment as `run` would give it (llama-fit-params reads LLAMA_ARG_* as
     # llama-server does), less the shell's LLAMA_ARG_* that were not the planner's input:
@@ -293,7 +332,10 @@ def check_on_cpu(
         check = engine_check.llama_cpu_dry_run(result.argv, run_env, local, binary)
         if cache is not None:
             cache[key] = check
-    return reconcile_totals(result, check)
+    if isinstance(check, str):
+        return _no_dry_run(result, unlisted, check, reconcile_totals)
+    folded = reconcile_totals(result, check, always_fold_kv=bool(unlisted))
+    return fold_unlisted(folded, unlisted) if unlisted else folded
 
 
 def engine_env(env: Mapping[str, str], result: Plan) -> dict[str, str]:

@@ -8,6 +8,7 @@ offsets past the end of the file - becomes a ``ModelFileError`` naming the file 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from gpu_preflight.models.gguf_header import (
 )
 from gpu_preflight.models.layout import (
     ARCH_RULES,
-    GGUF_ARCHITECTURES,
+    GGUF_REFUSED,
     MAX_LAYERS,
+    UNLISTED_NOTE,
     check_arch,
     unknown_architecture,
+    unlisted_gguf_architecture,
 )
 from gpu_preflight.models.types import Artifact, ModelArch, ModelSpec, WeightLayout
 
@@ -219,12 +222,20 @@ def _open(path: Path) -> GGUFHeader:
 
 
 def _layer_tensors(
-    path: Path, tensors: list[TensorInfo], n_layers: int, key: str, n_nextn: int = 0
+    path: Path,
+    tensors: list[TensorInfo],
+    n_layers: int,
+    key: str,
+    n_nextn: int = 0,
+    every_block: bool = True,
 ) -> None:
     """The declared shape must agree with the tensor table: every block 0..n-1 has tensors, none
     beyond (llama.cpp refuses both: llama_model_loader's "wrong number of tensors"). MTP blocks
     (the last n_nextn) may be absent: llama.cpp loads a trunk-only file (llama-model.cpp
-    trunk_only: the MTP tensors are TENSOR_NOT_REQUIRED)."""
+    trunk_only: the MTP tensors are TENSOR_NOT_REQUIRED). ``every_block`` False (an architecture
+    gguf does not list): blocks without tensors of their own are let through, since some newer
+    ones run blocks on shared weights (hrm-text.cpp: layers_per_stack x cycles slots over the
+    stacks' tensors) and llama.cpp's own dry run, not this check, decides whether it loads."""
     seen: set[int] = set()
     for t in tensors:
         m = _BLK.match(t.name)
@@ -236,7 +247,7 @@ def _layer_tensors(
                     f"blk.0 to blk.{n_layers - 1}."
                 )
             seen.add(i)
-    if len(seen & set(range(n_layers - n_nextn))) < n_layers - n_nextn:
+    if every_block and len(seen & set(range(n_layers - n_nextn))) < n_layers - n_nextn:
         raise ModelFileError(
             f"{path}: {key} declares {n_layers} layers but the file has tensors for "
             f"{len(seen)} of them (a GGUF has blk.N tensors for every layer)."
@@ -259,8 +270,25 @@ def _read_gguf(path: Path) -> tuple[ModelArch, Artifact, int]:
         raise ModelFileError(f"{path}: GGUF has no usable general.architecture")
     a = arch_name
     where = str(path)
-    if a not in GGUF_ARCHITECTURES:
+    if a in GGUF_REFUSED:
         raise ModelFileError(unknown_architecture("general.architecture", a, where))
+    unlisted = unlisted_gguf_architecture(a)
+    if unlisted is None:
+        return _read_arch(path, a, head, readers, listed=True)
+    # An architecture gguf does not list (llama.cpp's newer ones): the same generic reader, and
+    # an error that names the architecture before the key it lacks.
+    try:
+        arch, artifact, params = _read_arch(path, a, head, readers, listed=False)
+    except ModelFileError as exc:
+        msg = str(exc).removeprefix(f"{where}: ")
+        raise ModelFileError(f"{where}: {unlisted}, and its header cannot be read: {msg}") from exc
+    return arch, replace(artifact, source=f"{artifact.source} ({UNLISTED_NOTE})"), params
+
+
+def _read_arch(
+    path: Path, a: str, head: GGUFHeader, readers: list[GGUFHeader], listed: bool
+) -> tuple[ModelArch, Artifact, int]:
+    where = str(path)
     n_layers = _int(head, f"{a}.block_count", None, where)
     n_embd = _int(head, f"{a}.embedding_length", None, where)
     if not n_layers or not n_embd:
@@ -301,7 +329,7 @@ def _read_gguf(path: Path) -> tuple[ModelArch, Artifact, int]:
         # n_embd_head_k_mla). ModelArch keeps the config's view: every head, nope+rope / v.
         n_kv, head_dim, head_dim_v = n_head, mla[0], mla[1]
     tensors = [t for r in readers for t in r.tensors]
-    _layer_tensors(path, tensors, n_layers, f"{a}.block_count", n_nextn)
+    _layer_tensors(path, tensors, n_layers, f"{a}.block_count", n_nextn, every_block=listed)
     by_name = {t.name: t for t in tensors}
     tokens = _value(head, "tokenizer.ggml.tokens")
     embd = by_name.get("token_embd.weight")
@@ -736,5 +764,7 @@ def mmproj_compute_bytes(path: Path) -> int:
     if max_pixels:
         n = max(n, min(max_pixels // (patch * patch), _MMPROJ_MAX_WARMUP_PATCHES))
     heads = key("clip.vision.attention.head_count", 16)
-    width = max(key("clip.vision.embedding_length", 1024), key("clip.vision.feed_forward_length", 0))
+    width = max(
+        key("clip.vision.embedding_length", 1024), key("clip.vision.feed_forward_length", 0)
+    )
     return max(_MMPROJ_COMPUTE_FLOOR, heads * n * n * 4 + 4 * n * width * 4)

@@ -8,6 +8,7 @@ gated FFN (gate, up, down), routed experts and their router, norms, embeddings a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version
 
 from gguf import MODEL_ARCH_NAMES
 
@@ -508,6 +509,25 @@ GGUF_REFUSED: dict[str, str] = {
     ),
 }
 GGUF_ARCHITECTURES = frozenset(set(MODEL_ARCH_NAMES.values()) - set(GGUF_REFUSED))
+# The installed gguf package whose MODEL_ARCH_NAMES is the list above (0.19.0 as pinned). The
+# llama.cpp the image serves with (vendored in llama-cpp-python 0.3.36, src/llama-arch.cpp
+# LLM_ARCH_NAMES) knows more architectures than it lists (deepseek4, kimi-k3, qwen4exp ...).
+GGUF_VERSION = version("gguf")
+UNLISTED_NOTE = f"not in gguf {GGUF_VERSION}'s list: figures from llama.cpp's own dry run"
+
+
+def unlisted_gguf_architecture(name: str) -> str | None:
+    """Why a GGUF's architecture is planned only with llama.cpp's own dry run folded in, or None.
+
+    An architecture outside gguf's MODEL_ARCH_NAMES (and not refused by name, GGUF_REFUSED) is
+    read by the generic header reader (its {arch}.* keys and its tensor list), but no rule here
+    was checked against it: its weights and KV are llama-fit-params' (plan/reconcile.py), and
+    where that dry run cannot be had the plan is a refusal (pipeline.py check_on_cpu,
+    check_with_engine), never the closed form alone.
+    """
+    if name in GGUF_ARCHITECTURES or name in GGUF_REFUSED:
+        return None
+    return f"general.architecture {name!r} is not in gguf {GGUF_VERSION}'s list of architectures"
 
 
 def unknown_architecture(kind: str, name: str, origin: str) -> str:

@@ -195,7 +195,7 @@ def _spread(excess: int, held: list[int], fallback: list[int]) -> list[int]:
     return parts
 
 
-def reconcile_totals(plan: Plan, engine: Breakdown | str) -> Plan:
+def reconcile_totals(plan: Plan, engine: Breakdown | str, always_fold_kv: bool = False) -> Plan:
     """The plan with llama.cpp's own dry run on this machine's CPU folded into its totals, or a
     note saying why there is none (the closed form stands).
 
@@ -219,7 +219,10 @@ def reconcile_totals(plan: Plan, engine: Breakdown | str) -> Plan:
     if isinstance(engine, str):
         note = f"llama.cpp's own dry run on the CPU was not used: {engine}; the closed form stands"
         return replace(plan, predicted=replace(pred, notes=(*pred.notes, note)))
-    fold_kv = kv_measured(engine)
+    # ``always_fold_kv``: an architecture gguf does not list, whose closed-form KV is not trusted;
+    # llama.cpp's per-slot streams (more than the unified cache, see kv_measured) are then the
+    # safe side.
+    fold_kv = always_fold_kv or kv_measured(engine)
     if all(d.device == "CPU" for d in pred.devices):
         return reconcile(plan, engine, fold_kv, "this machine's CPU")
     rows = _rows_of(engine)
@@ -290,6 +293,75 @@ def reconcile_totals(plan: Plan, engine: Breakdown | str) -> Plan:
             reasons=(
                 f"llama.cpp's own dry run of the planned command on the CPU (model "
                 f"{model // MIB} MiB, context {context // MIB} MiB) needs " + "; ".join(over),
+                *plan.reasons,
+            ),
+        )
+    return replace(plan, predicted=new_pred)
+
+
+# -- architectures outside gguf's list (models/layout.py unlisted_gguf_architecture) -------------
+
+UNTRUSTED = "the closed form alone is not trusted for an architecture outside gguf's list"
+
+
+def refuse_without_dry_run(plan: Plan, unlisted: str, why: str) -> Plan:
+    """A refusal for a model whose architecture gguf does not list when llama.cpp's own dry run
+    cannot be had (``why``: no llama-fit-params, no local header, the check switched off, or
+    llama-fit-params could not load the file): no rule here was checked against it."""
+    if plan.verdict != "ship":
+        return plan
+    return replace(
+        plan,
+        verdict="refuse",
+        argv=(),
+        env_unset=(),
+        reasons=(
+            f"{unlisted}, and llama.cpp's own dry run cannot be had here: {why}; {UNTRUSTED}. "
+            "Accepted: llama-fit-params on PATH (the image, `make llama-cpp`), the GGUF on local "
+            "disk, PREFLIGHT_ENGINE_CHECK=auto or on",
+            *plan.reasons,
+        ),
+    )
+
+
+def _compute_margin(compute: int) -> int:
+    return max(STATED_FIXED, int(compute * STATED_FRACTION))
+
+
+def fold_unlisted(plan: Plan, unlisted: str) -> Plan:
+    """After llama.cpp's dry run was folded in (``reconcile`` / ``reconcile_totals``): weights
+    and KV are llama.cpp's figures (each total kept the larger); compute, which the CPU run does
+    not measure for the GPUs, is the generic closed form plus the closed form's stated error
+    (STATED_FRACTION, at least STATED_FIXED) on every device that has a compute buffer. A device
+    then over its budget refuses the plan with the numbers."""
+    if plan.verdict != "ship" or plan.predicted is None:
+        return plan
+    pred = plan.predicted
+    devices: list[PlannedDevice] = []
+    over: list[str] = []
+    added = 0
+    for d in pred.devices:
+        extra = _compute_margin(d.compute_bytes) if d.compute_bytes > 0 else 0
+        added += extra
+        total = d.total_bytes + extra
+        devices.append(replace(d, compute_bytes=d.compute_bytes + extra, total_bytes=total))
+        if extra and _over_budget(d, total):
+            over.append(f"{gib(total)} on {d.description}, {gib(d.budget_bytes)} usable")
+    note = (
+        f"{unlisted}: weights and KV are llama.cpp's own dry run's (above); compute is the "
+        f"generic closed form plus its stated error ({int(STATED_FRACTION * 100)} %, at least "
+        f"{STATED_FIXED // MIB} MiB per device: +{added // MIB} MiB in all)"
+    )
+    new_pred = replace(pred, devices=tuple(devices), notes=(*pred.notes, note))
+    if over:
+        return replace(
+            plan,
+            verdict="refuse",
+            argv=(),
+            env_unset=(),
+            predicted=new_pred,
+            reasons=(
+                f"{unlisted}; with compute's stated margin it needs " + "; ".join(over),
                 *plan.reasons,
             ),
         )
