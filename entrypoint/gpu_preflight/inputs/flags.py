@@ -314,7 +314,85 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-Parser = Int | Float | Choice | Text | Switch | Split | JsonObject | IntChoice | EnvFlag
+# vLLM 0.32 vllm/config/multimodal.py: the modalities _validate_limit_per_prompt gives options of
+# their own (ImageDummyOptions, VideoDummyOptions, AudioDummyOptions, each extra="forbid"), and
+# those options; BaseDummyOptions.count is Field(999, ge=0), the others Field(None, gt=0).
+MM_MODALITIES: Mapping[str, tuple[str, ...]] = {
+    "image": ("width", "height"),
+    "video": ("num_frames", "width", "height"),
+    "audio": ("length",),
+}
+MM_MAX_COUNT = 1_000_000  # vLLM sets no ceiling; past any prompt, catches typos
+MM_MAX_SIZE = 1_048_576  # pixels per side, frames, audio samples: the same
+
+
+@dataclass(frozen=True)
+class MmLimits:
+    """vLLM ``--limit-mm-per-prompt '{"image":0}'``: items per prompt for each modality, a count
+    or ``{"count": N, ...dummy options}`` (vllm/config/multimodal.py MultiModalConfig.
+    limit_per_prompt, parsed by json.loads and _validate_limit_per_prompt). A modality not named
+    keeps vLLM's 999."""
+
+    max_len: int = 4096
+
+    @property
+    def accepted(self) -> str:
+        opts = "; ".join(f"{m}: {', '.join(o)}" for m, o in MM_MODALITIES.items())
+        return (
+            f"a JSON object of {', '.join(MM_MODALITIES)} to a count from 0 to {MM_MAX_COUNT} "
+            f'or to {{"count": N, options}} (options, each from 1 to {MM_MAX_SIZE}: {opts}), '
+            "e.g. '{\"image\":0}'"
+        )
+
+    @property
+    def out_type(self) -> type:
+        return dict
+
+    def parse(self, where: str, raw: str) -> Mapping[str, Any]:
+        doc = JsonObject(self.max_len, self.accepted).parse(where, raw)
+        out: dict[str, Any] = {}
+        for modality, value in doc.items():
+            if modality not in MM_MODALITIES:
+                raise FlagValueError(where, raw, self.accepted, f"unknown modality {modality!r}")
+            if isinstance(value, dict):
+                allowed = ("count", *MM_MODALITIES[modality])
+                bad = [k for k in value if k not in allowed]
+                if bad:
+                    raise FlagValueError(
+                        where, raw, self.accepted, f"{modality}: unknown option {bad[0]!r}"
+                    )
+                for k, v in value.items():
+                    lo, hi = (0, MM_MAX_COUNT) if k == "count" else (1, MM_MAX_SIZE)
+                    if not _whole(v) or not lo <= v <= hi:
+                        raise FlagValueError(
+                            where, raw, self.accepted, f"{modality}.{k} is not {lo} to {hi}"
+                        )
+                out[modality] = dict(value)
+            elif _whole(value) and 0 <= value <= MM_MAX_COUNT:
+                out[modality] = value
+            else:
+                raise FlagValueError(
+                    where, raw, self.accepted, f"{modality} is not a count from 0 to {MM_MAX_COUNT}"
+                )
+        return out
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def mm_count(limits: Mapping[str, Any], modality: str) -> int | None:
+    """The count ``--limit-mm-per-prompt`` gives a modality; None where it names none (vLLM's
+    MultiModalConfig.get_limit_per_prompt then takes 999)."""
+    value = limits.get(modality)
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return int(value.get("count", 999))  # BaseDummyOptions.count default
+    return int(value)
+
+
+Parser = Int | Float | Choice | Text | Switch | Split | JsonObject | IntChoice | EnvFlag | MmLimits
 
 # Accepted texts shared by several rows.
 LLAMACPP_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
@@ -1291,6 +1369,45 @@ FLAGS: tuple[Flag, ...] = (
         "speculative decoding",
     ),
     Flag(
+        "limit_mm_per_prompt",
+        V,
+        ("--limit-mm-per-prompt",),
+        None,
+        MmLimits(),
+        "modelled",
+        "items per prompt of each modality: sizes the encoder profiling pass "
+        "(MultiModalBudget); 0 for every modality of the tower drops the tower",
+    ),
+    Flag(
+        "language_model_only",
+        V,
+        ("--language-model-only",),
+        None,
+        Switch(),
+        "modelled",
+        "every modality's limit 0: no encoder pass, the tower is not built",
+        negations=("--no-language-model-only",),
+    ),
+    Flag(
+        "skip_mm_profiling",
+        V,
+        ("--skip-mm-profiling",),
+        None,
+        Switch(),
+        "modelled",
+        "no encoder profiling pass: its memory is not in vLLM's budget",
+        negations=("--no-skip-mm-profiling",),
+    ),
+    Flag(
+        "mm_encoder_tp_mode",
+        V,
+        ("--mm-encoder-tp-mode",),
+        None,
+        Choice(("weights", "data")),
+        "modelled",
+        "the vision tower under tensor parallel: weights sharded, or data split over ranks",
+    ),
+    Flag(
         "block_size",
         V,
         ("--block-size",),
@@ -1592,6 +1709,26 @@ KNOBS: tuple[Knob, ...] = (
     Knob(
         "speculative_config",
         _v(None, "none", "vllm/engine/arg_utils.py EngineArgs.speculative_config"),
+    ),
+    Knob(
+        "limit_mm_per_prompt",
+        _v(
+            None,
+            "999 per modality",
+            "vllm/config/multimodal.py MultiModalConfig.limit_per_prompt (get_limit_per_prompt)",
+        ),
+    ),
+    Knob(
+        "language_model_only",
+        _v(False, "off", "vllm/config/multimodal.py MultiModalConfig.language_model_only"),
+    ),
+    Knob(
+        "skip_mm_profiling",
+        _v(False, "off", "vllm/config/multimodal.py MultiModalConfig.skip_mm_profiling"),
+    ),
+    Knob(
+        "mm_encoder_tp_mode",
+        _v("weights", "weights", "vllm/config/multimodal.py MultiModalConfig.mm_encoder_tp_mode"),
     ),
     Knob(
         "block_size",

@@ -141,6 +141,10 @@ class UserSettings:
     cpu_offload_gb: Sourced[float] | None = None
     kv_cache_memory_bytes: Sourced[int] | None = None
     speculative_config: Sourced[Mapping[str, Any]] | None = None
+    limit_mm_per_prompt: Sourced[Mapping[str, Any]] | None = None
+    language_model_only: Sourced[bool] | None = None
+    skip_mm_profiling: Sourced[bool] | None = None
+    mm_encoder_tp_mode: Sourced[str] | None = None
     block_size: Sourced[int] | None = None
     revision: Sourced[str] | None = None
     # Every place that named a model (PREFLIGHT_MODEL, VLLM_MODEL, -m, -hf, `vllm serve X`...):

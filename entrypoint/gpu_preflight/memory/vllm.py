@@ -344,6 +344,16 @@ class VllmConfig:
     # The vLLM release whose constants apply (the planner: the pinned one; the benchmark: a
     # published log's own, where a constant changed between releases).
     vllm_version: tuple[int, int] = PINNED_VLLM
+    # --limit-mm-per-prompt: (modality, items per prompt) for the modalities it names; a modality
+    # not named takes vLLM's 999 (vllm/config/multimodal.py MultiModalConfig.get_limit_per_prompt).
+    mm_limits: tuple[tuple[str, int], ...] = ()
+    # --language-model-only: every modality's limit is 0 (get_limit_per_prompt returns 0).
+    language_model_only: bool = False
+    # --skip-mm-profiling: profile_run skips the encoder pass (vllm/v1/worker/gpu/model_runner.py
+    # profile_run: "if mm_config is not None and not mm_config.skip_mm_profiling").
+    skip_mm_profiling: bool = False
+    # --mm-encoder-tp-mode: "weights" (vLLM's default) or "data".
+    mm_encoder_tp_mode: str = "weights"
 
 
 @dataclass(frozen=True)
@@ -909,26 +919,116 @@ class EncoderProfile:
     cache_bytes: int  # the encoder outputs: tokens x the language model's hidden size, 16-bit
 
 
+# vllm/config/multimodal.py BaseDummyOptions.count: a modality --limit-mm-per-prompt does not name.
+MM_DEFAULT_LIMIT = 999
+# Multimodal architectures whose vLLM 0.32 model class builds its tower (and projector) inside
+# SupportsMultiModal._mark_tower_model (vllm/model_executor/models/interfaces.py), which skips
+# them (StageMissingLayer, no weights loaded) when get_limit_per_prompt is 0 for every modality
+# of the tower; with the modalities each class marks. Read from each class's __init__:
+# qwen2_5_vl.py / qwen2_vl.py ({"image", "video"}: visual), mllama4.py ("image": vision_model,
+# multi_modal_projector), gemma3_mm.py, mistral3.py and llava.py ("image": vision_tower,
+# multi_modal_projector). Another architecture keeps its tower's weights in the plan (the larger
+# figure) until its model file is read.
+TOWER_MODALITIES: dict[str, tuple[str, ...]] = {
+    "Qwen2_5_VLForConditionalGeneration": ("image", "video"),
+    "Qwen2VLForConditionalGeneration": ("image", "video"),
+    "Llama4ForConditionalGeneration": ("image",),
+    "Gemma3ForConditionalGeneration": ("image",),
+    "Mistral3ForConditionalGeneration": ("image",),
+    "LlavaForConditionalGeneration": ("image",),
+}
+# Architectures whose class sets supports_encoder_tp_data = True (vLLM 0.32 qwen2_5_vl.py,
+# qwen2_vl.py, mllama4.py): with --mm-encoder-tp-mode data their tower runs data parallel
+# (vllm/model_executor/models/vision.py run_dp_sharded_vision_model /
+# run_dp_sharded_mrope_vision_model: each rank encodes its share of the items with the whole
+# tower, the outputs are all-gathered). For any other model vllm/config/model.py falls back to
+# "weights" ("This model does not support `--mm-encoder-tp-mode data`").
+ENCODER_TP_DATA = frozenset(
+    {
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration",
+        "Llama4ForConditionalGeneration",
+    }
+)
+
+
+def mm_limit(cfg: VllmConfig, modality: str) -> int:
+    """MultiModalConfig.get_limit_per_prompt (vllm/config/multimodal.py)."""
+    if cfg.language_model_only:
+        return 0
+    return dict(cfg.mm_limits).get(modality, MM_DEFAULT_LIMIT)
+
+
+def tower_modalities(arch: ModelArch) -> tuple[str, ...]:
+    """The modalities the tower takes: its class's (TOWER_MODALITIES), else image and video (a
+    class not read may take video; a limit of 0 for image alone then leaves a video pass, sized
+    as a sequence-long item in encoder_profile: the larger figure)."""
+    return TOWER_MODALITIES.get(arch.hf_architecture, ("image", "video"))
+
+
+def tower_dropped(arch: ModelArch, cfg: VllmConfig) -> bool:
+    """vLLM builds no tower: every modality it takes has limit 0 and its class marks it."""
+    return (
+        arch.has_vision
+        and arch.hf_architecture in TOWER_MODALITIES
+        and all(mm_limit(cfg, m) == 0 for m in TOWER_MODALITIES[arch.hf_architecture])
+    )
+
+
+def tower_bytes_per_rank(art: Artifact, tp: int) -> int:
+    """The tower's share of weights_per_rank: whole on every rank where the layout's sharding
+    was read (models/hf_dir.py counts it replicated), else the 1/tp share weights_per_rank gave."""
+    layout = art.layout
+    if layout is None or not layout.vision_bytes:
+        return 0
+    if tp <= 1 or layout.replicated_bytes is not None:
+        return layout.vision_bytes
+    return layout.vision_bytes // tp
+
+
 def encoder_profile(arch: ModelArch, cfg: VllmConfig) -> EncoderProfile | None:
-    """The encoder pass of profile_run (see EncoderProfile); None for a text-only model."""
+    """The encoder pass of profile_run (see EncoderProfile); None for a text-only model, with
+    --skip-mm-profiling, or where every modality's limit is 0 (compute_mm_encoder_budget then
+    returns 0, 0: "Encoder cache will not be initialized", and get_dummy_encoder_profile_inputs
+    returns no items)."""
     enc = arch.vision
-    if enc is None:
+    if enc is None or cfg.skip_mm_profiling:
+        return None
+    live = [m for m in tower_modalities(arch) if mm_limit(cfg, m) > 0]
+    if not live:
         return None
     tokens, seqs = batch_limits(cfg)
     per_item = enc.tokens_per_item
-    if enc.video:
+    modality = "image"
+    if enc.video and "video" in live:
         # Qwen2-VL's video item fills the sequence (qwen2_vl.py get_max_video_tokens: frames
         # of the largest image until seq_len); its tokens are merged patches like an image's.
+        # MultiModalBudget.get_modality_with_max_tokens then profiles video.
         per_item = max(per_item, cfg.max_model_len)
+        modality = "video"
+    elif "image" not in live:
+        # Only a modality whose item size the reader does not know (video of a tower read as
+        # image-only): the image's size stands in, an item at least as large as the sequence.
+        per_item = max(per_item, cfg.max_model_len)
+        modality = live[0]
     budget_tokens = max(tokens, per_item)
-    items = max(1, min(budget_tokens // per_item, seqs * max(1, cfg.max_model_len // per_item)))
+    # MultiModalBudget._get_max_items: the user's limit caps the items of one prompt.
+    per_prompt = max(1, min(mm_limit(cfg, modality), cfg.max_model_len // per_item))
+    items = max(1, min(budget_tokens // per_item, seqs * per_prompt))
     held = items * per_item
     # The tower's sequence: patches_per_token positions a token. The same form as the language
     # model's forward (forward_bytes): the MLP's 3 x intermediate and 2.5 x hidden per position,
-    # 16-bit; attention through the fused kernels holds no sequence x sequence matrix. Not split
-    # over tensor parallel (mm_encoder_tp_mode "data" replicates the tower; "weights", the
-    # default, shards it): the safe side.
-    positions = held * enc.patches_per_token
+    # 16-bit; attention through the fused kernels holds no sequence x sequence matrix. With
+    # mm_encoder_tp_mode "weights" (the default) not split over tensor parallel although the
+    # tower's linear layers are sharded where its heads divide (vision.py is_vit_use_data_parallel
+    # falls back to data parallel otherwise): which towers shard is not read, the larger figure.
+    encoded = held
+    tp = cfg.tensor_parallel_size
+    if cfg.mm_encoder_tp_mode == "data" and tp > 1 and arch.hf_architecture in ENCODER_TP_DATA:
+        # Data parallel encoder: each rank runs the whole tower over its share of the items
+        # (run_dp_sharded_vision_model); the gathered outputs, all of them, stay in the cache.
+        encoded = -(-items // tp) * per_item
+    positions = encoded * enc.patches_per_token
     fwd = int(positions * MODEL_DTYPE_BYTES * (2.5 * enc.hidden_size + 3 * enc.intermediate_size))
     return EncoderProfile(
         items, held, budget_tokens, fwd, held * arch.hidden_size * MODEL_DTYPE_BYTES
@@ -999,7 +1099,39 @@ def profile_split(
     return requested, graphs, available, margin
 
 
-def _encoder_notes(arch: ModelArch, cfg: VllmConfig) -> tuple[str, ...]:
+def _encoder_notes(arch: ModelArch, cfg: VllmConfig, outside: int) -> tuple[str, ...]:
+    """What the plan says of the tower; ``outside``: the card's CUDA memory outside the budget."""
+    if not arch.has_vision:
+        return ()
+    if tower_dropped(arch, cfg):
+        why = "--language-model-only" if cfg.language_model_only else "--limit-mm-per-prompt"
+        return (
+            f"vision tower not built ({why}: every modality it takes is limited to 0; "
+            "vllm/model_executor/models/interfaces.py _mark_tower_model): its weights and its "
+            "encoder profiling pass are left out",
+        )
+    if cfg.language_model_only or not any(mm_limit(cfg, m) > 0 for m in tower_modalities(arch)):
+        return (
+            "no encoder profiling pass (every modality limited to 0: compute_mm_encoder_budget "
+            "gives no budget); the tower's weights stay counted (its model class is not known "
+            "to skip building it)",
+        )
+    if cfg.skip_mm_profiling:
+        full = encoder_profile(arch, replace(cfg, skip_mm_profiling=False))
+        need = (
+            f"up to {max(full.forward_bytes, full.cache_bytes) / GIB:.2f} GiB here "
+            f"({full.items} item(s) of {full.tokens // full.items} tokens)"
+            if full is not None
+            else "an amount this reader cannot size"
+        )
+        return (
+            "--skip-mm-profiling: vLLM skips the encoder profiling pass (v1/worker/gpu/"
+            "model_runner.py profile_run), so its KV pool is sized without the tower's "
+            "activations and the encoder cache, as planned here; the first multimodal batch then "
+            f"needs {need} beyond the budget, from the {outside / GIB:.2f} GiB the budget "
+            "leaves outside it, or it fails out of memory. The plan keeps the tower's weights "
+            "and no encoder memory",
+        )
     enc = encoder_profile(arch, cfg)
     if enc is not None:
         return (
@@ -1022,6 +1154,8 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
     total = cuda_total_bytes(cfg)
     requested = int(cfg.gpu_memory_utilization * total)
     weights = weights_per_rank(spec, art, tp) + moe_padding_bytes(spec, art, tp, cfg.gpu_name)
+    if tower_dropped(spec.arch, cfg):
+        weights -= tower_bytes_per_rank(art, tp)
     if cfg.draft is not None:
         weights += weights_per_rank(cfg.draft.spec, cfg.draft.artifact, tp)
     weights = max(0, weights - cfg.cpu_offload_bytes)
@@ -1036,7 +1170,7 @@ def budget(spec: ModelSpec, art: Artifact, cfg: VllmConfig) -> VllmBudget:
         f"{cfg.gpu_total_bytes / GIB:.2f} GiB less the driver's reserve) = {requested / GIB:.2f} GiB",
         f"profiling pass of {tokens} tokens and {min(seqs, tokens)} sampled rows: "
         f"{act / GIB:.2f} GiB activation peak (modelled)",
-        *_encoder_notes(spec.arch, cfg),
+        *_encoder_notes(spec.arch, cfg, total - requested),
         (
             f"CUDA graphs ({graphs / GIB:.1f} GiB) "
             + ("inside the budget" if cfg.cudagraph_in_budget else "on top of the budget")

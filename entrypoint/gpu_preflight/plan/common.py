@@ -7,9 +7,9 @@ from which the argv is written, and the prediction made with exactly those setti
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gpu_preflight.inputs.flags import knob
 from gpu_preflight.inputs.model_request import Draft
@@ -79,6 +79,12 @@ class Wants:
     kv_cache_memory_bytes: int | None = None
     quantization: str | None = None
     data_parallel: int | None = None  # vLLM --data-parallel-size as given
+    # vLLM's multimodal settings as given (None: not set, vLLM's default): --limit-mm-per-prompt
+    # (the parsed JSON), --language-model-only, --skip-mm-profiling, --mm-encoder-tp-mode.
+    limit_mm_per_prompt: Mapping[str, Any] | None = None
+    language_model_only: bool | None = None
+    skip_mm_profiling: bool | None = None
+    mm_encoder_tp_mode: str | None = None
     allow_long_context: bool = False  # VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
     # The user set the concurrency (--max-num-seqs / -np / PREFLIGHT_PARALLEL): vLLM's own rule
     # then admits a plan whose pool holds one request of max_model_len (issue 20).

@@ -76,6 +76,11 @@ class VllmSettings:
     cpu_offload_gb: float | None = None
     kv_cache_memory_bytes: int | None = None
     speculative_config: Mapping[str, Any] | None = None  # the user's own, as given
+    # vLLM's multimodal settings, each only when the user set it (plan/vllm.py vllm_argv).
+    limit_mm_per_prompt: Mapping[str, Any] | None = None
+    language_model_only: bool | None = None
+    skip_mm_profiling: bool | None = None
+    mm_encoder_tp_mode: str | None = None
     served_model_name: str | None = None  # None: the model's id
     revision: str | None = None  # the Hub commit the plan read the model at
     pipeline_parallel_size: int = 1

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
-from gpu_preflight.inputs.flags import canonical
+from gpu_preflight.inputs.flags import canonical, mm_count
 from gpu_preflight.inputs.model_request import Draft
 from gpu_preflight.inputs.overrides import Overrides
 from gpu_preflight.memory.types import Estimate
@@ -71,6 +72,10 @@ def _settings_for(w: Wants, ctx: int, gmu: float, tp: int, kv_dtype: str) -> Vll
         dtype=w.dtype,
         cpu_offload_gb=w.cpu_offload_gb,
         kv_cache_memory_bytes=w.kv_cache_memory_bytes,
+        limit_mm_per_prompt=w.limit_mm_per_prompt,
+        language_model_only=w.language_model_only,
+        skip_mm_profiling=w.skip_mm_profiling,
+        mm_encoder_tp_mode=w.mm_encoder_tp_mode,
     )
 
 
@@ -164,7 +169,22 @@ def vllm_config(
         draft=VllmDraft(draft.spec, draft.artifact, draft.tokens) if draft else None,
         cpu_offload_bytes=int((w.cpu_offload_gb or 0) * GIB),
         kv_cache_memory_bytes=w.kv_cache_memory_bytes,
+        **mm_config(w),
     )
+
+
+def mm_config(w: Wants) -> dict[str, Any]:
+    """The memory model's multimodal fields from the user's settings (vLLM's defaults where
+    unset: 999 items of every modality, the tower built and profiled, mm_encoder_tp_mode
+    "weights"; vllm/config/multimodal.py MultiModalConfig)."""
+    limits = w.limit_mm_per_prompt or {}
+    counts = tuple((m, n) for m in sorted(limits) if (n := mm_count(limits, m)) is not None)
+    return {
+        "mm_limits": counts,
+        "language_model_only": bool(w.language_model_only),
+        "skip_mm_profiling": bool(w.skip_mm_profiling),
+        "mm_encoder_tp_mode": w.mm_encoder_tp_mode or "weights",
+    }
 
 
 def typed_defaults(spec: ModelSpec, w: Wants) -> Wants:
@@ -917,6 +937,19 @@ def vllm_argv(model: ModelChoice, s: VllmSettings, o: Overrides) -> tuple[str, .
         argv += [_flag("kv_cache_memory_bytes"), str(s.kv_cache_memory_bytes)]
     if s.enforce_eager is not None:
         argv.append(_flag("enforce_eager") if s.enforce_eager else "--no-enforce-eager")
+    if s.limit_mm_per_prompt is not None:
+        argv += [
+            _flag("limit_mm_per_prompt"),
+            json.dumps(s.limit_mm_per_prompt, separators=(",", ":"), sort_keys=True),
+        ]
+    if s.language_model_only is not None:
+        argv.append(
+            _flag("language_model_only") if s.language_model_only else "--no-language-model-only"
+        )
+    if s.skip_mm_profiling is not None:
+        argv.append(_flag("skip_mm_profiling") if s.skip_mm_profiling else "--no-skip-mm-profiling")
+    if s.mm_encoder_tp_mode is not None:
+        argv += [_flag("mm_encoder_tp_mode"), s.mm_encoder_tp_mode]
     if s.speculative_config is not None:
         argv += [
             _flag("speculative_config"),
