@@ -222,18 +222,9 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
     if result.verdict != "ship" or result.engine != "llama.cpp":
         return result
     unlisted = _unlisted(inputs)
-    if mode == "off":
-        # switched off: the closed form stands, without a note (as before)
-        return _no_dry_run(result, unlisted, f"{_CHECK_VAR}=off", lambda p, _: p)
-    binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
-    if binary is None:
-        if mode == "on":
-            raise SetupError(
-                f"PREFLIGHT_ENGINE_CHECK=on, but {engine_check.FIT_PARAMS} is not on PATH in "
-                "this image. Accepted: auto or off, or an image that ships it."
-            )
-        why = f"{engine_check.FIT_PARAMS} is not on PATH in this image"
-        return _no_dry_run(result, unlisted, why, reconcile)
+    binary = _binary_or_plan(result, unlisted, mode, env, reconcile)
+    if isinstance(binary, Plan):
+        return binary
     assert result.model is not None
     copy = inputs.model.local_copy if inputs.model is not None else None
     if result.model.path is None and copy is None:
@@ -243,12 +234,38 @@ def check_with_engine(inputs: Inputs, result: Plan, env: Mapping[str, str]) -> P
         )
         return _no_dry_run(result, unlisted, why, reconcile)
     check = engine_check.llama_dry_run(
-        result.argv, engine_env(env, result), model_path=None if result.model.path else copy
+        result.argv,
+        engine_env(env, result),
+        model_path=None if result.model.path else copy,
+        binary=binary,
     )
     if isinstance(check, str):
         return _no_dry_run(result, unlisted, check, reconcile)
     folded = reconcile(result, check)
     return fold_unlisted(folded, unlisted) if unlisted else folded
+
+
+def _binary_or_plan(
+    result: Plan,
+    unlisted: str | None,
+    mode: str,
+    env: Mapping[str, str],
+    fold: Callable[[Plan, str], Plan],
+) -> str | Plan:
+    """llama-fit-params to run, or the plan as it stands without it (PREFLIGHT_ENGINE_CHECK off,
+    or the binary missing under auto); ``on`` without the binary is a SetupError naming it."""
+    if mode == "off":
+        # switched off: the closed form stands, without a note (as before)
+        return _no_dry_run(result, unlisted, f"{_CHECK_VAR}=off", lambda p, _: p)
+    binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
+    if binary is not None:
+        return binary
+    if mode == "on":
+        raise SetupError(
+            f"{_CHECK_VAR}=on, but {engine_check.FIT_PARAMS} is not on PATH. Accepted: auto or "
+            "off, or a PATH that has it (the image ships it; here `make llama-cpp`)."
+        )
+    return _no_dry_run(result, unlisted, f"{engine_check.FIT_PARAMS} is not on PATH", fold)
 
 
 def _unlisted(inputs: Inputs) -> str | None:
@@ -292,18 +309,9 @@ def check_on_cpu(
     if result.verdict != "ship" or result.engine != "llama.cpp":
         return result
     unlisted = _unlisted(inputs)
-    if mode == "off":
-        # switched off: the closed form stands, without a note (as before)
-        return _no_dry_run(result, unlisted, f"{_CHECK_VAR}=off", lambda p, _: p)
-    binary = shutil.which(engine_check.FIT_PARAMS, path=env.get("PATH"))
-    if binary is None:
-        if mode == "on":
-            raise SetupError(
-                f"{_CHECK_VAR}=on, but {engine_check.FIT_PARAMS} is not on PATH. Accepted: auto "
-                "or off, or a PATH that has it (the image, `make llama-cpp`)."
-            )
-        why = f"{engine_check.FIT_PARAMS} is not on PATH"
-        return _no_dry_run(result, unlisted, why, reconcile_totals)
+    binary = _binary_or_plan(result, unlisted, mode, env, reconcile_totals)
+    if isinstance(binary, Plan):
+        return binary
     assert result.model is not None
     copy = inputs.model.local_copy if inputs.model is not None else None
     if result.model.path is None and copy is None:

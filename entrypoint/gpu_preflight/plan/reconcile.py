@@ -161,6 +161,32 @@ def reconcile(
         f"{where}; {_figures(engine)}): each component is the larger of its figure and the "
         "closed form"
     )
+    return _folded(
+        plan,
+        devices,
+        summary,
+        notes,
+        over,
+        "llama.cpp's own dry run of the planned command",
+        engine,
+        fold_kv,
+    )
+
+
+def _folded(
+    plan: Plan,
+    devices: list[PlannedDevice],
+    summary: str,
+    notes: list[str],
+    over: list[str],
+    who: str,
+    engine: Breakdown,
+    fold_kv: bool,
+) -> Plan:
+    """The plan with the folded devices and the dry run's notes; a refusal naming ``who`` (the
+    dry run and its figures) where a device went over its budget."""
+    assert plan.predicted is not None
+    pred = plan.predicted
     if not fold_kv:
         summary += (
             "; KV kept as predicted: --kv-unified is server-only, so llama.cpp sized a stream "
@@ -176,10 +202,7 @@ def reconcile(
             argv=(),
             env_unset=(),
             predicted=new_pred,
-            reasons=(
-                "llama.cpp's own dry run of the planned command needs " + "; ".join(over),
-                *plan.reasons,
-            ),
+            reasons=(f"{who} needs " + "; ".join(over), *plan.reasons),
         )
     return replace(plan, predicted=new_pred)
 
@@ -275,28 +298,11 @@ def reconcile_totals(plan: Plan, engine: Breakdown | str, always_fold_kv: bool =
         f"{sum(kvs) // MIB} MiB over all devices, each total kept the larger; its CPU compute "
         f"buffer ({compute // MIB} MiB) is the CPU backend's, not the GPUs', and is not folded"
     )
-    if not fold_kv:
-        summary += (
-            "; KV kept as predicted: --kv-unified is server-only, so llama.cpp sized a stream "
-            "per slot instead"
-        )
-    if engine.dropped:
-        summary += f"; not passed to it (server-only): {' '.join(engine.dropped[:12])}"
-    new_pred = replace(pred, devices=tuple(devices), notes=(*pred.notes, summary, *notes))
-    if over:
-        return replace(
-            plan,
-            verdict="refuse",
-            argv=(),
-            env_unset=(),
-            predicted=new_pred,
-            reasons=(
-                f"llama.cpp's own dry run of the planned command on the CPU (model "
-                f"{model // MIB} MiB, context {context // MIB} MiB) needs " + "; ".join(over),
-                *plan.reasons,
-            ),
-        )
-    return replace(plan, predicted=new_pred)
+    who = (
+        f"llama.cpp's own dry run of the planned command on the CPU (model {model // MIB} MiB, "
+        f"context {context // MIB} MiB)"
+    )
+    return _folded(plan, devices, summary, notes, over, who, engine, fold_kv)
 
 
 # -- architectures outside gguf's list (models/layout.py unlisted_gguf_architecture) -------------
