@@ -150,6 +150,10 @@ def cache_sizes_mib(
         if r.returncode != 0:
             raise LlamaFitError(f"exit {r.returncode}: {out.strip().splitlines()[-1:]}")
         sizes = tuple(float(m[2]) for m in _CACHE_LINE.finditer(out))
-        if sizes or "sched_reserve" in out:
+        # The worker loses the tail of the log, not its middle: a run that got as far as the
+        # scheduler's reserve (src/llama-context.cpp, after every cache is made) printed every
+        # cache line. One that did not may have printed some of them only (a sliding-window
+        # model's second cache lost under load), so it is asked again.
+        if "sched_reserve" in out:
             return sizes
     return sizes
