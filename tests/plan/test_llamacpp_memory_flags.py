@@ -67,3 +67,11 @@ def test_llama_cpps_own_variable_for_such_a_flag_is_refused_too() -> None:
     with pytest.raises(FlagValueError) as e:
         run_plan("h100-sxm", {**ENV, "LLAMA_ARG_N_CPU_FFN": "4"}, ())
     assert "LLAMA_ARG_N_CPU_FFN" in str(e.value)
+
+
+def test_llama_cpps_kv_offload_variable_off_is_refused_and_on_passes_through() -> None:
+    with pytest.raises(FlagValueError) as e:
+        run_plan("h100-sxm", {**ENV, "LLAMA_ARG_KV_OFFLOAD": "0"}, ())
+    assert "LLAMA_ARG_KV_OFFLOAD" in str(e.value) and "cannot be planned" in str(e.value)
+    on = run_plan("h100-sxm", {**ENV, "LLAMA_ARG_KV_OFFLOAD": "1"}, ())
+    assert on.verdict == "ship" and "LLAMA_ARG_KV_OFFLOAD" not in on.env_unset

@@ -1123,6 +1123,17 @@ FLAGS: tuple[Flag, ...] = (
         "modelled",
         "KV cache in host RAM (not modelled: refused)",
     ),
+    # -kvo/-nkvo's variable (common/arg.cpp set_env LLAMA_ARG_KV_OFFLOAD): on is llama.cpp's
+    # default and leaves memory as planned, so it reaches the engine untouched; off is refused.
+    Flag(
+        "kv_offload",
+        L,
+        (),
+        "LLAMA_ARG_KV_OFFLOAD",
+        Switch(),
+        "passthrough",
+        "KV cache offloaded to the GPUs (off: in host RAM, not modelled: refused)",
+    ),
     Flag(
         "n_cpu_ffn",
         L,
@@ -1641,6 +1652,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("override_tensor", _l(None, "none", f"{_CH}.tensor_buft_overrides")),
     Knob("swa_full", _l(False, "off", f"{_CH}.swa_full")),
     Knob("no_kv_offload", _l(False, "off (KV offloaded)", f"{_CH}.no_kv_offload")),
+    Knob("kv_offload", _l(True, "on", f"{_CH}.no_kv_offload = false")),
     Knob("n_cpu_ffn", _l(0, "0", "common/arg.cpp --n-cpu-ffn (no FFN override)")),
     Knob("rpc", _l(None, "none", f"{_CH}.rpc_servers")),
     Knob("override_kv", _l(None, "none", f"{_CH}.kv_overrides")),

@@ -364,6 +364,13 @@ def refuse_unmodelled(o: Overrides) -> None:
     ):
         if sw is not None and sw.value is True:
             raise FlagValueError(sw.where, "on", accepted, "its memory cannot be planned")
+    if o.kv_offload is not None and o.kv_offload.value is False:
+        raise FlagValueError(
+            o.kv_offload.where,
+            "off",
+            "on, or unset (llama.cpp's default: the KV cache on the GPUs, as planned)",
+            "its memory cannot be planned",
+        )
     auto = o.mmproj_auto
     if auto is not None and auto.value is True:
         raise FlagValueError(

@@ -230,7 +230,14 @@ def parse_overrides(
         s: Sourced[Any] = Sourced(value, h.source)
         if h.flag.owner != "preflight" and not (h.source.startswith("arg:") and _shared(h.flag)):
             owners.setdefault(h.flag.owner, s)
-        if h.flag.env and h.source == f"env:{h.flag.env}" and h.flag.env.startswith("LLAMA_ARG_"):
+        # a LLAMA_ARG_* the argv now carries is unset for the engine; one the argv cannot carry
+        # (a row without spellings: LLAMA_ARG_KV_OFFLOAD) stays in its environment
+        if (
+            h.flag.env
+            and h.flag.spellings
+            and h.source == f"env:{h.flag.env}"
+            and h.flag.env.startswith("LLAMA_ARG_")
+        ):
             consumed.append(h.flag.env)
         if h.flag.knob in ("model", "hf_repo"):
             refs.append((h.flag.knob, s))

@@ -102,6 +102,7 @@ class UserSettings:
     op_offload: Sourced[bool] | None = None
     swa_full: Sourced[bool] | None = None
     no_kv_offload: Sourced[bool] | None = None
+    kv_offload: Sourced[bool] | None = None
     n_cpu_ffn: Sourced[int] | None = None
     rpc: Sourced[str] | None = None
     override_kv: Sourced[str] | None = None
