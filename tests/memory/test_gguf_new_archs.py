@@ -25,6 +25,7 @@ from tests.support.llama_fit import fit_params_binary, llama_fit
 from gpu_preflight import pipeline
 from gpu_preflight.cli.estimate_cmd import device_profile
 from gpu_preflight.cli.main import main
+from gpu_preflight.inputs.flags import FlagValueError
 from gpu_preflight.memory.llamacpp import LlamaCppConfig, estimate_llamacpp
 from gpu_preflight.models.errors import ModelError
 from gpu_preflight.models.gguf_file import spec_from_gguf
@@ -217,3 +218,20 @@ def test_run_folds_llama_cpps_dry_run_or_refuses(tmp_path: Path) -> None:
         assert refused.reasons[0].startswith(f"{unlisted}, and llama.cpp's own dry run cannot")
         assert why in refused.reasons[0]
         plan_to_dict(refused)
+
+
+def test_a_draft_of_an_unlisted_architecture_is_refused_naming_it(tmp_path: Path) -> None:
+    # llama.cpp's dry run leaves a draft out (server-only), so nothing would check its closed
+    # form: the draft is refused before any probe, naming the flag and the architecture.
+    arch = LOADS[0]
+    draft = _file(tmp_path, arch)
+    target = write_case(tmp_path / "t.gguf", "llama", *_listed("llama"))
+    env = _env(PREFLIGHT_MODEL=str(target))
+    with pytest.raises(FlagValueError) as e:
+        pipeline.prepare(env, ("-md", str(draft)))
+    assert "-md" in str(e.value) and repr(arch) in str(e.value)
+
+
+def _listed(arch: str) -> tuple[Any, Any]:
+    case = load_cases()[arch]
+    return case.keys, case.tensors

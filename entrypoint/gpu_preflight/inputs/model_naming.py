@@ -21,6 +21,7 @@ from gpu_preflight.models.catalog import Catalog
 from gpu_preflight.models.errors import ModelError, ModelFileError
 from gpu_preflight.models.gguf_file import mmproj_bytes, mmproj_compute_bytes
 from gpu_preflight.models.hub import parse_hub_ref, resolve_hub_model
+from gpu_preflight.models.layout import unlisted_gguf_architecture
 from gpu_preflight.models.resolve import known_model, resolve_model
 from gpu_preflight.models.types import Artifact, ModelSpec
 
@@ -281,6 +282,16 @@ def resolve_draft(o: Overrides, catalog: Catalog) -> Draft | None:
         return d
     if md is not None:
         spec = resolve_model(md.value, catalog, md.where)
+        unlisted = unlisted_gguf_architecture(spec.arch.architecture)
+        if unlisted is not None:
+            # llama.cpp's dry run leaves the draft out (it is server-only: engine_check.py
+            # fit_params_args), so nothing would check the closed form for it
+            raise FlagValueError(
+                md.where,
+                str(md.value),
+                "a draft of an architecture gguf lists",
+                f"its {unlisted}, and llama.cpp's dry run does not size a draft",
+            )
         return Draft(spec, spec.artifacts[0], tokens=n_max, user=md.source)
     st = o.spec_type
     if st is not None and all(t in _NO_MEMORY_SPEC_TYPES for t in st.value.split(",")):
