@@ -30,7 +30,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,7 +321,7 @@ def gguf_archs() -> list[str]:
     return sorted(MODEL_ARCH_NAMES[a] for a in MODEL_TENSORS)
 
 
-def base_keys(arch: str) -> list[Key]:
+def base_keys(arch: str, more: Sequence[Key] = ()) -> list[Key]:
     f = "{arch}."
     keys: list[Key] = [
         (f + "context_length", "u32", CTX_TRAIN, None),
@@ -334,7 +334,7 @@ def base_keys(arch: str) -> list[Key]:
         (f + "attention.layer_norm_epsilon", "f32", 1e-5, None),
         ("general.file_type", "u32", 1, None),
     ]
-    extra = {k: (k, t, v, s) for k, t, v, s in ARCH_KEYS.get(arch, [])}
+    extra = {k: (k, t, v, s) for k, t, v, s in [*ARCH_KEYS.get(arch, []), *more]}
     out = [extra.pop(k, (k, t, v, s)) for k, t, v, s in keys]
     out += list(extra.values())
     return [(k.format(arch=arch), t, v, s) for k, t, v, s in out]
@@ -436,8 +436,11 @@ def _tensor_type(shape: tuple[int, ...]) -> str:
     return "F16" if len(shape) > 1 and shape[0] % 32 == 0 else "F32"
 
 
-def discover(arch: str, binary: Path, work: Path, shim: Path | None = None) -> ArchCase:
-    keys = {k: (k, t, v, s) for k, t, v, s in base_keys(arch)}
+def discover(
+    arch: str, binary: Path, work: Path, shim: Path | None = None, more: Sequence[Key] = ()
+) -> ArchCase:
+    """``more``: keys beyond ARCH_KEYS that shape the architecture (gguf_new_archs.py)."""
+    keys = {k: (k, t, v, s) for k, t, v, s in base_keys(arch, more)}
     tensors: dict[str, tuple[int, ...]] = _seed(arch)
     path = work / f"{arch}.gguf"
     why = "too many steps"
@@ -508,41 +511,52 @@ def discover(arch: str, binary: Path, work: Path, shim: Path | None = None) -> A
     )
 
 
-def load_cases() -> dict[str, ArchCase]:
-    raw = json.loads(DATA.read_text())
+def load_cases(path: Path = DATA) -> dict[str, ArchCase]:
+    raw = json.loads(path.read_text())
     return {a: ArchCase.from_json(a, d) for a, d in raw["archs"].items()}
 
 
-def main(argv: list[str]) -> int:
+def regenerate(
+    data: Path,
+    todo: Sequence[str],
+    only: set[str],
+    header: Mapping[str, str],
+    workers: int,
+    more: Mapping[str, Sequence[Key]] | None = None,
+) -> int:
+    """Discover ``todo`` (the ``only`` ones where given, the others kept from ``data``) and write
+    ``data``: this module's and gguf_new_archs.py's generator."""
     from tests.support.llama_fit import fit_params_binary
 
     binary = fit_params_binary()
-    only = set(argv)
-    old = json.loads(DATA.read_text())["archs"] if DATA.exists() and only else {}
+    old = json.loads(data.read_text())["archs"] if data.exists() and only else {}
     cases: dict[str, Any] = dict(old)
+    extra = more or {}
     with tempfile.TemporaryDirectory() as tmp:
         shim = build_shim(Path(tmp))
-        todo = [a for a in gguf_archs() if not only or a in only]
+        todo = [a for a in todo if not only or a in only]
         # the runs mostly wait on llama-fit-params starting up: a few at a time
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for case in pool.map(lambda a: discover(a, binary, Path(tmp), shim), todo):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            runs = pool.map(lambda a: discover(a, binary, Path(tmp), shim, extra.get(a, ())), todo)
+            for case in runs:
                 cases[case.arch] = case.as_json()
                 status = "loads" if case.loads else "FAILS: " + case.reason
                 print(f"{case.arch:20s} {status}", flush=True)
-    DATA.parent.mkdir(exist_ok=True)
-    DATA.write_text(
+    data.parent.mkdir(exist_ok=True)
+    data.write_text(
         json.dumps(
-            {
-                "llama.cpp": str(binary),
-                "made_by": "python -m tests.support.gguf_archs",
-                "archs": dict(sorted(cases.items())),
-            },
+            {"llama.cpp": str(binary), **header, "archs": dict(sorted(cases.items()))},
             indent=None,
             separators=(",", ":"),
         )
         + "\n"
     )
     return 0
+
+
+def main(argv: list[str]) -> int:
+    header = {"made_by": "python -m tests.support.gguf_archs"}
+    return regenerate(DATA, gguf_archs(), set(argv), header, workers=4)
 
 
 if __name__ == "__main__":

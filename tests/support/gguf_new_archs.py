@@ -16,11 +16,8 @@ nor a discovery run). ``VENDORED`` may be given with GGUF_PY_CONSTANTS.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +25,7 @@ from typing import Any
 from gguf import MODEL_ARCH_NAMES
 
 from tests.support import gguf_archs
-from tests.support.gguf_archs import _MLA, _MOE, ArchCase, build_shim, discover
+from tests.support.gguf_archs import _MLA, _MOE, ArchCase
 
 DATA = Path(__file__).parent / "data" / "gguf_new_archs.json"
 VENDORED = Path(
@@ -104,46 +101,13 @@ def new_archs(c: ModuleType) -> dict[str, list[Any]]:
 
 
 def load_new_cases() -> dict[str, ArchCase]:
-    raw = json.loads(DATA.read_text())
-    return {a: ArchCase.from_json(a, d) for a, d in raw["archs"].items()}
+    return gguf_archs.load_cases(DATA)
 
 
 def main(argv: list[str]) -> int:
-    from tests.support.llama_fit import fit_params_binary
-
-    c = vendored_constants()
-    archs = new_archs(c)
-    binary = fit_params_binary()
-    only = set(argv)
-    old = json.loads(DATA.read_text())["archs"] if DATA.exists() and only else {}
-    cases: dict[str, Any] = dict(old)
-    # discover() builds its first keys from gguf_archs.ARCH_KEYS; this process adds the new
-    # architectures' rows there (a one-off script: nothing else runs in it)
-    for name, extra in archs.items():
-        gguf_archs.ARCH_KEYS.setdefault(name, list(extra))
-    with tempfile.TemporaryDirectory() as tmp:
-        shim = build_shim(Path(tmp))
-        todo = [a for a in archs if not only or a in only]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for case in pool.map(lambda a: discover(a, binary, Path(tmp), shim), todo):
-                cases[case.arch] = case.as_json()
-                status = "loads" if case.loads else "FAILS: " + case.reason
-                print(f"{case.arch:20s} {status}", flush=True)
-    DATA.parent.mkdir(exist_ok=True)
-    DATA.write_text(
-        json.dumps(
-            {
-                "llama.cpp": str(binary),
-                "constants": str(VENDORED),
-                "made_by": "python -m tests.support.gguf_new_archs",
-                "archs": dict(sorted(cases.items())),
-            },
-            indent=None,
-            separators=(",", ":"),
-        )
-        + "\n"
-    )
-    return 0
+    archs = new_archs(vendored_constants())
+    header = {"constants": str(VENDORED), "made_by": "python -m tests.support.gguf_new_archs"}
+    return gguf_archs.regenerate(DATA, list(archs), set(argv), header, workers=2, more=archs)
 
 
 if __name__ == "__main__":
