@@ -197,7 +197,6 @@ def _from_layers(vc: Any) -> dict[str, Any]:
     from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
     from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
     from vllm.model_executor.model_loader.utils import initialize_model
-    from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
 
     # The parallel groups are made per model: which exist depends on it (the expert-parallel
     # group only for MoE models).
@@ -217,25 +216,7 @@ def _from_layers(vc: Any) -> dict[str, Any]:
     finally:
         destroy_model_parallel()
         destroy_distributed_environment()
-    attn = 0.0
-    state = 0
-    kinds: dict[str, int] = {}
-    for spec in specs.values():
-        if spec is None:
-            kinds["none"] = kinds.get("none", 0) + 1
-            continue
-        kinds[type(spec).__name__] = kinds.get(type(spec).__name__, 0) + 1
-        if isinstance(spec, MambaSpec):
-            state += sum(
-                math.prod(shape) * torch.empty((), dtype=dt).element_size()
-                for shape, dt in zip(spec.shapes, spec.dtypes, strict=True)
-            )
-        elif isinstance(spec, AttentionSpec):
-            attn += (
-                spec.real_page_size_bytes / spec.block_size
-                if hasattr(spec, "real_page_size_bytes")
-                else spec.page_size_bytes / spec.block_size
-            )
+    attn, state, kinds, _ = spec_figures(specs.values())
     return {
         "attention_bytes_per_token": int(attn),
         "state_bytes": state,
@@ -243,6 +224,31 @@ def _from_layers(vc: Any) -> dict[str, Any]:
         "block_size": vc.cache_config.block_size,
         "source": "layers",
     }
+
+
+def spec_figures(specs: Any) -> tuple[float, int, dict[str, int], set[int]]:
+    """Over the layers' KV cache specs: (K+V bytes one token takes over the attention layers,
+    one sequence's recurrent state bytes, layers per spec kind ("none": no cache), the attention
+    layers' KV heads). Also vllm_tp_spec.py's, per rank."""
+    import torch
+    from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
+
+    attn = 0.0
+    state = 0
+    kinds: dict[str, int] = {}
+    heads: set[int] = set()
+    for spec in specs:
+        kind = "none" if spec is None else type(spec).__name__
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if isinstance(spec, MambaSpec):
+            state += sum(
+                math.prod(shape) * torch.empty((), dtype=dt).element_size()
+                for shape, dt in zip(spec.shapes, spec.dtypes, strict=True)
+            )
+        elif isinstance(spec, AttentionSpec):
+            heads.add(spec.num_kv_heads)
+            attn += getattr(spec, "real_page_size_bytes", spec.page_size_bytes) / spec.block_size
+    return attn, state, kinds, heads
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ Input: argv[1] a JSON file [{"architecture", "model_type", "dir", "overrides", "
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -113,7 +112,6 @@ def _rank_figures(d: Path, tp: int, rank: int, rendezvous: str) -> dict[str, Any
     from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
     from vllm.model_executor.model_loader.utils import initialize_model
     from vllm.utils.torch_utils import set_default_torch_dtype
-    from vllm.v1.kv_cache_interface import AttentionSpec, MambaSpec
 
     vc = _engine_config(d, tp)
     # vllm/v1/worker/cpu_worker.py CPUWorker.init_device: the CPU communicator's shared-memory
@@ -146,22 +144,10 @@ def _rank_figures(d: Path, tp: int, rank: int, rendezvous: str) -> dict[str, Any
     finally:
         destroy_model_parallel()
         destroy_distributed_environment()
-    attn = 0.0
-    state = 0
-    kinds: dict[str, int] = {}
-    heads: set[int] = set()
-    for spec in specs:
-        if spec is None:
-            continue
-        kinds[type(spec).__name__] = kinds.get(type(spec).__name__, 0) + 1
-        if isinstance(spec, MambaSpec):
-            state += sum(
-                math.prod(shape) * torch.empty((), dtype=dt).element_size()
-                for shape, dt in zip(spec.shapes, spec.dtypes, strict=True)
-            )
-        elif isinstance(spec, AttentionSpec):
-            heads.add(spec.num_kv_heads)
-            attn += getattr(spec, "real_page_size_bytes", spec.page_size_bytes) / spec.block_size
+    import vllm_kv_spec
+
+    attn, state, kinds, heads = vllm_kv_spec.spec_figures(specs)
+    kinds.pop("none", None)  # this file's figures count the layers with a cache only
     # named_parameters / named_buffers list a tied tensor once (remove_duplicate).
     params = sum(p.numel() * p.element_size() for _, p in model.named_parameters())
     buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
