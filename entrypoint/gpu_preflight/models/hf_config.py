@@ -77,6 +77,15 @@ class Row:
 
 
 M = "vllm/model_executor/models/"
+# The Mamba-2 spellings of granitemoehybrid, bamba and falcon_h1's configs (their vLLM files
+# read the same keys into MambaMixer2)
+_MAMBA2_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ssm_n_heads", ("mamba_n_heads",)),
+    ("ssm_head_dim", ("mamba_d_head",)),
+    ("ssm_n_groups", ("mamba_n_groups",)),
+    ("ssm_state_size", ("mamba_d_state",)),
+    ("ssm_conv_kernel", ("mamba_d_conv",)),
+)
 # One row per model_type whose config needs reading of its own. Everything else is generic.
 ROWS: dict[str, Row] = {
     "deepseek_v2": Row(M + "deepseek_v2.py DeepseekV2MLAAttention", "mla"),
@@ -126,25 +135,13 @@ ROWS: dict[str, Row] = {
         M + "granitemoehybrid.py: layer_types mamba/attention, MambaMixer2",
         "mamba2",
         "layer_types",
-        keys=(
-            ("ssm_n_heads", ("mamba_n_heads",)),
-            ("ssm_head_dim", ("mamba_d_head",)),
-            ("ssm_n_groups", ("mamba_n_groups",)),
-            ("ssm_state_size", ("mamba_d_state",)),
-            ("ssm_conv_kernel", ("mamba_d_conv",)),
-        ),
+        keys=_MAMBA2_KEYS,
     ),
     "bamba": Row(
         M + "bamba.py BambaForCausalLM: attn_layer_indices, MambaMixer2",
         "mamba2",
         "bamba",
-        keys=(
-            ("ssm_n_heads", ("mamba_n_heads",)),
-            ("ssm_head_dim", ("mamba_d_head",)),
-            ("ssm_n_groups", ("mamba_n_groups",)),
-            ("ssm_state_size", ("mamba_d_state",)),
-            ("ssm_conv_kernel", ("mamba_d_conv",)),
-        ),
+        keys=_MAMBA2_KEYS,
     ),
     "lfm2": Row(
         M + "lfm2.py Lfm2ShortConv: layer_types conv/full_attention", "short_conv", "layer_types"
@@ -154,14 +151,7 @@ ROWS: dict[str, Row] = {
         M + "falcon_h1.py FalconH1ParallelHybrid: attention and MambaMixer2 in every layer",
         "mamba2",
         "parallel",
-        keys=(
-            ("ssm_inner_size", ("mamba_d_ssm",)),
-            ("ssm_n_heads", ("mamba_n_heads",)),
-            ("ssm_head_dim", ("mamba_d_head",)),
-            ("ssm_n_groups", ("mamba_n_groups",)),
-            ("ssm_state_size", ("mamba_d_state",)),
-            ("ssm_conv_kernel", ("mamba_d_conv",)),
-        ),
+        keys=(("ssm_inner_size", ("mamba_d_ssm",)), *_MAMBA2_KEYS),
     ),
     "qwen3_5_text": Row(
         M + "qwen3_5.py: gated DeltaNet + attention by layer_types", "gdn", "layer_types"
