@@ -304,8 +304,9 @@ def check_on_cpu(
     the shell's PREFLIGHT_* (they are not part of the command), but this one says how the answer
     is checked, so it is read from ``env`` where the inputs do not carry it.
     """
-    setting = inputs.overrides.engine_check
-    mode = str(setting.value if setting is not None else env_setting(env, _CHECK_VAR) or "auto")
+    shell = env_setting(env, _CHECK_VAR) if inputs.overrides.engine_check is None else None
+    # the user's value, else the shell's, else the flag table's default
+    mode: str = shell or inputs.overrides.resolved("engine_check").value
     if result.verdict != "ship" or result.engine != "llama.cpp":
         return result
     unlisted = _unlisted(inputs)
